@@ -1,0 +1,17 @@
+//! reelay's domain, without I/O: what a generation is, what it costs, how it may fail, and which
+//! requests are valid. Every other crate speaks these types.
+
+pub mod apikey;
+pub mod destination;
+pub mod failure;
+pub mod generation;
+pub mod ids;
+pub mod moderation;
+pub mod money;
+pub mod pricing;
+pub mod request;
+
+pub use failure::FailureCode;
+pub use generation::{AspectRatio, GenerationStatus, Model};
+pub use ids::{AccountId, GenerationId, KeyId};
+pub use money::Credits;
