@@ -50,6 +50,38 @@ pub struct GenerateRequest {
     pub watermark_text: Option<String>,
 }
 
+impl GenerateRequest {
+    /// A digest of everything the request asks for, to tell a retried request (same
+    /// fingerprint) from a different one sent under the same idempotency key.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        let fields = [
+            Some(self.prompt.as_str()),
+            self.callback_url.as_ref().map(Url::as_str),
+            Some(self.model.as_str()),
+            Some(self.aspect_ratio.as_str()),
+            self.watermark_text.as_deref(),
+        ];
+        for field in fields {
+            // A length prefix keeps ("ab","c") and ("a","bc") apart; absent differs from empty.
+            match field {
+                Some(text) => {
+                    h.update([1]);
+                    h.update((text.len() as u64).to_le_bytes());
+                    h.update(text.as_bytes());
+                }
+                None => h.update([0]),
+            }
+        }
+        h.update(self.seed.map_or([0; 5], |s| {
+            let [a, b, c, d] = s.to_le_bytes();
+            [1, a, b, c, d]
+        }));
+        h.finalize().into()
+    }
+}
+
 /// One reason a request was refused, named after the field to fix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldError {
@@ -319,6 +351,22 @@ mod tests {
                 json!({"prompt": "a fine prompt", "model": "veo-3-fast", "model_type": "veo-3-quality"})
             ),
             ["model_type"]
+        );
+    }
+
+    #[test]
+    fn fingerprint_tells_requests_apart_but_not_spellings() {
+        let fp = |body: Value| parse_generate(&body, STRICT).unwrap().fingerprint();
+        let base = fp(json!({"prompt": "a fine prompt"}));
+        assert_eq!(
+            base,
+            fp(json!({"prompt": "a fine prompt", "model": "veo-3-fast", "seed": null}))
+        );
+        assert_ne!(base, fp(json!({"prompt": "a fine prompt", "seed": 0})));
+        assert_ne!(base, fp(json!({"prompt": "a fine prompt!"})));
+        assert_ne!(
+            base,
+            fp(json!({"prompt": "a fine prompt", "aspect_ratio": "9:16"}))
         );
     }
 

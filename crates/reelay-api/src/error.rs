@@ -1,0 +1,138 @@
+//! Every error the API answers, as `{"detail": CODE, "message": ..., "errors"?: [...]}`.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use reelay_core::request::FieldError;
+use reelay_store::StoreError;
+use serde::Serialize;
+
+#[derive(Debug, Serialize)]
+pub struct ApiError {
+    #[serde(skip)]
+    status: StatusCode,
+    detail: &'static str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errors: Option<Vec<FieldErrorBody>>,
+}
+
+#[derive(Debug, Serialize)]
+struct FieldErrorBody {
+    field: String,
+    message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, detail: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            detail,
+            message: message.into(),
+            errors: None,
+        }
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message)
+    }
+
+    pub fn task_not_found() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "TASK_NOT_FOUND",
+            "no generation with this id exists for your account",
+        )
+    }
+
+    /// A 422 naming one field.
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+        Self::invalid_fields(vec![FieldError {
+            field: field.to_owned(),
+            message: message.into(),
+        }])
+    }
+
+    /// A 422 listing every bad field; the summary message names them all.
+    pub fn invalid_fields(errors: Vec<FieldError>) -> Self {
+        let message = errors
+            .iter()
+            .map(|e| format!("{}: {}", e.field, e.message))
+            .collect::<Vec<_>>()
+            .join("; ");
+        Self {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            detail: "INVALID_PARAMETERS",
+            message,
+            errors: Some(
+                errors
+                    .into_iter()
+                    .map(|e| FieldErrorBody {
+                        field: e.field,
+                        message: e.message,
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    pub fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL_ERROR",
+            "the server failed to handle the request; it was logged, try again",
+        )
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::InsufficientCredits => Self::new(
+                StatusCode::PAYMENT_REQUIRED,
+                "INSUFFICIENT_CREDITS",
+                "your balance does not cover the price of this generation; add credits and retry",
+            ),
+            StoreError::IdempotencyConflict => Self::new(
+                StatusCode::CONFLICT,
+                "IDEMPOTENCY_CONFLICT",
+                "this Idempotency-Key was already used with a different request in the last 24 \
+                 hours; use a new key for a new request",
+            ),
+            StoreError::NotFound => Self::task_not_found(),
+            StoreError::Backend(cause) => {
+                tracing::error!(%cause, "storage failure");
+                Self::internal()
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status;
+        let mut response = (status, Json(self)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "NOT_FOUND",
+        "no such route; see /openapi.json for the API",
+    )
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+        "this route does not accept this method",
+    )
+}

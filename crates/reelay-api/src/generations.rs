@@ -1,0 +1,300 @@
+//! `/v1/veo/generate` and `/v1/veo/generations`: create, read, list, cancel.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use reelay_core::request::parse_generate;
+use reelay_core::{GenerationId, GenerationStatus};
+use reelay_store::{Finished, Generation, Stage};
+use reelay_webhooks::timestamp;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::auth::Caller;
+use crate::{ApiError, AppState};
+
+/// The longest `Idempotency-Key` accepted.
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+pub async fn create(
+    State(state): State<AppState>,
+    Caller(account): Caller,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<CreatedView>), ApiError> {
+    let body = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PAYLOAD_TOO_LARGE",
+            format!(
+                "the request body exceeds {} MB",
+                crate::MAX_BODY_BYTES / 1024 / 1024
+            ),
+        ),
+        _ => ApiError::invalid("body", format!("could not read the body: {e}")),
+    })?;
+    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or_default().to_ascii_lowercase();
+        if !ct.starts_with("application/json") {
+            return Err(ApiError::invalid(
+                "body",
+                "send JSON with `Content-Type: application/json` \
+                 (with curl: -H \"Content-Type: application/json\")",
+            ));
+        }
+    }
+    let json: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::invalid("body", format!("is not valid JSON: {e}")))?;
+    let request = parse_generate(&json, state.destinations).map_err(ApiError::invalid_fields)?;
+    let idempotency_key = idempotency_key(&headers)?;
+
+    let created = state
+        .engine
+        .submit(account, request, idempotency_key)
+        .await?;
+    let g = created.generation;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedView {
+            generation_id: g.id.to_string(),
+            status: "pending",
+            seed: g.spec.seed,
+            price: g.price.to_string(),
+        }),
+    ))
+}
+
+/// The 201 body, in RunBlob's key order. A replay answers the same body as the first time.
+#[derive(Serialize)]
+pub struct CreatedView {
+    generation_id: String,
+    status: &'static str,
+    seed: u32,
+    price: String,
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(raw) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let bad = |msg: &str| ApiError::invalid("Idempotency-Key", msg);
+    let key = raw
+        .to_str()
+        .map_err(|_| bad("must be printable ASCII"))?
+        .trim();
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
+        return Err(bad("must be 1 to 255 characters long"));
+    }
+    Ok(Some(key.to_owned()))
+}
+
+/// Parses a path id; a non-UUID is a client error distinct from an unknown id.
+fn generation_id(raw: &str) -> Result<GenerationId, ApiError> {
+    raw.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "INVALID_TASK_ID",
+            format!(
+                "{raw:?} is not a generation id; ids are UUIDs like \
+                 ffd473d5-5bef-4e14-bf22-8d559be3c19f"
+            ),
+        )
+    })
+}
+
+/// Loads a generation of the caller's; another account's answers exactly like an unknown one.
+async fn owned(state: &AppState, caller: Caller, raw: &str) -> Result<Generation, ApiError> {
+    let id = generation_id(raw)?;
+    match state.store.generation(id).await? {
+        Some(g) if g.account_id == caller.0 => Ok(g),
+        _ => Err(ApiError::task_not_found()),
+    }
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<GenerationView>, ApiError> {
+    let g = owned(&state, caller, &id).await?;
+    let position = state.store.queue_position(&g).await?;
+    Ok(Json(GenerationView::new(&g, position)))
+}
+
+pub async fn cancel(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<GenerationView>, ApiError> {
+    let g = owned(&state, caller, &id).await?;
+    match state.engine.cancel(g.id).await? {
+        Finished::Applied(g) => Ok(Json(GenerationView::new(&g, 0))),
+        Finished::Refused(g) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "CONFLICT",
+            format!(
+                "the generation has already {}; only pending or processing ones can be cancelled",
+                g.stage.status()
+            ),
+        )),
+    }
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    Caller(account): Caller,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<ListView>, ApiError> {
+    let mut errors = Vec::new();
+    let mut field_error = |field: &str, message: String| {
+        errors.push(reelay_core::request::FieldError {
+            field: field.to_owned(),
+            message,
+        })
+    };
+    let limit = match query.get("limit").map(|l| l.parse::<u32>()) {
+        None => 50,
+        Some(Ok(l @ 1..=100)) => l,
+        Some(_) => {
+            field_error("limit", "must be an integer from 1 to 100".into());
+            0
+        }
+    };
+    let offset = match query.get("offset").map(|o| o.parse::<u64>()) {
+        None => 0,
+        Some(Ok(o)) if o <= i64::MAX as u64 => o,
+        Some(_) => {
+            field_error("offset", "must be a non-negative integer".into());
+            0
+        }
+    };
+    let status = match query.get("status").map(|s| s.parse::<GenerationStatus>()) {
+        None => None,
+        Some(Ok(s)) => Some(s),
+        Some(Err(_)) => {
+            field_error(
+                "status",
+                "must be one of pending, processing, completed, failed".into(),
+            );
+            None
+        }
+    };
+    for key in query.keys() {
+        if !["limit", "offset", "status"].contains(&key.as_str()) {
+            field_error(
+                key,
+                "unknown query parameter; use limit, offset or status".into(),
+            );
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::invalid_fields(errors));
+    }
+    let page = state
+        .store
+        .list_generations(account, status, limit, offset)
+        .await?;
+    // Queue positions are left out of listings: they cost a count per row and change by the
+    // second; the single-generation read has them.
+    let items: Vec<GenerationView> = page
+        .items
+        .iter()
+        .map(|g| GenerationView::new(g, 0))
+        .collect();
+    Ok(Json(ListView {
+        generations: items,
+        limit,
+        offset,
+        total: page.total,
+    }))
+}
+
+#[derive(Serialize)]
+pub struct ListView {
+    generations: Vec<GenerationView>,
+    limit: u32,
+    offset: u64,
+    total: u64,
+}
+
+/// Where the generation's webhook stands.
+#[derive(Serialize)]
+struct WebhookView {
+    state: &'static str,
+    attempts: u32,
+    last_attempt_at: Option<String>,
+    last_status_code: Option<u16>,
+    next_attempt_at: Option<String>,
+}
+
+/// A generation as the API shows it: the webhook payload's fields first, in the seed's order,
+/// then reelay's additions.
+#[derive(Serialize)]
+pub struct GenerationView {
+    generation_id: String,
+    status: &'static str,
+    prompt: String,
+    video_url: Option<String>,
+    created_at: String,
+    completed_at: Option<String>,
+    seed: u32,
+    error: Option<Value>,
+    model: &'static str,
+    aspect_ratio: &'static str,
+    callback_url: Option<String>,
+    watermark_text: Option<String>,
+    price: String,
+    progress_pct: u8,
+    queue_position: Option<u64>,
+    webhook: WebhookView,
+}
+
+impl GenerationView {
+    fn new(g: &Generation, queue_position: u64) -> Self {
+        let (video_url, error, progress_pct) = match &g.stage {
+            Stage::Pending => (None, None, 0),
+            Stage::Processing { progress_pct, .. } => (None, None, *progress_pct),
+            Stage::Completed { video, .. } => (Some(video.url.clone()), None, 100),
+            Stage::Failed { code, .. } => (
+                None,
+                Some(json!({"message": code.as_str(), "details": {}})),
+                0,
+            ),
+        };
+        let status = g.stage.status();
+        // Until the webhook engine records attempts, a callback is simply owed.
+        let webhook = WebhookView {
+            state: if g.spec.callback_url.is_some() {
+                "pending"
+            } else {
+                "none"
+            },
+            attempts: 0,
+            last_attempt_at: None,
+            last_status_code: None,
+            next_attempt_at: None,
+        };
+        Self {
+            generation_id: g.id.to_string(),
+            status: status.as_str(),
+            prompt: g.spec.prompt.clone(),
+            video_url,
+            created_at: timestamp::format(g.created_at),
+            completed_at: g.stage.completed_at().map(timestamp::format),
+            seed: g.spec.seed,
+            error,
+            model: g.spec.model.as_str(),
+            aspect_ratio: g.spec.aspect_ratio.as_str(),
+            callback_url: g.spec.callback_url.clone(),
+            watermark_text: g.spec.watermark_text.clone(),
+            price: g.price.to_string(),
+            progress_pct,
+            queue_position: (!status.is_terminal()).then_some(queue_position),
+            webhook,
+        }
+    }
+}

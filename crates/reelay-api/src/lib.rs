@@ -1,0 +1,50 @@
+//! reelay's HTTP surface. Handlers are thin: they parse, authorize, call the engine or the
+//! store, and serialize. One module per resource.
+
+mod account;
+mod auth;
+mod error;
+mod generations;
+mod ops;
+mod videos;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use reelay_core::destination::DestinationPolicy;
+use reelay_engine::Engine;
+use reelay_store::Store;
+
+pub use error::ApiError;
+
+/// The largest request body accepted: room for image inputs (20 MB each, base64-encoded).
+pub const MAX_BODY_BYTES: usize = 100 * 1024 * 1024;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub engine: Engine,
+    pub destinations: DestinationPolicy,
+    pub videos_dir: PathBuf,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/veo/generate", post(generations::create))
+        .route("/v1/veo/generations", get(generations::list))
+        .route("/v1/veo/generations/{id}", get(generations::get))
+        .route("/v1/veo/generations/{id}/cancel", post(generations::cancel))
+        .route("/v1/data/balance", get(account::balance))
+        .route("/v1/account", get(account::account))
+        .route("/videos/{file}", get(videos::serve))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}

@@ -1,0 +1,53 @@
+//! Finished videos, served with Range support at the `video_url` given to clients.
+//!
+//! No API key is needed: like a CDN link, the URL itself (a random generation id) is the
+//! capability, so it works in a browser's `<video>` tag.
+
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use reelay_core::GenerationId;
+use reelay_store::Stage;
+use tower::ServiceExt;
+use tower_http::services::ServeFile;
+
+use crate::{ApiError, AppState};
+
+fn no_video() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "NOT_FOUND",
+        "no finished video at this address",
+    )
+}
+
+pub async fn serve(
+    State(state): State<AppState>,
+    Path(file): Path<String>,
+    request: Request<Body>,
+) -> Result<Response, ApiError> {
+    let id: GenerationId = file
+        .strip_suffix(".mp4")
+        .and_then(|id| id.parse().ok())
+        .ok_or_else(no_video)?;
+    let Some(generation) = state.store.generation(id).await? else {
+        return Err(no_video());
+    };
+    let Stage::Completed { video, .. } = generation.stage else {
+        return Err(no_video());
+    };
+    let path = state.videos_dir.join(&video.file);
+    let response = ServeFile::new_with_mime(&path, &"video/mp4".parse().expect("valid mime"))
+        .oneshot(request)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, path = %path.display(), "serving a video failed");
+            ApiError::internal()
+        })?;
+    if response.status() == StatusCode::NOT_FOUND {
+        tracing::error!(path = %path.display(), "a completed generation's video file is missing");
+        return Err(no_video());
+    }
+    Ok(response.into_response())
+}

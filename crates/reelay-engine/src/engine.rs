@@ -1,0 +1,312 @@
+//! The lifecycle engine: claims pending generations with bounded concurrency, runs them
+//! through moderation and the generator under a lease, and fails those past their deadline.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use reelay_core::moderation::Moderator;
+use reelay_core::pricing::Prices;
+use reelay_core::request::GenerateRequest;
+use reelay_core::{AccountId, FailureCode, GenerationId};
+use reelay_store::{
+    Created, Finished, Finisher, Generation, Idempotency, NewGeneration, Outcome, Spec, Store,
+    StoreResult, Video,
+};
+use time::OffsetDateTime;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::generator::{Generator, Progress};
+
+/// Keeps the watchdog from spinning when a deadline is due but storage keeps failing.
+const MIN_WATCHDOG_WAIT: Duration = Duration::from_millis(10);
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// This process's name on leases; unique per process.
+    pub node_id: String,
+    /// Most generations running at once in this process.
+    pub concurrency: usize,
+    /// How long a claim holds without a heartbeat; a crashed node's work returns after this.
+    pub lease: Duration,
+    /// How often to look for work that no wake-up announced (expired leases, other nodes).
+    pub poll_interval: Duration,
+    /// Base of `video_url`, like `https://reelay.example.com`.
+    pub public_url: String,
+    pub moderator: Moderator,
+    pub prices: Prices,
+    /// A generation not finished this long after its creation fails with TIMEOUT.
+    pub generation_timeout: Duration,
+}
+
+/// How long an idempotency key is remembered.
+pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// A handle to the engine; cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    generator: Arc<dyn Generator>,
+    config: EngineConfig,
+    work: Notify,
+    slots: Arc<Semaphore>,
+    running: Mutex<HashMap<GenerationId, CancellationToken>>,
+}
+
+impl Engine {
+    pub fn new(store: Arc<dyn Store>, generator: Arc<dyn Generator>, config: EngineConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                generator,
+                slots: Arc::new(Semaphore::new(config.concurrency.max(1))),
+                config,
+                work: Notify::new(),
+                running: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Creates a generation for `account`, charged its model's price, and starts it. With an
+    /// idempotency key, a retry of the same request returns the first generation instead.
+    pub async fn submit(
+        &self,
+        account: AccountId,
+        request: GenerateRequest,
+        idempotency_key: Option<String>,
+    ) -> StoreResult<Created> {
+        let config = &self.inner.config;
+        let now = OffsetDateTime::now_utc();
+        let idempotency = idempotency_key.map(|key| Idempotency {
+            key,
+            request_hash: request.fingerprint(),
+            not_before: now - IDEMPOTENCY_WINDOW,
+        });
+        let created = self
+            .inner
+            .store
+            .create_generation(NewGeneration {
+                id: GenerationId::random(),
+                account_id: account,
+                price: config.prices.of(request.model),
+                created_at: now,
+                deadline_at: now + config.generation_timeout,
+                idempotency,
+                spec: Spec {
+                    seed: request.seed.unwrap_or_else(rand::random),
+                    prompt: request.prompt,
+                    model: request.model,
+                    aspect_ratio: request.aspect_ratio,
+                    watermark_text: request.watermark_text,
+                    callback_url: request.callback_url.map(String::from),
+                },
+            })
+            .await?;
+        if !created.replayed {
+            self.wake();
+        }
+        Ok(created)
+    }
+
+    /// Says that new work may be waiting, so it starts without waiting for a poll.
+    pub fn wake(&self) {
+        self.inner.work.notify_one();
+    }
+
+    /// The absolute URL a finished generation's video is served at.
+    pub fn video_url(&self, id: GenerationId) -> String {
+        format!(
+            "{}/videos/{id}.mp4",
+            self.inner.config.public_url.trim_end_matches('/')
+        )
+    }
+
+    /// Cancels a generation: it fails with CANCELLED (refunded) and any work on it stops.
+    pub async fn cancel(&self, id: GenerationId) -> StoreResult<Finished> {
+        let finished = self
+            .inner
+            .store
+            .finish(
+                id,
+                Finisher::Anyone,
+                Outcome::Failed(FailureCode::Cancelled),
+                OffsetDateTime::now_utc(),
+            )
+            .await?;
+        self.inner.stop_work_on(&[id]);
+        Ok(finished)
+    }
+
+    /// Runs the claim loop and the time-limit watchdog until `shutdown` fires.
+    pub async fn run(self, shutdown: CancellationToken) {
+        tokio::join!(
+            self.clone().claim_loop(shutdown.clone()),
+            self.watchdog(shutdown)
+        );
+    }
+
+    async fn claim_loop(self, shutdown: CancellationToken) {
+        let inner = &self.inner;
+        loop {
+            let free = inner.slots.available_permits();
+            let mut claimed = 0;
+            if free > 0 {
+                let now = OffsetDateTime::now_utc();
+                match inner
+                    .store
+                    .claim(&inner.config.node_id, free, now + inner.config.lease, now)
+                    .await
+                {
+                    Ok(generations) => {
+                        claimed = generations.len();
+                        for g in generations {
+                            let slot = inner
+                                .slots
+                                .clone()
+                                .try_acquire_owned()
+                                .expect("claimed no more than the free slots");
+                            tokio::spawn(self.clone().run_one(g, slot));
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "claiming generations failed"),
+                }
+            }
+            if free > 0 && claimed == free {
+                continue; // there may be more waiting
+            }
+            tokio::select! {
+                _ = inner.work.notified() => {}
+                _ = tokio::time::sleep(inner.config.poll_interval) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    async fn run_one(self, g: Generation, _slot: OwnedSemaphorePermit) {
+        let inner = &self.inner;
+        let stop = CancellationToken::new();
+        inner
+            .running
+            .lock()
+            .expect("running map")
+            .insert(g.id, stop.clone());
+
+        let outcome = match inner.config.moderator.check(&g.spec.prompt) {
+            Err(blocked) => {
+                tracing::info!(generation = %g.id, rule = %blocked.rule, "prompt refused by moderation");
+                Some(Outcome::Failed(FailureCode::UnsafeContent))
+            }
+            Ok(()) => self.generate(&g, &stop).await,
+        };
+        if let Some(outcome) = outcome {
+            let file = match &outcome {
+                Outcome::Completed(video) => Some(video.file.clone()),
+                Outcome::Failed(_) => None,
+            };
+            let holder = Finisher::LeaseHolder(&inner.config.node_id);
+            match inner
+                .store
+                .finish(g.id, holder, outcome, OffsetDateTime::now_utc())
+                .await
+            {
+                Ok(Finished::Applied(done)) => {
+                    tracing::info!(generation = %g.id, status = %done.stage.status(), "generation finished")
+                }
+                Ok(Finished::Refused(current)) => {
+                    tracing::info!(generation = %g.id, status = %current.stage.status(),
+                        "late result discarded: the generation had already ended");
+                    if let Some(file) = file {
+                        inner.generator.discard(&file).await;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(generation = %g.id, error = %e, "recording the result failed; the lease will expire and the work be retried")
+                }
+            }
+        }
+        inner.running.lock().expect("running map").remove(&g.id);
+        drop(_slot);
+        inner.work.notify_one();
+    }
+
+    /// Runs the generator while heartbeating the lease. `None` when the work was stopped
+    /// because the generation ended elsewhere (timeout, cancel, lease lost).
+    async fn generate(&self, g: &Generation, stop: &CancellationToken) -> Option<Outcome> {
+        let inner = &self.inner;
+        let progress = Progress::default();
+        let heartbeat = async {
+            let every = inner.config.lease / 3;
+            loop {
+                tokio::time::sleep(every).await;
+                let until = OffsetDateTime::now_utc() + inner.config.lease;
+                match inner
+                    .store
+                    .heartbeat(g.id, &inner.config.node_id, until, progress.get())
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => return,
+                    Err(e) => tracing::warn!(generation = %g.id, error = %e, "heartbeat failed"),
+                }
+            }
+        };
+        tokio::select! {
+            result = inner.generator.generate(g, &progress) => Some(match result {
+                Ok(file) => Outcome::Completed(Video { file, url: self.video_url(g.id) }),
+                Err(e) => {
+                    tracing::warn!(generation = %g.id, error = %e, "generator failed");
+                    Outcome::Failed(FailureCode::TaskFailed)
+                }
+            }),
+            _ = heartbeat => {
+                tracing::info!(generation = %g.id, "lease lost; stopping work");
+                None
+            }
+            _ = stop.cancelled() => None,
+        }
+    }
+
+    /// Fails generations past their deadline with TIMEOUT (refunded), and stops their work.
+    async fn watchdog(self, shutdown: CancellationToken) {
+        let inner = &self.inner;
+        loop {
+            let now = OffsetDateTime::now_utc();
+            match inner.store.expire(now).await {
+                Ok(expired) if !expired.is_empty() => {
+                    tracing::info!(count = expired.len(), "generations timed out");
+                    inner.stop_work_on(&expired);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "expiring generations failed"),
+            }
+            let wait = match inner.store.next_deadline().await {
+                Ok(Some(deadline)) => (deadline - OffsetDateTime::now_utc())
+                    .try_into()
+                    .unwrap_or(Duration::ZERO)
+                    .min(inner.config.poll_interval),
+                _ => inner.config.poll_interval,
+            }
+            .max(MIN_WATCHDOG_WAIT);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn stop_work_on(&self, ids: &[GenerationId]) {
+        let running = self.running.lock().expect("running map");
+        for id in ids {
+            if let Some(stop) = running.get(id) {
+                stop.cancel();
+            }
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! Generators turn a generation's spec into a video file under the videos directory.
+//!
+//! The built-in renderer draws a real MP4 (optionally taking longer, like a real model); the
+//! instant generator reuses one video rendered at start-up, for load tests.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use reelay_core::AspectRatio;
+use reelay_render::{RenderSpec, render_mp4};
+use reelay_store::Generation;
+
+/// How far along a generation is, in percent; read by the engine's heartbeat.
+#[derive(Debug, Clone, Default)]
+pub struct Progress(Arc<AtomicU8>);
+
+impl Progress {
+    pub fn set(&self, pct: u8) {
+        self.0.store(pct.min(99), Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u8 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A generator that could not make the video; the generation fails with TASK_FAILED.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct GenerateError(pub String);
+
+#[async_trait]
+pub trait Generator: Send + Sync + 'static {
+    /// Makes the video and returns its file name under the videos directory.
+    async fn generate(
+        &self,
+        generation: &Generation,
+        progress: &Progress,
+    ) -> Result<String, GenerateError>;
+
+    /// Removes a video whose result came too late to be kept.
+    async fn discard(&self, _file: &str) {}
+}
+
+fn render_spec(g: &Generation) -> RenderSpec<'_> {
+    RenderSpec {
+        prompt: &g.spec.prompt,
+        seed: g.spec.seed,
+        aspect_ratio: match g.spec.aspect_ratio {
+            AspectRatio::Landscape => reelay_render::AspectRatio::Landscape16x9,
+            AspectRatio::Portrait => reelay_render::AspectRatio::Portrait9x16,
+        },
+        watermark_text: g.spec.watermark_text.as_deref(),
+    }
+}
+
+/// Writes a file so that it is either absent or complete, even across a crash.
+async fn write_atomically(path: PathBuf, bytes: Vec<u8>) -> std::io::Result<()> {
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let tmp = path.with_extension("part");
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// The default generator: renders each video from its prompt and seed.
+pub struct BuiltinRenderer {
+    videos_dir: PathBuf,
+    delay: Duration,
+}
+
+impl BuiltinRenderer {
+    /// `delay` is extra time spent before rendering, to behave like a real model.
+    pub fn new(videos_dir: PathBuf, delay: Duration) -> Self {
+        Self { videos_dir, delay }
+    }
+}
+
+/// How often a delayed render reports progress.
+const PROGRESS_STEP: Duration = Duration::from_millis(250);
+
+#[async_trait]
+impl Generator for BuiltinRenderer {
+    async fn generate(
+        &self,
+        generation: &Generation,
+        progress: &Progress,
+    ) -> Result<String, GenerateError> {
+        let started = tokio::time::Instant::now();
+        while started.elapsed() < self.delay {
+            let left = self.delay - started.elapsed();
+            tokio::time::sleep(left.min(PROGRESS_STEP)).await;
+            let done = started.elapsed().as_secs_f64() / self.delay.as_secs_f64();
+            progress.set((done * 90.0) as u8);
+        }
+        let owned = generation.clone();
+        let bytes = tokio::task::spawn_blocking(move || render_mp4(&render_spec(&owned)))
+            .await
+            .map_err(|e| GenerateError(format!("the renderer crashed: {e}")))?
+            .map_err(|e| GenerateError(format!("rendering failed: {e}")))?;
+        let file = format!("{}.mp4", generation.id);
+        write_atomically(self.videos_dir.join(&file), bytes)
+            .await
+            .map_err(|e| GenerateError(format!("writing the video failed: {e}")))?;
+        Ok(file)
+    }
+
+    async fn discard(&self, file: &str) {
+        let _ = tokio::fs::remove_file(self.videos_dir.join(file)).await;
+    }
+}
+
+/// For load tests only: completes at once; every generation shares one video.
+pub struct InstantGenerator {
+    file: String,
+}
+
+impl InstantGenerator {
+    /// Renders the shared video into `videos_dir` once.
+    pub async fn prepare(videos_dir: PathBuf) -> Result<Self, GenerateError> {
+        let file = "instant.mp4".to_owned();
+        let bytes = tokio::task::spawn_blocking(|| {
+            render_mp4(&RenderSpec {
+                prompt: "reelay instant generator",
+                seed: 0,
+                aspect_ratio: reelay_render::AspectRatio::Landscape16x9,
+                watermark_text: Some("INSTANT"),
+            })
+        })
+        .await
+        .map_err(|e| GenerateError(e.to_string()))?
+        .map_err(|e| GenerateError(e.to_string()))?;
+        write_atomically(videos_dir.join(&file), bytes)
+            .await
+            .map_err(|e| GenerateError(e.to_string()))?;
+        Ok(Self { file })
+    }
+}
+
+#[async_trait]
+impl Generator for InstantGenerator {
+    async fn generate(&self, _: &Generation, _: &Progress) -> Result<String, GenerateError> {
+        Ok(self.file.clone())
+    }
+}

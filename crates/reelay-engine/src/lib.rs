@@ -1,0 +1,9 @@
+//! What happens to a generation over time: it is claimed, moderated, generated and finished;
+//! or it runs out of time, or is cancelled. Every transition goes through the store, so a crash
+//! at any instant leaves nothing stuck: leases expire and the work is claimed again.
+
+mod engine;
+pub mod generator;
+
+pub use engine::{Engine, EngineConfig};
+pub use generator::{BuiltinRenderer, GenerateError, Generator, InstantGenerator, Progress};

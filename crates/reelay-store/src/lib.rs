@@ -1,0 +1,97 @@
+//! reelay's storage: one [`Store`] trait that the rest of the product talks to, and its
+//! implementations. Every rule that must hold across crashes and concurrent requests (a charge
+//! with its generation, a refund at most once, an event with every terminal state) is kept
+//! inside one transaction here.
+
+mod error;
+mod model;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use reelay_core::apikey::KeyHash;
+use reelay_core::{AccountId, Credits, GenerationId, GenerationStatus, KeyId};
+use time::OffsetDateTime;
+
+pub use error::{StoreError, StoreResult};
+pub use model::*;
+pub use sqlite::SqliteStore;
+
+/// Everything reelay keeps. Implementations must pass `tests/conformance.rs`.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    // --- accounts, keys, credits
+    async fn create_account(
+        &self,
+        name: &str,
+        credits: Credits,
+        now: OffsetDateTime,
+    ) -> StoreResult<Account>;
+    async fn account(&self, id: AccountId) -> StoreResult<Option<Account>>;
+    async fn account_by_name(&self, name: &str) -> StoreResult<Option<Account>>;
+    /// Adds (or with a negative amount, removes) credits; returns the new balance.
+    async fn add_credits(
+        &self,
+        id: AccountId,
+        amount: Credits,
+        now: OffsetDateTime,
+    ) -> StoreResult<Credits>;
+    async fn create_key(&self, key: NewKey, now: OffsetDateTime) -> StoreResult<ApiKeyInfo>;
+    async fn list_keys(&self, account: Option<AccountId>) -> StoreResult<Vec<ApiKeyInfo>>;
+    /// Returns false when the key does not exist or was already revoked.
+    async fn revoke_key(&self, id: KeyId, now: OffsetDateTime) -> StoreResult<bool>;
+    /// The account of a live (not revoked) key.
+    async fn authenticate(&self, hash: KeyHash) -> StoreResult<Option<AccountId>>;
+
+    // --- generations, as the API sees them
+    /// Creates a generation and charges its price in one transaction, or replays the
+    /// generation an idempotency key already made.
+    async fn create_generation(&self, new: NewGeneration) -> StoreResult<Created>;
+    async fn generation(&self, id: GenerationId) -> StoreResult<Option<Generation>>;
+    /// Newest first.
+    async fn list_generations(
+        &self,
+        account: AccountId,
+        status: Option<GenerationStatus>,
+        limit: u32,
+        offset: u64,
+    ) -> StoreResult<Page<Generation>>;
+    /// How many pending generations were created before this one (0 when not pending).
+    async fn queue_position(&self, generation: &Generation) -> StoreResult<u64>;
+
+    // --- the lifecycle, as the engine drives it
+    /// Moves up to `limit` of the oldest pending generations (or processing ones whose lease
+    /// expired) to processing under `owner`'s lease.
+    async fn claim(
+        &self,
+        owner: &str,
+        limit: usize,
+        lease_until: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> StoreResult<Vec<Generation>>;
+    /// Extends a lease and records progress; false when the lease is no longer `owner`'s.
+    async fn heartbeat(
+        &self,
+        id: GenerationId,
+        owner: &str,
+        lease_until: OffsetDateTime,
+        progress_pct: u8,
+    ) -> StoreResult<bool>;
+    /// Ends a generation: terminal status, refund when due and the outbox event, together.
+    async fn finish(
+        &self,
+        id: GenerationId,
+        by: Finisher<'_>,
+        outcome: Outcome,
+        now: OffsetDateTime,
+    ) -> StoreResult<Finished>;
+    /// Fails with TIMEOUT every unfinished generation whose deadline has passed.
+    async fn expire(&self, now: OffsetDateTime) -> StoreResult<Vec<GenerationId>>;
+    /// The earliest deadline among unfinished generations, to know when to look again.
+    async fn next_deadline(&self) -> StoreResult<Option<OffsetDateTime>>;
+    /// Returns every processing generation to pending: for a single node taking over its
+    /// database after a crash, when no other node can hold a lease.
+    async fn release_all_leases(&self) -> StoreResult<u64>;
+
+    // --- the outbox
+    async fn event_for(&self, generation: GenerationId) -> StoreResult<Option<Event>>;
+}

@@ -1,0 +1,157 @@
+//! Accounts, their keys and their credits.
+
+use reelay_core::apikey::KeyHash;
+use reelay_core::{AccountId, Credits, KeyId};
+use rusqlite::{Connection, OptionalExtension, params};
+use time::OffsetDateTime;
+
+use super::backend;
+use super::rows::{from_micros, micros, parsed};
+use crate::{Account, ApiKeyInfo, NewKey, StoreError, StoreResult};
+
+const ACCOUNT_COLUMNS: &str = "id, name, balance, created_at";
+
+fn account(row: &rusqlite::Row<'_>) -> rusqlite::Result<Account> {
+    Ok(Account {
+        id: parsed(row, 0)?,
+        name: row.get(1)?,
+        balance: Credits::from_units(row.get(2)?),
+        created_at: from_micros(row.get(3)?)?,
+    })
+}
+
+pub fn create(
+    c: &Connection,
+    name: &str,
+    credits: Credits,
+    now: OffsetDateTime,
+) -> StoreResult<Account> {
+    if credits < Credits::ZERO {
+        return Err(StoreError::InsufficientCredits);
+    }
+    let id = AccountId::random();
+    c.prepare_cached("INSERT INTO accounts (id, name, balance, created_at) VALUES (?1, ?2, 0, ?3)")
+        .and_then(|mut s| s.execute(params![id.to_string(), name, micros(now)]))
+        .map_err(backend)?;
+    let balance = add_credits(c, id, credits, now)?;
+    Ok(Account {
+        id,
+        name: name.to_owned(),
+        balance,
+        created_at: now,
+    })
+}
+
+pub fn get(c: &Connection, id: AccountId) -> StoreResult<Option<Account>> {
+    c.prepare_cached(&format!(
+        "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = ?1"
+    ))
+    .and_then(|mut s| s.query_row([id.to_string()], account).optional())
+    .map_err(backend)
+}
+
+pub fn by_name(c: &Connection, name: &str) -> StoreResult<Option<Account>> {
+    c.prepare_cached(&format!(
+        "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE name = ?1 ORDER BY created_at LIMIT 1"
+    ))
+    .and_then(|mut s| s.query_row([name], account).optional())
+    .map_err(backend)
+}
+
+pub fn add_credits(
+    c: &Connection,
+    id: AccountId,
+    amount: Credits,
+    now: OffsetDateTime,
+) -> StoreResult<Credits> {
+    let balance: Option<i64> = c
+        .prepare_cached(
+            "UPDATE accounts SET balance = balance + ?2 WHERE id = ?1 AND balance + ?2 >= 0 \
+             RETURNING balance",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![id.to_string(), amount.units()], |r| r.get(0))
+                .optional()
+        })
+        .map_err(backend)?;
+    let Some(balance) = balance else {
+        return match get(c, id)? {
+            Some(_) => Err(StoreError::InsufficientCredits),
+            None => Err(StoreError::NotFound),
+        };
+    };
+    if amount != Credits::ZERO {
+        c.prepare_cached(
+            "INSERT INTO ledger (account_id, kind, amount, created_at) VALUES (?1, 'credit', ?2, ?3)",
+        )
+        .and_then(|mut s| s.execute(params![id.to_string(), amount.units(), micros(now)]))
+        .map_err(backend)?;
+    }
+    Ok(Credits::from_units(balance))
+}
+
+const KEY_COLUMNS: &str = "id, account_id, name, shown_prefix, created_at, revoked_at";
+
+fn key(row: &rusqlite::Row<'_>) -> rusqlite::Result<ApiKeyInfo> {
+    Ok(ApiKeyInfo {
+        id: parsed(row, 0)?,
+        account_id: parsed(row, 1)?,
+        name: row.get(2)?,
+        shown_prefix: row.get(3)?,
+        created_at: from_micros(row.get(4)?)?,
+        revoked_at: row.get::<_, Option<i64>>(5)?.map(from_micros).transpose()?,
+    })
+}
+
+pub fn create_key(c: &Connection, new: NewKey, now: OffsetDateTime) -> StoreResult<ApiKeyInfo> {
+    if get(c, new.account_id)?.is_none() {
+        return Err(StoreError::NotFound);
+    }
+    c.prepare_cached(
+        "INSERT INTO api_keys (id, account_id, name, shown_prefix, secret_hash, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            new.id.to_string(),
+            new.account_id.to_string(),
+            new.name,
+            new.shown_prefix,
+            &new.hash.0[..],
+            micros(now)
+        ])
+    })
+    .map_err(backend)?;
+    Ok(ApiKeyInfo {
+        id: new.id,
+        account_id: new.account_id,
+        name: new.name,
+        shown_prefix: new.shown_prefix,
+        created_at: now,
+        revoked_at: None,
+    })
+}
+
+pub fn list_keys(c: &Connection, account: Option<AccountId>) -> StoreResult<Vec<ApiKeyInfo>> {
+    let account = account.map(|a| a.to_string());
+    c.prepare_cached(&format!(
+        "SELECT {KEY_COLUMNS} FROM api_keys WHERE ?1 IS NULL OR account_id = ?1 ORDER BY created_at"
+    ))
+    .and_then(|mut s| s.query_map([account], key)?.collect())
+    .map_err(backend)
+}
+
+pub fn revoke_key(c: &Connection, id: KeyId, now: OffsetDateTime) -> StoreResult<bool> {
+    c.prepare_cached("UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL")
+        .and_then(|mut s| s.execute(params![id.to_string(), micros(now)]))
+        .map(|n| n == 1)
+        .map_err(backend)
+}
+
+pub fn authenticate(c: &Connection, hash: KeyHash) -> StoreResult<Option<AccountId>> {
+    c.prepare_cached(
+        "SELECT account_id FROM api_keys WHERE secret_hash = ?1 AND revoked_at IS NULL",
+    )
+    .and_then(|mut s| s.query_row([&hash.0[..]], |r| parsed(r, 0)).optional())
+    .map_err(backend)
+}

@@ -1,0 +1,424 @@
+//! Generations: creation with its charge, the lifecycle, and the terminal transition with its
+//! refund and outbox event.
+
+use reelay_core::{AccountId, FailureCode, GenerationId, GenerationStatus};
+use reelay_webhooks::{EventError, EventStatus, GenerationEvent};
+use rusqlite::{Connection, OptionalExtension, params};
+use time::OffsetDateTime;
+
+use super::backend;
+use super::rows::{GENERATION_COLUMNS, from_micros, generation, micros, parsed};
+use crate::*;
+
+pub fn get(c: &Connection, id: GenerationId) -> StoreResult<Option<Generation>> {
+    c.prepare_cached(&format!(
+        "SELECT {GENERATION_COLUMNS} FROM generations WHERE id = ?1"
+    ))
+    .and_then(|mut s| s.query_row([id.to_string()], generation).optional())
+    .map_err(backend)
+}
+
+fn must_get(c: &Connection, id: GenerationId) -> StoreResult<Generation> {
+    get(c, id)?.ok_or(StoreError::NotFound)
+}
+
+pub fn create(c: &Connection, new: NewGeneration) -> StoreResult<Created> {
+    let account = new.account_id.to_string();
+    if let Some(idem) = &new.idempotency {
+        let seen: Option<(Vec<u8>, String, i64)> = c
+            .prepare_cached(
+                "SELECT request_hash, generation_id, created_at FROM idempotency_keys \
+                 WHERE account_id = ?1 AND key = ?2",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![account, idem.key], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .optional()
+            })
+            .map_err(backend)?;
+        if let Some((hash, generation_id, created_at)) = seen {
+            if created_at >= micros(idem.not_before) {
+                if hash != idem.request_hash {
+                    return Err(StoreError::IdempotencyConflict);
+                }
+                let id = generation_id
+                    .parse()
+                    .map_err(|_| StoreError::Backend("corrupt idempotency row".into()))?;
+                return Ok(Created {
+                    generation: must_get(c, id)?,
+                    replayed: true,
+                });
+            }
+            c.prepare_cached("DELETE FROM idempotency_keys WHERE account_id = ?1 AND key = ?2")
+                .and_then(|mut s| s.execute(params![account, idem.key]))
+                .map_err(backend)?;
+        }
+    }
+
+    let charged = c
+        .prepare_cached(
+            "UPDATE accounts SET balance = balance - ?2 WHERE id = ?1 AND balance >= ?2",
+        )
+        .and_then(|mut s| s.execute(params![account, new.price.units()]))
+        .map_err(backend)?;
+    if charged == 0 {
+        return Err(match super::accounts::get(c, new.account_id)? {
+            Some(_) => StoreError::InsufficientCredits,
+            None => StoreError::NotFound,
+        });
+    }
+    let id = new.id.to_string();
+    let spec = &new.spec;
+    c.prepare_cached(
+        "INSERT INTO generations (id, account_id, status, prompt, model, aspect_ratio, seed, \
+         watermark_text, callback_url, price, created_at, deadline_at) \
+         VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            id,
+            account,
+            spec.prompt,
+            spec.model.as_str(),
+            spec.aspect_ratio.as_str(),
+            spec.seed,
+            spec.watermark_text,
+            spec.callback_url,
+            new.price.units(),
+            micros(new.created_at),
+            micros(new.deadline_at),
+        ])
+    })
+    .map_err(backend)?;
+    ledger(
+        c,
+        &account,
+        &id,
+        "charge",
+        -new.price.units(),
+        new.created_at,
+    )?;
+    if let Some(idem) = &new.idempotency {
+        c.prepare_cached(
+            "INSERT INTO idempotency_keys (account_id, key, request_hash, generation_id, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                account,
+                idem.key,
+                &idem.request_hash[..],
+                id,
+                micros(new.created_at)
+            ])
+        })
+        .map_err(backend)?;
+    }
+    Ok(Created {
+        generation: Generation {
+            id: new.id,
+            account_id: new.account_id,
+            spec: new.spec,
+            price: new.price,
+            created_at: new.created_at,
+            deadline_at: new.deadline_at,
+            stage: Stage::Pending,
+        },
+        replayed: false,
+    })
+}
+
+/// Writes one ledger row. The unique index on (generation, kind) makes a second charge or
+/// refund of the same generation fail here, whatever the calling code does.
+fn ledger(
+    c: &Connection,
+    account: &str,
+    generation: &str,
+    kind: &str,
+    amount: i64,
+    now: OffsetDateTime,
+) -> StoreResult<()> {
+    c.prepare_cached(
+        "INSERT INTO ledger (account_id, generation_id, kind, amount, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )
+    .and_then(|mut s| s.execute(params![account, generation, kind, amount, micros(now)]))
+    .map(drop)
+    .map_err(backend)
+}
+
+pub fn list(
+    c: &Connection,
+    account: AccountId,
+    status: Option<GenerationStatus>,
+    limit: u32,
+    offset: u64,
+) -> StoreResult<Page<Generation>> {
+    let account = account.to_string();
+    let status = status.map(GenerationStatus::as_str);
+    let items = c
+        .prepare_cached(&format!(
+            "SELECT {GENERATION_COLUMNS} FROM generations \
+             WHERE account_id = ?1 AND (?2 IS NULL OR status = ?2) \
+             ORDER BY created_at DESC, id DESC LIMIT ?3 OFFSET ?4"
+        ))
+        .and_then(|mut s| {
+            s.query_map(params![account, status, limit, offset as i64], generation)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(backend)?;
+    let total: i64 = c
+        .prepare_cached(
+            "SELECT COUNT(*) FROM generations WHERE account_id = ?1 AND (?2 IS NULL OR status = ?2)",
+        )
+        .and_then(|mut s| s.query_row(params![account, status], |r| r.get(0)))
+        .map_err(backend)?;
+    Ok(Page {
+        items,
+        total: total as u64,
+    })
+}
+
+pub fn queue_position(c: &Connection, created_at: OffsetDateTime) -> StoreResult<u64> {
+    c.prepare_cached(
+        "SELECT COUNT(*) FROM generations WHERE status = 'pending' AND created_at < ?1",
+    )
+    .and_then(|mut s| s.query_row([micros(created_at)], |r| r.get::<_, i64>(0)))
+    .map(|n| n as u64)
+    .map_err(backend)
+}
+
+pub fn claim(
+    c: &Connection,
+    owner: &str,
+    limit: usize,
+    lease_until: OffsetDateTime,
+    now: OffsetDateTime,
+) -> StoreResult<Vec<Generation>> {
+    let mut claimed = c
+        .prepare_cached(&format!(
+            "UPDATE generations SET status = 'processing', started_at = ?1, progress_pct = 0, \
+                 lease_owner = ?2, lease_until = ?3 \
+             WHERE id IN ( \
+                 SELECT id FROM ( \
+                     SELECT id, created_at FROM generations \
+                         WHERE status = 'pending' AND deadline_at > ?1 \
+                     UNION ALL \
+                     SELECT id, created_at FROM generations \
+                         WHERE status = 'processing' AND lease_until < ?1 AND deadline_at > ?1 \
+                 ) ORDER BY created_at LIMIT ?4) \
+             RETURNING {GENERATION_COLUMNS}"
+        ))
+        .and_then(|mut s| {
+            s.query_map(
+                params![micros(now), owner, micros(lease_until), limit as i64],
+                generation,
+            )?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(backend)?;
+    claimed.sort_by_key(|g| g.created_at);
+    Ok(claimed)
+}
+
+pub fn heartbeat(
+    c: &Connection,
+    id: GenerationId,
+    owner: &str,
+    lease_until: OffsetDateTime,
+    progress_pct: u8,
+) -> StoreResult<bool> {
+    c.prepare_cached(
+        "UPDATE generations SET lease_until = ?3, progress_pct = MAX(progress_pct, ?4) \
+         WHERE id = ?1 AND status = 'processing' AND lease_owner = ?2",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            id.to_string(),
+            owner,
+            micros(lease_until),
+            progress_pct.min(99)
+        ])
+    })
+    .map(|n| n == 1)
+    .map_err(backend)
+}
+
+pub fn finish(
+    c: &Connection,
+    id: GenerationId,
+    owner: Option<&str>,
+    outcome: Outcome,
+    now: OffsetDateTime,
+) -> StoreResult<Finished> {
+    let (status, code, video) = match &outcome {
+        Outcome::Completed(video) => ("completed", None, Some(video)),
+        Outcome::Failed(code) => ("failed", Some(*code), None),
+    };
+    let changed = c
+        .prepare_cached(
+            "UPDATE generations SET status = ?2, completed_at = ?3, failure_code = ?4, \
+                 video_file = ?5, video_url = ?6, \
+                 progress_pct = CASE WHEN ?2 = 'completed' THEN 100 ELSE progress_pct END, \
+                 lease_owner = NULL, lease_until = NULL \
+             WHERE id = ?1 AND status IN ('pending', 'processing') \
+                 AND (?7 IS NULL OR (status = 'processing' AND lease_owner = ?7))",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                id.to_string(),
+                status,
+                micros(now),
+                code.map(FailureCode::as_str),
+                video.map(|v| &v.file),
+                video.map(|v| &v.url),
+                owner,
+            ])
+        })
+        .map_err(backend)?;
+    let generation = must_get(c, id)?;
+    if changed == 0 {
+        return Ok(Finished::Refused(generation));
+    }
+    let account = generation.account_id.to_string();
+    if code.is_some_and(FailureCode::refunded) {
+        ledger(
+            c,
+            &account,
+            &id.to_string(),
+            "refund",
+            generation.price.units(),
+            now,
+        )?;
+        c.prepare_cached("UPDATE accounts SET balance = balance + ?2 WHERE id = ?1")
+            .and_then(|mut s| s.execute(params![account, generation.price.units()]))
+            .map_err(backend)?;
+    }
+    write_event(c, &generation, now)?;
+    Ok(Finished::Applied(generation))
+}
+
+/// The outbox row for a generation that just became terminal.
+fn write_event(c: &Connection, g: &Generation, now: OffsetDateTime) -> StoreResult<()> {
+    let (status, video_url, error, completed_at) = match &g.stage {
+        Stage::Completed {
+            video,
+            completed_at,
+            ..
+        } => (
+            EventStatus::Completed,
+            Some(video.url.clone()),
+            None,
+            *completed_at,
+        ),
+        Stage::Failed {
+            code, completed_at, ..
+        } => (
+            EventStatus::Failed,
+            None,
+            Some(EventError {
+                message: code.as_str().to_owned(),
+                details: Default::default(),
+            }),
+            *completed_at,
+        ),
+        _ => {
+            return Err(StoreError::Backend(
+                "an event for an unfinished generation".into(),
+            ));
+        }
+    };
+    let payload = GenerationEvent {
+        generation_id: g.id.0,
+        status,
+        prompt: g.spec.prompt.clone(),
+        video_url,
+        created_at: g.created_at,
+        completed_at,
+        seed: g.spec.seed,
+        error,
+    }
+    .to_json();
+    let event_id = format!("msg_{}", uuid::Uuid::new_v4().simple());
+    c.prepare_cached(
+        "INSERT INTO events (id, generation_id, account_id, callback_url, payload, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            event_id,
+            g.id.to_string(),
+            g.account_id.to_string(),
+            g.spec.callback_url,
+            payload,
+            micros(now)
+        ])
+    })
+    .map(drop)
+    .map_err(backend)
+}
+
+/// Most generations timed out in one transaction; the rest wait for the next pass.
+const EXPIRE_BATCH: i64 = 1_000;
+
+pub fn expire(c: &Connection, now: OffsetDateTime) -> StoreResult<Vec<GenerationId>> {
+    let due: Vec<GenerationId> = c
+        .prepare_cached(
+            "SELECT id FROM generations WHERE status IN ('pending', 'processing') \
+             AND deadline_at <= ?1 ORDER BY deadline_at LIMIT ?2",
+        )
+        .and_then(|mut s| {
+            s.query_map(params![micros(now), EXPIRE_BATCH], |r| parsed(r, 0))?
+                .collect()
+        })
+        .map_err(backend)?;
+    for id in &due {
+        finish(c, *id, None, Outcome::Failed(FailureCode::Timeout), now)?;
+    }
+    Ok(due)
+}
+
+pub fn next_deadline(c: &Connection) -> StoreResult<Option<OffsetDateTime>> {
+    c.prepare_cached(
+        "SELECT MIN(deadline_at) FROM generations WHERE status IN ('pending', 'processing')",
+    )
+    .and_then(|mut s| {
+        s.query_row([], |r| r.get::<_, Option<i64>>(0))?
+            .map(from_micros)
+            .transpose()
+    })
+    .map_err(backend)
+}
+
+pub fn release_all_leases(c: &Connection) -> StoreResult<u64> {
+    c.prepare_cached(
+        "UPDATE generations SET status = 'pending', started_at = NULL, progress_pct = 0, \
+             lease_owner = NULL, lease_until = NULL \
+         WHERE status = 'processing'",
+    )
+    .and_then(|mut s| s.execute([]))
+    .map(|n| n as u64)
+    .map_err(backend)
+}
+
+pub fn event_for(c: &Connection, generation_id: GenerationId) -> StoreResult<Option<Event>> {
+    c.prepare_cached(
+        "SELECT id, generation_id, account_id, callback_url, payload, created_at \
+         FROM events WHERE generation_id = ?1",
+    )
+    .and_then(|mut s| {
+        s.query_row([generation_id.to_string()], |r| {
+            Ok(Event {
+                id: r.get(0)?,
+                generation_id: parsed(r, 1)?,
+                account_id: parsed(r, 2)?,
+                callback_url: r.get(3)?,
+                payload: r.get(4)?,
+                created_at: from_micros(r.get(5)?)?,
+            })
+        })
+        .optional()
+    })
+    .map_err(backend)
+}

@@ -1,0 +1,234 @@
+//! The embedded default: one SQLite file in WAL mode with `synchronous=FULL`, one writer
+//! thread that commits requests in groups, and a pool of readers.
+
+mod accounts;
+mod generations;
+mod readers;
+mod rows;
+mod writer;
+
+use std::path::Path;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use reelay_core::apikey::KeyHash;
+use reelay_core::{AccountId, Credits, GenerationId, GenerationStatus, KeyId};
+use rusqlite::{Connection, TransactionBehavior};
+use time::OffsetDateTime;
+
+use crate::*;
+use readers::Readers;
+use writer::Writer;
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[include_str!("../../migrations/sqlite/0001_init.sql")];
+
+pub(crate) fn backend(e: rusqlite::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+/// A [`Store`] on one SQLite file. Cheap to clone; all clones share the writer thread.
+#[derive(Clone)]
+pub struct SqliteStore {
+    writer: Writer,
+    readers: Readers,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and brings its schema up to date.
+    pub fn open(path: impl AsRef<Path>) -> StoreResult<Self> {
+        let path = path.as_ref();
+        let mut conn = Connection::open(path).map_err(backend)?;
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(backend)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(backend)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(backend)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(backend)?;
+        migrate(&mut conn)?;
+        Ok(Self {
+            writer: Writer::spawn(conn),
+            readers: Readers::new(path.to_owned()),
+        })
+    }
+}
+
+fn migrate(conn: &mut Connection) -> StoreResult<()> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(backend)?;
+    let done: i64 = tx
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(backend)?;
+    let done = usize::try_from(done).unwrap_or(usize::MAX);
+    if done > MIGRATIONS.len() {
+        return Err(StoreError::Backend(format!(
+            "the database schema (version {done}) is newer than this reelay knows \
+             ({}); upgrade reelay",
+            MIGRATIONS.len()
+        )));
+    }
+    for sql in &MIGRATIONS[done..] {
+        tx.execute_batch(sql).map_err(backend)?;
+    }
+    tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)
+        .map_err(backend)?;
+    tx.commit().map_err(backend)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_account(
+        &self,
+        name: &str,
+        credits: Credits,
+        now: OffsetDateTime,
+    ) -> StoreResult<Account> {
+        let name = name.to_owned();
+        self.writer
+            .write(move |c| accounts::create(c, &name, credits, now))
+            .await
+    }
+
+    async fn account(&self, id: AccountId) -> StoreResult<Option<Account>> {
+        self.readers.read(move |c| accounts::get(c, id)).await
+    }
+
+    async fn account_by_name(&self, name: &str) -> StoreResult<Option<Account>> {
+        let name = name.to_owned();
+        self.readers
+            .read(move |c| accounts::by_name(c, &name))
+            .await
+    }
+
+    async fn add_credits(
+        &self,
+        id: AccountId,
+        amount: Credits,
+        now: OffsetDateTime,
+    ) -> StoreResult<Credits> {
+        self.writer
+            .write(move |c| accounts::add_credits(c, id, amount, now))
+            .await
+    }
+
+    async fn create_key(&self, key: NewKey, now: OffsetDateTime) -> StoreResult<ApiKeyInfo> {
+        self.writer
+            .write(move |c| accounts::create_key(c, key, now))
+            .await
+    }
+
+    async fn list_keys(&self, account: Option<AccountId>) -> StoreResult<Vec<ApiKeyInfo>> {
+        self.readers
+            .read(move |c| accounts::list_keys(c, account))
+            .await
+    }
+
+    async fn revoke_key(&self, id: KeyId, now: OffsetDateTime) -> StoreResult<bool> {
+        self.writer
+            .write(move |c| accounts::revoke_key(c, id, now))
+            .await
+    }
+
+    async fn authenticate(&self, hash: KeyHash) -> StoreResult<Option<AccountId>> {
+        self.readers
+            .read(move |c| accounts::authenticate(c, hash))
+            .await
+    }
+
+    async fn create_generation(&self, new: NewGeneration) -> StoreResult<Created> {
+        self.writer
+            .write(move |c| generations::create(c, new))
+            .await
+    }
+
+    async fn generation(&self, id: GenerationId) -> StoreResult<Option<Generation>> {
+        self.readers.read(move |c| generations::get(c, id)).await
+    }
+
+    async fn list_generations(
+        &self,
+        account: AccountId,
+        status: Option<GenerationStatus>,
+        limit: u32,
+        offset: u64,
+    ) -> StoreResult<Page<Generation>> {
+        self.readers
+            .read(move |c| generations::list(c, account, status, limit, offset))
+            .await
+    }
+
+    async fn queue_position(&self, generation: &Generation) -> StoreResult<u64> {
+        if generation.stage != Stage::Pending {
+            return Ok(0);
+        }
+        let created_at = generation.created_at;
+        self.readers
+            .read(move |c| generations::queue_position(c, created_at))
+            .await
+    }
+
+    async fn claim(
+        &self,
+        owner: &str,
+        limit: usize,
+        lease_until: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> StoreResult<Vec<Generation>> {
+        let owner = owner.to_owned();
+        self.writer
+            .write(move |c| generations::claim(c, &owner, limit, lease_until, now))
+            .await
+    }
+
+    async fn heartbeat(
+        &self,
+        id: GenerationId,
+        owner: &str,
+        lease_until: OffsetDateTime,
+        progress_pct: u8,
+    ) -> StoreResult<bool> {
+        let owner = owner.to_owned();
+        self.writer
+            .write(move |c| generations::heartbeat(c, id, &owner, lease_until, progress_pct))
+            .await
+    }
+
+    async fn finish(
+        &self,
+        id: GenerationId,
+        by: Finisher<'_>,
+        outcome: Outcome,
+        now: OffsetDateTime,
+    ) -> StoreResult<Finished> {
+        let owner = match by {
+            Finisher::LeaseHolder(owner) => Some(owner.to_owned()),
+            Finisher::Anyone => None,
+        };
+        self.writer
+            .write(move |c| generations::finish(c, id, owner.as_deref(), outcome, now))
+            .await
+    }
+
+    async fn expire(&self, now: OffsetDateTime) -> StoreResult<Vec<GenerationId>> {
+        self.writer
+            .write(move |c| generations::expire(c, now))
+            .await
+    }
+
+    async fn next_deadline(&self) -> StoreResult<Option<OffsetDateTime>> {
+        self.readers.read(generations::next_deadline).await
+    }
+
+    async fn release_all_leases(&self) -> StoreResult<u64> {
+        self.writer.write(generations::release_all_leases).await
+    }
+
+    async fn event_for(&self, generation: GenerationId) -> StoreResult<Option<Event>> {
+        self.readers
+            .read(move |c| generations::event_for(c, generation))
+            .await
+    }
+}

@@ -1,0 +1,155 @@
+//! Configuration: defaults, then `reelay.toml`, then `REELAY_*` variables, then flags.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use reelay_core::pricing::Prices;
+use reelay_core::{Credits, Model};
+use serde::{Deserialize, Serialize};
+
+/// Which generator produces the videos.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GeneratorKind {
+    /// Renders a real MP4 per generation.
+    Builtin,
+    /// Completes at once with one shared video: for load tests only.
+    Instant,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// A SQLite file path (or `sqlite://path`); the data directory's file when unset.
+    pub database_url: Option<String>,
+    /// Base of `video_url`; the listen address when unset.
+    pub public_url: Option<String>,
+    #[serde(with = "humantime_serde")]
+    pub generation_timeout: Duration,
+    pub allow_insecure_callbacks: bool,
+    #[serde(with = "humantime_serde")]
+    pub render_delay: Duration,
+    pub render_concurrency: usize,
+    pub generator: GeneratorKind,
+    pub moderation_terms_file: Option<PathBuf>,
+    /// Price per model, like `{"veo-3-fast" = "0.25"}`; unlisted models keep the default.
+    pub prices: BTreeMap<String, String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./reelay-data"),
+            database_url: None,
+            public_url: None,
+            generation_timeout: Duration::from_secs(600),
+            allow_insecure_callbacks: false,
+            render_delay: Duration::ZERO,
+            render_concurrency: 2,
+            generator: GeneratorKind::Builtin,
+            moderation_terms_file: None,
+            prices: BTreeMap::new(),
+        }
+    }
+}
+
+/// Settings given on the command line; each one set overrides the file and the environment.
+#[derive(Debug, Default, Clone, Serialize, clap::Args)]
+pub struct ConfigFlags {
+    /// Configuration file [default: ./reelay.toml when it exists]
+    #[arg(long, global = true, env = "REELAY_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Data directory (SQLite file and videos)
+    #[arg(long, global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// Database: a SQLite file path
+    #[arg(long, global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
+}
+
+impl Config {
+    /// Loads the layers; `overrides` (a JSON object of settings) comes last, for a command's
+    /// own flags and the settings a mode implies.
+    pub fn load(flags: &ConfigFlags, overrides: serde_json::Value) -> anyhow::Result<Self> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        match &flags.config {
+            Some(path) if !path.exists() => {
+                bail!("configuration file {} does not exist", path.display())
+            }
+            Some(path) => figment = figment.merge(Toml::file_exact(path)),
+            None => figment = figment.merge(Toml::file("reelay.toml")),
+        }
+        let config: Config = figment
+            .merge(Env::prefixed("REELAY_").ignore(&["config", "server", "api_key"]))
+            .merge(Serialized::defaults(flags))
+            .merge(Serialized::defaults(overrides))
+            .extract()
+            .context("reading the configuration (reelay.toml, REELAY_* variables, flags)")?;
+        config.prices()?;
+        Ok(config)
+    }
+
+    /// The SQLite file to use.
+    pub fn database_path(&self) -> anyhow::Result<PathBuf> {
+        match self.database_url.as_deref() {
+            None | Some("") => Ok(self.data_dir.join("reelay.sqlite3")),
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                bail!("PostgreSQL is not supported by this build yet; use a SQLite path")
+            }
+            Some(url) => Ok(Path::new(url.strip_prefix("sqlite://").unwrap_or(url)).to_owned()),
+        }
+    }
+
+    pub fn videos_dir(&self) -> PathBuf {
+        self.data_dir.join("videos")
+    }
+
+    pub fn prices(&self) -> anyhow::Result<Prices> {
+        let overrides = self
+            .prices
+            .iter()
+            .map(|(model, price)| {
+                let model: Model = model.parse().map_err(|_| {
+                    anyhow::anyhow!(
+                        "prices: unknown model {model:?}; use veo-3-fast or veo-3-quality"
+                    )
+                })?;
+                let price: Credits = price.parse().map_err(|e| anyhow::anyhow!("prices: {e}"))?;
+                Ok((model, price))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Prices::with_overrides(overrides).map_err(|e| anyhow::anyhow!("prices: {e}"))
+    }
+
+    /// The effective configuration as TOML. Nothing secret is configured yet; when tokens
+    /// arrive they are masked here.
+    pub fn to_toml(&self) -> String {
+        let mut out = String::new();
+        let value = serde_json::to_value(self).expect("config serializes");
+        if let serde_json::Value::Object(fields) = value {
+            for (key, value) in fields {
+                match value {
+                    serde_json::Value::Null => out.push_str(&format!("# {key} = (unset)\n")),
+                    serde_json::Value::Object(map) => {
+                        let entries: Vec<String> =
+                            map.iter().map(|(k, v)| format!("\"{k}\" = {v}")).collect();
+                        out.push_str(&format!("{key} = {{ {} }}\n", entries.join(", ")));
+                    }
+                    other => out.push_str(&format!("{key} = {other}\n")),
+                }
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,257 @@
+//! The `reelay` binary: the server (`serve`, `dev`), administration (`keys`, `credits`) and a
+//! client (`generate`).
+
+mod admin;
+mod client;
+mod config;
+mod server;
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use reelay_core::{AccountId, Credits, KeyId};
+use reelay_store::Store;
+use serde::Serialize;
+use serde_json::json;
+
+use config::{Config, ConfigFlags};
+
+#[derive(Parser)]
+#[command(
+    name = "reelay",
+    version,
+    about = "Asynchronous generation tasks with webhooks"
+)]
+struct Cli {
+    #[command(flatten)]
+    config: ConfigFlags,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (production settings)
+    Serve(ServeArgs),
+    /// Run the server for local development: insecure callbacks allowed, a ready API key printed
+    Dev(ServeArgs),
+    /// Create, list and revoke API keys
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Manage account credits
+    #[command(subcommand)]
+    Credits(CreditsCommand),
+    /// Create a generation through the API
+    Generate {
+        #[command(flatten)]
+        client: client::ClientArgs,
+        #[command(flatten)]
+        args: client::GenerateArgs,
+    },
+}
+
+#[derive(clap::Args, Serialize)]
+struct ServeArgs {
+    /// Address to listen on
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listen: Option<SocketAddr>,
+    /// Base URL of video links
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    public_url: Option<String>,
+    /// Print the effective configuration and exit
+    #[arg(long)]
+    #[serde(skip)]
+    print_config: bool,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key, for a new account (with --credits) or an existing one (--account)
+    Create {
+        #[arg(long, default_value = "default")]
+        name: String,
+        /// Credits for the new account, or added to --account (a decimal, like 10 or 2.5)
+        #[arg(long)]
+        credits: Option<Credits>,
+        #[arg(long)]
+        account: Option<AccountId>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List keys (never their secrets)
+    List {
+        #[arg(long)]
+        account: Option<AccountId>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key: it stops working at once
+    Revoke {
+        key_id: KeyId,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum CreditsCommand {
+    /// Add credits to an account (a negative amount removes them)
+    Add {
+        #[arg(long)]
+        account: AccountId,
+        #[arg(long, allow_hyphen_values = true)]
+        amount: Credits,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// The account `dev` keeps its keys in, and what it starts with.
+const DEV_ACCOUNT: &str = "dev";
+const DEV_CREDITS: Credits = Credits::from_units(100 * 10_000);
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let serving = matches!(cli.command, Command::Serve(_) | Command::Dev(_));
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| if serving { "info" } else { "warn" }.into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(cli).await {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => {
+            let config = Config::load(&cli.config, serde_json::to_value(&args)?)?;
+            if args.print_config {
+                print!("{}", config.to_toml());
+                return Ok(());
+            }
+            server::serve(config, |_, _| Ok(())).await
+        }
+        Command::Dev(args) => {
+            let mut overrides = serde_json::to_value(&args)?;
+            overrides["allow_insecure_callbacks"] = json!(true);
+            let config = Config::load(&cli.config, overrides)?;
+            if args.print_config {
+                print!("{}", config.to_toml());
+                return Ok(());
+            }
+            let store = server::open_store(&config)?;
+            let account = store.account_by_name(DEV_ACCOUNT).await?.map(|a| a.id);
+            let credits = account.is_none().then_some(DEV_CREDITS);
+            let key = admin::create_key(&store, account, DEV_ACCOUNT, credits).await?;
+            drop(store);
+            server::serve(config, move |config, url| {
+                print_dev_greeting(config, url, &key);
+                Ok(())
+            })
+            .await
+        }
+        Command::Keys(command) => keys(&cli.config, command).await,
+        Command::Credits(CreditsCommand::Add {
+            account,
+            amount,
+            json,
+        }) => {
+            let store = server::open_store(&Config::load(&cli.config, json!({}))?)?;
+            let balance = admin::add_credits(&store, account, amount).await?;
+            if json {
+                println!(
+                    "{}",
+                    json!({"account_id": account.to_string(), "balance": balance.to_string()})
+                );
+            } else {
+                println!("balance of {account}: {balance}");
+            }
+            Ok(())
+        }
+        Command::Generate { client, args } => client::generate(client, args).await,
+    }
+}
+
+fn print_dev_greeting(config: &Config, url: &str, key: &admin::NewAccountKey) {
+    println!(
+        "\nreelay dev server\n\
+         \n  API key (shown once): {secret}\
+         \n  account:              {account} (balance {balance})\
+         \n  videos are written to {videos}\
+         \n  insecure callbacks (http, loopback) are allowed: this is for development only\n\
+         \nTry it:\n\
+         \n  curl -X POST {url}/v1/veo/generate \\\
+         \n    -H \"Authorization: Bearer {secret}\" \\\
+         \n    -H \"Content-Type: application/json\" \\\
+         \n    -d '{{\"prompt\": \"A sunset over mountains\"}}'\n\
+         \n  curl {url}/v1/veo/generations/<generation_id> -H \"Authorization: Bearer {secret}\"\n",
+        secret = key.secret,
+        account = key.account.id,
+        balance = key.account.balance,
+        videos = config.videos_dir().display(),
+    );
+}
+
+async fn keys(flags: &ConfigFlags, command: KeysCommand) -> anyhow::Result<()> {
+    let store = server::open_store(&Config::load(flags, json!({}))?)?;
+    match command {
+        KeysCommand::Create {
+            name,
+            credits,
+            account,
+            json,
+        } => {
+            let made = admin::create_key(&store, account, &name, credits).await?;
+            if json {
+                println!("{}", made.to_json());
+            } else {
+                println!(
+                    "API key (shown once, store it now): {}\nkey id:  {}\naccount: {} (balance {})",
+                    made.secret, made.key.id, made.account.id, made.account.balance
+                );
+            }
+        }
+        KeysCommand::List { account, json } => {
+            let keys = store.list_keys(account).await?;
+            if json {
+                let list: Vec<_> = keys.iter().map(admin::key_json).collect();
+                println!("{}", serde_json::Value::Array(list));
+            } else {
+                for key in &keys {
+                    println!(
+                        "{}  {}…  {:<20} account {}{}",
+                        key.id,
+                        key.shown_prefix,
+                        key.name,
+                        key.account_id,
+                        if key.revoked_at.is_some() {
+                            "  (revoked)"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+            }
+        }
+        KeysCommand::Revoke { key_id, json } => {
+            admin::revoke_key(&store, key_id)
+                .await
+                .context("revoking the key")?;
+            if json {
+                println!("{}", json!({"key_id": key_id.to_string(), "revoked": true}));
+            } else {
+                println!("revoked {key_id}");
+            }
+        }
+    }
+    Ok(())
+}
