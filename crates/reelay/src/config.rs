@@ -132,11 +132,17 @@ impl Config {
         Prices::with_overrides(overrides).map_err(|e| anyhow::anyhow!("prices: {e}"))
     }
 
-    /// The effective configuration as TOML. Nothing secret is configured yet; when tokens
-    /// arrive they are masked here.
-    pub fn to_toml(&self) -> String {
+    /// The effective configuration as TOML, prices included. Nothing secret is configured
+    /// yet; when tokens arrive they are masked here.
+    pub fn to_toml(&self) -> anyhow::Result<String> {
         let mut out = String::new();
-        let value = serde_json::to_value(self).expect("config serializes");
+        let mut effective = self.clone();
+        effective.prices = self
+            .prices()?
+            .iter()
+            .map(|(model, price)| (model.to_string(), price.to_string()))
+            .collect();
+        let value = serde_json::to_value(effective)?;
         if let serde_json::Value::Object(fields) = value {
             for (key, value) in fields {
                 match value {
@@ -150,6 +156,6 @@ impl Config {
                 }
             }
         }
-        out
+        Ok(out)
     }
 }

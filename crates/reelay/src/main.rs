@@ -135,7 +135,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => {
             let config = Config::load(&cli.config, serde_json::to_value(&args)?)?;
             if args.print_config {
-                print!("{}", config.to_toml());
+                print!("{}", config.to_toml()?);
                 return Ok(());
             }
             server::serve(config, |_, _| Ok(())).await
@@ -145,7 +145,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             overrides["allow_insecure_callbacks"] = json!(true);
             let config = Config::load(&cli.config, overrides)?;
             if args.print_config {
-                print!("{}", config.to_toml());
+                print!("{}", config.to_toml()?);
                 return Ok(());
             }
             let store = server::open_store(&config)?;
