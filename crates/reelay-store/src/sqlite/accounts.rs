@@ -6,7 +6,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use time::OffsetDateTime;
 
 use super::backend;
-use super::rows::{from_micros, micros, parsed};
+use super::rows::{from_micros, micros, parsed, stored};
 use crate::{Account, ApiKeyInfo, NewKey, StoreError, StoreResult};
 
 const ACCOUNT_COLUMNS: &str = "id, name, balance, created_at";
@@ -38,7 +38,7 @@ pub fn create(
         id,
         name: name.to_owned(),
         balance,
-        created_at: now,
+        created_at: stored(now),
     })
 }
 
@@ -127,7 +127,7 @@ pub fn create_key(c: &Connection, new: NewKey, now: OffsetDateTime) -> StoreResu
         account_id: new.account_id,
         name: new.name,
         shown_prefix: new.shown_prefix,
-        created_at: now,
+        created_at: stored(now),
         revoked_at: None,
     })
 }

@@ -7,7 +7,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use time::OffsetDateTime;
 
 use super::backend;
-use super::rows::{GENERATION_COLUMNS, from_micros, generation, micros, parsed};
+use super::rows::{GENERATION_COLUMNS, from_micros, generation, micros, parsed, stored};
 use crate::*;
 
 pub fn get(c: &Connection, id: GenerationId) -> StoreResult<Option<Generation>> {
@@ -121,8 +121,8 @@ pub fn create(c: &Connection, new: NewGeneration) -> StoreResult<Created> {
             account_id: new.account_id,
             spec: new.spec,
             price: new.price,
-            created_at: new.created_at,
-            deadline_at: new.deadline_at,
+            created_at: stored(new.created_at),
+            deadline_at: stored(new.deadline_at),
             stage: Stage::Pending,
         },
         replayed: false,

@@ -16,6 +16,11 @@ pub fn from_micros(us: i64) -> rusqlite::Result<OffsetDateTime> {
         .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, Type::Integer, Box::new(e)))
 }
 
+/// `t` as the database keeps it (microseconds), so a returned record equals a re-read one.
+pub fn stored(t: OffsetDateTime) -> OffsetDateTime {
+    from_micros(micros(t)).unwrap_or(t)
+}
+
 fn corrupt(column: usize, what: impl Into<String>) -> rusqlite::Error {
     let msg: Box<dyn std::error::Error + Send + Sync> = what.into().into();
     rusqlite::Error::FromSqlConversionFailure(column, Type::Text, msg)
