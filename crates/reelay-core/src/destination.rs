@@ -143,6 +143,18 @@ impl DestinationPolicy {
     }
 }
 
+/// The key deliveries are grouped by for concurrency limits: scheme, host and port. Two
+/// callback URLs on one server share one key, so one slow server is one bottleneck, not many.
+pub fn destination_key(url: &str) -> Option<String> {
+    let url = Url::parse(url).ok()?;
+    Some(format!(
+        "{}://{}:{}",
+        url.scheme(),
+        url.host_str()?,
+        url.port_or_known_default()?
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,6 +213,22 @@ mod tests {
         assert!(DEV.check_url("http://169.254.169.254/").is_err());
         assert!(DEV.check_url("http://10.0.0.1/").is_err());
         assert!(STRICT.check_url("http://example.com/").is_err());
+    }
+
+    #[test]
+    fn destinations_group_by_scheme_host_and_port() {
+        assert_eq!(
+            destination_key("https://Example.com/a?x=1").as_deref(),
+            Some("https://example.com:443")
+        );
+        assert_eq!(
+            destination_key("https://example.com:443/b"),
+            destination_key("https://example.com/c")
+        );
+        assert_ne!(
+            destination_key("http://127.0.0.1:5000/"),
+            destination_key("http://127.0.0.1:5001/")
+        );
     }
 
     #[test]

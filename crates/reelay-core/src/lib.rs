@@ -10,6 +10,7 @@ pub mod moderation;
 pub mod money;
 pub mod pricing;
 pub mod request;
+pub mod retry;
 
 pub use failure::FailureCode;
 pub use generation::{AspectRatio, GenerationStatus, Model};

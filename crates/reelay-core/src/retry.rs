@@ -1,0 +1,232 @@
+//! The webhook retry policy as arithmetic: after which failure to wait how long, and when to
+//! stop. Defaults are the seed's: 5 attempts, linear backoff in 30-second steps.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::generation::UnknownValue;
+
+/// How the wait grows from one failed attempt to the next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backoff {
+    /// n × interval after the n-th failure (30, 60, 90, 120 s): the seed's policy.
+    Linear,
+    /// The same interval every time.
+    Constant,
+    /// interval × 2^(n-1): 30, 60, 120, 240 s.
+    Exponential,
+}
+
+impl Backoff {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Linear => "linear",
+            Self::Constant => "constant",
+            Self::Exponential => "exponential",
+        }
+    }
+}
+
+impl FromStr for Backoff {
+    type Err = UnknownValue;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [Self::Linear, Self::Constant, Self::Exponential]
+            .into_iter()
+            .find(|b| b.as_str() == s)
+            .ok_or_else(|| UnknownValue(s.to_owned()))
+    }
+}
+
+impl fmt::Display for Backoff {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What one delivery attempt came to, as the deliveries API reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AttemptOutcome {
+    Delivered,
+    HttpError,
+    Timeout,
+    ConnectError,
+    TlsError,
+    DnsError,
+    BlockedDestination,
+    Redirect,
+}
+
+impl AttemptOutcome {
+    pub const ALL: [Self; 8] = [
+        Self::Delivered,
+        Self::HttpError,
+        Self::Timeout,
+        Self::ConnectError,
+        Self::TlsError,
+        Self::DnsError,
+        Self::BlockedDestination,
+        Self::Redirect,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::HttpError => "http_error",
+            Self::Timeout => "timeout",
+            Self::ConnectError => "connect_error",
+            Self::TlsError => "tls_error",
+            Self::DnsError => "dns_error",
+            Self::BlockedDestination => "blocked_destination",
+            Self::Redirect => "redirect",
+        }
+    }
+}
+
+impl FromStr for AttemptOutcome {
+    type Err = UnknownValue;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|o| o.as_str() == s)
+            .ok_or_else(|| UnknownValue(s.to_owned()))
+    }
+}
+
+/// What happens after an attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    Delivered,
+    RetryAfter(Duration),
+    /// No more attempts in this round; the reason is shown to the customer.
+    GiveUp(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub interval: Duration,
+    pub backoff: Backoff,
+    /// The longest a receiver's `Retry-After` may push the next attempt back.
+    pub max_retry_after: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            interval: Duration::from_secs(30),
+            backoff: Backoff::Linear,
+            max_retry_after: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait after the `failures`-th failed attempt (1-based).
+    pub fn delay_after(&self, failures: u32) -> Duration {
+        let n = failures.max(1);
+        match self.backoff {
+            Backoff::Linear => self.interval.saturating_mul(n),
+            Backoff::Constant => self.interval,
+            Backoff::Exponential => self
+                .interval
+                .saturating_mul(2u32.saturating_pow((n - 1).min(31))),
+        }
+    }
+
+    /// Decides after attempt number `attempt` (1-based, within the current round).
+    /// `status` is the HTTP status when one came back; `retry_after` its `Retry-After`.
+    pub fn next(
+        &self,
+        attempt: u32,
+        outcome: AttemptOutcome,
+        status: Option<u16>,
+        retry_after: Option<Duration>,
+    ) -> Next {
+        if outcome == AttemptOutcome::Delivered {
+            return Next::Delivered;
+        }
+        if status == Some(410) {
+            return Next::GiveUp(
+                "the endpoint answered 410 Gone: it asked for no more attempts".into(),
+            );
+        }
+        if attempt >= self.max_attempts {
+            return Next::GiveUp(format!(
+                "{attempt} attempts failed; the last was {}",
+                match status {
+                    Some(code) => format!("HTTP {code}"),
+                    None => outcome.as_str().replace('_', " "),
+                }
+            ));
+        }
+        let mut wait = self.delay_after(attempt);
+        if matches!(status, Some(429 | 503)) {
+            if let Some(asked) = retry_after {
+                wait = wait.max(asked.min(self.max_retry_after));
+            }
+        }
+        Next::RetryAfter(wait)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: fn(u64) -> Duration = Duration::from_secs;
+
+    #[test]
+    fn the_seed_policy_waits_30_60_90_120_then_gives_up() {
+        let p = RetryPolicy::default();
+        let waits: Vec<_> = (1..=4)
+            .map(|n| p.next(n, AttemptOutcome::HttpError, Some(500), None))
+            .collect();
+        assert_eq!(waits, [S(30), S(60), S(90), S(120)].map(Next::RetryAfter));
+        assert!(matches!(
+            p.next(5, AttemptOutcome::HttpError, Some(500), None),
+            Next::GiveUp(reason) if reason.contains("5 attempts") && reason.contains("HTTP 500")
+        ));
+    }
+
+    #[test]
+    fn constant_and_exponential_backoff() {
+        let mut p = RetryPolicy {
+            backoff: Backoff::Constant,
+            ..Default::default()
+        };
+        assert_eq!(p.delay_after(3), S(30));
+        p.backoff = Backoff::Exponential;
+        assert_eq!(
+            (1..=4).map(|n| p.delay_after(n)).collect::<Vec<_>>(),
+            [S(30), S(60), S(120), S(240)]
+        );
+        assert_eq!(p.delay_after(u32::MAX), S(30 << 31)); // no overflow
+    }
+
+    #[test]
+    fn retry_after_delays_429_and_503_within_a_cap() {
+        let p = RetryPolicy::default();
+        let next = |status, after| p.next(1, AttemptOutcome::HttpError, Some(status), after);
+        assert_eq!(next(429, Some(S(120))), Next::RetryAfter(S(120)));
+        assert_eq!(next(503, Some(S(5))), Next::RetryAfter(S(30)));
+        assert_eq!(next(429, Some(S(86_400))), Next::RetryAfter(S(900)));
+        assert_eq!(next(500, Some(S(120))), Next::RetryAfter(S(30)));
+    }
+
+    #[test]
+    fn gone_stops_at_once_and_success_is_final() {
+        let p = RetryPolicy::default();
+        assert!(
+            matches!(p.next(1, AttemptOutcome::HttpError, Some(410), None), Next::GiveUp(r) if r.contains("410"))
+        );
+        assert_eq!(
+            p.next(1, AttemptOutcome::Delivered, Some(200), None),
+            Next::Delivered
+        );
+        assert!(
+            matches!(p.next(5, AttemptOutcome::Timeout, None, None), Next::GiveUp(r) if r.contains("timeout"))
+        );
+    }
+}
