@@ -92,6 +92,65 @@ pub trait Store: Send + Sync + 'static {
     /// database after a crash, when no other node can hold a lease.
     async fn release_all_leases(&self) -> StoreResult<u64>;
 
-    // --- the outbox
+    // --- the outbox and webhook deliveries
     async fn event_for(&self, generation: GenerationId) -> StoreResult<Option<Event>>;
+    /// Leases up to `limit` due deliveries, oldest due first, skipping `skip_destinations`
+    /// (those already at their concurrency limit). The lease ends at `lease_until`.
+    async fn claim_deliveries(
+        &self,
+        owner: &str,
+        limit: usize,
+        lease_until: OffsetDateTime,
+        now: OffsetDateTime,
+        skip_destinations: Vec<String>,
+    ) -> StoreResult<Vec<DueDelivery>>;
+    /// Records an attempt; its outcome moves the delivery on only while `owner` holds the
+    /// lease (returns false otherwise: the attempt is kept in the log all the same).
+    async fn record_attempt(&self, attempt: AttemptRecord) -> StoreResult<bool>;
+    /// Gives a claimed delivery back unattempted, due at `at`.
+    async fn release_delivery(
+        &self,
+        event_id: &str,
+        owner: &str,
+        at: OffsetDateTime,
+    ) -> StoreResult<()>;
+    /// Makes every leased delivery due now: for a single node restarting on its database.
+    async fn release_all_delivery_leases(&self, now: OffsetDateTime) -> StoreResult<u64>;
+    /// When the next pending delivery is due (or its lease ends).
+    async fn next_delivery_due(&self) -> StoreResult<Option<OffsetDateTime>>;
+    /// The attempt log of an event, oldest first.
+    async fn attempts(&self, event_id: &str) -> StoreResult<Vec<Attempt>>;
+    /// Starts a new round of attempts for a finished delivery (same event, same webhook-id).
+    async fn redeliver(
+        &self,
+        generation: GenerationId,
+        now: OffsetDateTime,
+    ) -> StoreResult<Redelivery>;
+    /// Starts a new round for every failed delivery of `account` whose event was created in
+    /// `[since, until)`; returns how many.
+    async fn redeliver_failed(
+        &self,
+        account: AccountId,
+        since: OffsetDateTime,
+        until: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> StoreResult<u64>;
+    async fn delivery_counts(&self, now: OffsetDateTime) -> StoreResult<DeliveryCounts>;
+
+    // --- webhook signing secrets
+    /// The secrets that sign now: the current one first, then rotated-out ones not yet retired.
+    async fn signing_secrets(
+        &self,
+        account: AccountId,
+        now: OffsetDateTime,
+    ) -> StoreResult<Vec<SealedSecret>>;
+    /// Adds a current secret. Without `retire_current_at`, only when the account has none (and
+    /// returns false if another was added first); with it, the current one is retired then.
+    async fn add_signing_secret(
+        &self,
+        account: AccountId,
+        sealed: Vec<u8>,
+        now: OffsetDateTime,
+        retire_current_at: Option<OffsetDateTime>,
+    ) -> StoreResult<bool>;
 }

@@ -1,6 +1,7 @@
 //! The records the store keeps, in domain types.
 
 use reelay_core::apikey::KeyHash;
+use reelay_core::retry::AttemptOutcome;
 use reelay_core::{
     AccountId, AspectRatio, Credits, FailureCode, GenerationId, GenerationStatus, KeyId, Model,
 };
@@ -163,13 +164,135 @@ pub struct Page<T> {
     pub total: u64,
 }
 
-/// An outbox event, as written at the terminal transition.
+/// Where a generation's webhook stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryState {
+    /// No callback URL: nothing to deliver.
+    None,
+    /// Waiting for its next attempt, or being attempted.
+    Pending,
+    Delivered,
+    /// Every attempt of the last round failed; redeliverable.
+    Failed,
+}
+
+impl DeliveryState {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Pending => "pending",
+            Self::Delivered => "delivered",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+impl std::str::FromStr for DeliveryState {
+    type Err = reelay_core::generation::UnknownValue;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [Self::None, Self::Pending, Self::Delivered, Self::Failed]
+            .into_iter()
+            .find(|d| d.as_str() == s)
+            .ok_or_else(|| reelay_core::generation::UnknownValue(s.to_owned()))
+    }
+}
+
+/// An outbox event, written at the terminal transition, with its delivery state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
+    /// The `webhook-id`: the same on every attempt and redelivery.
     pub id: String,
     pub generation_id: GenerationId,
     pub account_id: AccountId,
     pub callback_url: Option<String>,
     pub payload: String,
+    /// When the generation became terminal.
     pub created_at: OffsetDateTime,
+    pub state: DeliveryState,
+    pub total_attempts: u32,
+    pub next_attempt_at: Option<OffsetDateTime>,
+    pub last_attempt_at: Option<OffsetDateTime>,
+    pub last_status_code: Option<u16>,
+    pub failure_reason: Option<String>,
+    pub delivered_at: Option<OffsetDateTime>,
+}
+
+/// A delivery claimed for one attempt, under a lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueDelivery {
+    pub event_id: String,
+    pub generation_id: GenerationId,
+    pub account_id: AccountId,
+    pub url: String,
+    pub destination: String,
+    pub payload: String,
+    pub created_at: OffsetDateTime,
+    /// Attempts already made in this round (0 for the first).
+    pub round_attempts: u32,
+}
+
+/// What follows an attempt, as decided by the retry policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AfterAttempt {
+    Delivered,
+    RetryAt(OffsetDateTime),
+    Failed(String),
+}
+
+/// One attempt to record, with what follows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptRecord {
+    pub event_id: String,
+    pub owner: String,
+    pub started_at: OffsetDateTime,
+    pub duration_ms: u64,
+    pub outcome: AttemptOutcome,
+    pub status_code: Option<u16>,
+    /// The first KiB of the response body.
+    pub response_body: Option<String>,
+    pub error: Option<String>,
+    pub next: AfterAttempt,
+}
+
+/// One recorded attempt, as the deliveries API lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    pub number: u32,
+    pub started_at: OffsetDateTime,
+    pub duration_ms: u64,
+    pub outcome: AttemptOutcome,
+    pub status_code: Option<u16>,
+    pub response_body: Option<String>,
+    pub error: Option<String>,
+}
+
+/// The answer to a redelivery request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Redelivery {
+    Started(Event),
+    /// A round is already under way.
+    AlreadyPending,
+    /// The generation has no callback URL.
+    NoCallback,
+    /// The generation has not finished: there is no event yet.
+    NotFinished,
+}
+
+/// Webhooks waiting, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DeliveryCounts {
+    /// Due now (or in flight).
+    pub due: u64,
+    /// Waiting for a later retry.
+    pub scheduled: u64,
+    pub failed: u64,
+}
+
+/// A signing secret as stored: sealed by the server's master key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedSecret {
+    pub sealed: Vec<u8>,
+    pub created_at: OffsetDateTime,
+    /// `None` for the current secret; for a rotated-out one, when it stops signing.
+    pub retired_at: Option<OffsetDateTime>,
 }

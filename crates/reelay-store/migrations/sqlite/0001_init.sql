@@ -71,12 +71,52 @@ CREATE TABLE idempotency_keys (
 );
 
 -- The outbox: one event per terminal generation, written in the same transaction as the
--- terminal status, so no terminal state can exist without its event.
+-- terminal status, so no terminal state can exist without its event. The row also carries the
+-- webhook's delivery state. While an attempt is in flight, next_attempt_at is its lease's
+-- expiry: a crashed sender's event becomes due again by itself.
 CREATE TABLE events (
-    id             TEXT PRIMARY KEY,
-    generation_id  TEXT NOT NULL UNIQUE REFERENCES generations(id),
-    account_id     TEXT NOT NULL REFERENCES accounts(id),
-    callback_url   TEXT,
-    payload        TEXT NOT NULL,
-    created_at     INTEGER NOT NULL
+    id                TEXT PRIMARY KEY,
+    generation_id     TEXT NOT NULL UNIQUE REFERENCES generations(id),
+    account_id        TEXT NOT NULL REFERENCES accounts(id),
+    callback_url      TEXT,
+    destination       TEXT,
+    payload           TEXT NOT NULL,
+    created_at        INTEGER NOT NULL,
+    state             TEXT NOT NULL CHECK (state IN ('none', 'pending', 'delivered', 'failed')),
+    round_attempts    INTEGER NOT NULL DEFAULT 0,
+    total_attempts    INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at   INTEGER,
+    lease_owner       TEXT,
+    last_attempt_at   INTEGER,
+    last_status_code  INTEGER,
+    failure_reason    TEXT,
+    delivered_at      INTEGER,
+    CHECK ((state = 'pending') = (next_attempt_at IS NOT NULL)),
+    CHECK ((state = 'none') = (callback_url IS NULL))
 );
+CREATE INDEX events_due ON events (next_attempt_at) WHERE state = 'pending';
+CREATE INDEX events_failed ON events (account_id, created_at) WHERE state = 'failed';
+
+-- Every webhook attempt, for the deliveries API.
+CREATE TABLE delivery_attempts (
+    event_id       TEXT NOT NULL REFERENCES events(id),
+    number         INTEGER NOT NULL,
+    started_at     INTEGER NOT NULL,
+    duration_ms    INTEGER NOT NULL,
+    outcome        TEXT NOT NULL,
+    status_code    INTEGER,
+    response_body  TEXT,
+    error          TEXT,
+    PRIMARY KEY (event_id, number)
+) WITHOUT ROWID;
+
+-- Webhook signing secrets, sealed (encrypted) by the server's master key. The current one has
+-- no retired_at; a rotated-out one keeps signing until retired_at.
+CREATE TABLE signing_secrets (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    account_id  TEXT NOT NULL REFERENCES accounts(id),
+    sealed      BLOB NOT NULL,
+    created_at  INTEGER NOT NULL,
+    retired_at  INTEGER
+);
+CREATE UNIQUE INDEX signing_secrets_current ON signing_secrets (account_id) WHERE retired_at IS NULL;

@@ -1,6 +1,7 @@
 //! Generations: creation with its charge, the lifecycle, and the terminal transition with its
 //! refund and outbox event.
 
+use reelay_core::destination::destination_key;
 use reelay_core::{AccountId, FailureCode, GenerationId, GenerationStatus};
 use reelay_webhooks::{EventError, EventStatus, GenerationEvent};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -341,18 +342,27 @@ fn write_event(c: &Connection, g: &Generation, now: OffsetDateTime) -> StoreResu
     }
     .to_json();
     let event_id = format!("msg_{}", uuid::Uuid::new_v4().simple());
+    let url = g.spec.callback_url.as_deref();
+    let (state, due) = match url {
+        Some(_) => ("pending", Some(micros(now))),
+        None => ("none", None),
+    };
     c.prepare_cached(
-        "INSERT INTO events (id, generation_id, account_id, callback_url, payload, created_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO events (id, generation_id, account_id, callback_url, destination, payload, \
+             created_at, state, next_attempt_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )
     .and_then(|mut s| {
         s.execute(params![
             event_id,
             g.id.to_string(),
             g.account_id.to_string(),
-            g.spec.callback_url,
+            url,
+            url.and_then(destination_key),
             payload,
-            micros(now)
+            micros(now),
+            state,
+            due,
         ])
     })
     .map(drop)
@@ -399,26 +409,5 @@ pub fn release_all_leases(c: &Connection) -> StoreResult<u64> {
     )
     .and_then(|mut s| s.execute([]))
     .map(|n| n as u64)
-    .map_err(backend)
-}
-
-pub fn event_for(c: &Connection, generation_id: GenerationId) -> StoreResult<Option<Event>> {
-    c.prepare_cached(
-        "SELECT id, generation_id, account_id, callback_url, payload, created_at \
-         FROM events WHERE generation_id = ?1",
-    )
-    .and_then(|mut s| {
-        s.query_row([generation_id.to_string()], |r| {
-            Ok(Event {
-                id: r.get(0)?,
-                generation_id: parsed(r, 1)?,
-                account_id: parsed(r, 2)?,
-                callback_url: r.get(3)?,
-                payload: r.get(4)?,
-                created_at: from_micros(r.get(5)?)?,
-            })
-        })
-        .optional()
-    })
     .map_err(backend)
 }

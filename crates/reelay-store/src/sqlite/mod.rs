@@ -2,6 +2,7 @@
 //! thread that commits requests in groups, and a pool of readers.
 
 mod accounts;
+mod deliveries;
 mod generations;
 mod readers;
 mod rows;
@@ -228,7 +229,108 @@ impl Store for SqliteStore {
 
     async fn event_for(&self, generation: GenerationId) -> StoreResult<Option<Event>> {
         self.readers
-            .read(move |c| generations::event_for(c, generation))
+            .read(move |c| deliveries::event_for(c, generation))
+            .await
+    }
+
+    async fn claim_deliveries(
+        &self,
+        owner: &str,
+        limit: usize,
+        lease_until: OffsetDateTime,
+        now: OffsetDateTime,
+        skip_destinations: Vec<String>,
+    ) -> StoreResult<Vec<DueDelivery>> {
+        let owner = owner.to_owned();
+        self.writer
+            .write(move |c| {
+                deliveries::claim(c, &owner, limit, lease_until, now, &skip_destinations)
+            })
+            .await
+    }
+
+    async fn record_attempt(&self, attempt: AttemptRecord) -> StoreResult<bool> {
+        self.writer
+            .write(move |c| deliveries::record_attempt(c, attempt))
+            .await
+    }
+
+    async fn release_delivery(
+        &self,
+        event_id: &str,
+        owner: &str,
+        at: OffsetDateTime,
+    ) -> StoreResult<()> {
+        let (event_id, owner) = (event_id.to_owned(), owner.to_owned());
+        self.writer
+            .write(move |c| deliveries::release(c, &event_id, &owner, at))
+            .await
+    }
+
+    async fn release_all_delivery_leases(&self, now: OffsetDateTime) -> StoreResult<u64> {
+        self.writer
+            .write(move |c| deliveries::release_all(c, now))
+            .await
+    }
+
+    async fn next_delivery_due(&self) -> StoreResult<Option<OffsetDateTime>> {
+        self.readers.read(deliveries::next_due).await
+    }
+
+    async fn attempts(&self, event_id: &str) -> StoreResult<Vec<Attempt>> {
+        let event_id = event_id.to_owned();
+        self.readers
+            .read(move |c| deliveries::attempts(c, &event_id))
+            .await
+    }
+
+    async fn redeliver(
+        &self,
+        generation: GenerationId,
+        now: OffsetDateTime,
+    ) -> StoreResult<Redelivery> {
+        self.writer
+            .write(move |c| deliveries::redeliver(c, generation, now))
+            .await
+    }
+
+    async fn redeliver_failed(
+        &self,
+        account: AccountId,
+        since: OffsetDateTime,
+        until: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> StoreResult<u64> {
+        self.writer
+            .write(move |c| deliveries::redeliver_failed(c, account, since, until, now))
+            .await
+    }
+
+    async fn delivery_counts(&self, now: OffsetDateTime) -> StoreResult<DeliveryCounts> {
+        self.readers.read(move |c| deliveries::counts(c, now)).await
+    }
+
+    async fn signing_secrets(
+        &self,
+        account: AccountId,
+        now: OffsetDateTime,
+    ) -> StoreResult<Vec<SealedSecret>> {
+        self.readers
+            .read(move |c| deliveries::signing_secrets(c, account, now))
+            .await
+    }
+
+    async fn add_signing_secret(
+        &self,
+        account: AccountId,
+        sealed: Vec<u8>,
+        now: OffsetDateTime,
+        retire_current_at: Option<OffsetDateTime>,
+    ) -> StoreResult<bool> {
+        self.writer
+            .write(move |c| {
+                deliveries::add_signing_secret(c, account, sealed, now, retire_current_at)
+            })
             .await
     }
 }
