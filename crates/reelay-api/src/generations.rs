@@ -9,10 +9,11 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use reelay_core::request::parse_generate;
 use reelay_core::{GenerationId, GenerationStatus};
-use reelay_store::{Finished, Generation, Stage};
+use reelay_store::{DeliveryState, Event, Finished, Generation, Redelivery, Stage};
 use reelay_webhooks::timestamp;
 use serde::Serialize;
 use serde_json::{Value, json};
+use time::OffsetDateTime;
 
 use crate::auth::Caller;
 use crate::{ApiError, AppState};
@@ -122,7 +123,8 @@ pub async fn get(
 ) -> Result<Json<GenerationView>, ApiError> {
     let g = owned(&state, caller, &id).await?;
     let position = state.store.queue_position(&g).await?;
-    Ok(Json(GenerationView::new(&g, position)))
+    let event = state.store.event_for(g.id).await?;
+    Ok(Json(GenerationView::new(&g, position, event.as_ref())))
 }
 
 pub async fn cancel(
@@ -132,7 +134,10 @@ pub async fn cancel(
 ) -> Result<Json<GenerationView>, ApiError> {
     let g = owned(&state, caller, &id).await?;
     match state.engine.cancel(g.id).await? {
-        Finished::Applied(g) => Ok(Json(GenerationView::new(&g, 0))),
+        Finished::Applied(g) => {
+            let event = state.store.event_for(g.id).await?;
+            Ok(Json(GenerationView::new(&g, 0, event.as_ref())))
+        }
         Finished::Refused(g) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "CONFLICT",
@@ -200,11 +205,14 @@ pub async fn list(
         .await?;
     // Queue positions are left out of listings: they cost a count per row and change by the
     // second; the single-generation read has them.
-    let items: Vec<GenerationView> = page
-        .items
-        .iter()
-        .map(|g| GenerationView::new(g, 0))
-        .collect();
+    let mut items = Vec::with_capacity(page.items.len());
+    for g in &page.items {
+        let event = match g.stage.status().is_terminal() {
+            true => state.store.event_for(g.id).await?,
+            false => None,
+        };
+        items.push(GenerationView::new(g, 0, event.as_ref()));
+    }
     Ok(Json(ListView {
         generations: items,
         limit,
@@ -229,6 +237,128 @@ struct WebhookView {
     last_attempt_at: Option<String>,
     last_status_code: Option<u16>,
     next_attempt_at: Option<String>,
+    /// The `webhook-id` header's value, once the generation has ended.
+    webhook_id: Option<String>,
+    /// Why the last round gave up, when `state` is `failed`.
+    failure_reason: Option<String>,
+}
+
+impl WebhookView {
+    fn new(g: &Generation, event: Option<&Event>) -> Self {
+        match event {
+            Some(e) => Self {
+                state: e.state.as_str(),
+                attempts: e.total_attempts,
+                last_attempt_at: e.last_attempt_at.map(timestamp::format),
+                last_status_code: e.last_status_code,
+                next_attempt_at: e.next_attempt_at.map(timestamp::format),
+                webhook_id: Some(e.id.clone()),
+                failure_reason: e.failure_reason.clone(),
+            },
+            // Not finished yet: a callback is owed once it is.
+            None => Self {
+                state: if g.spec.callback_url.is_some() {
+                    DeliveryState::Pending.as_str()
+                } else {
+                    DeliveryState::None.as_str()
+                },
+                attempts: 0,
+                last_attempt_at: None,
+                last_status_code: None,
+                next_attempt_at: None,
+                webhook_id: None,
+                failure_reason: None,
+            },
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct DeliveriesView {
+    generation_id: String,
+    webhook_id: Option<String>,
+    callback_url: Option<String>,
+    webhook: WebhookView,
+    attempts: Vec<AttemptView>,
+}
+
+#[derive(Serialize)]
+struct AttemptView {
+    number: u32,
+    started_at: String,
+    duration_ms: u64,
+    outcome: &'static str,
+    status_code: Option<u16>,
+    response_body: Option<String>,
+    error: Option<String>,
+}
+
+/// Every webhook attempt for a generation, oldest first.
+pub async fn deliveries(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<DeliveriesView>, ApiError> {
+    let g = owned(&state, caller, &id).await?;
+    let event = state.store.event_for(g.id).await?;
+    let attempts = match &event {
+        Some(e) => state.store.attempts(&e.id).await?,
+        None => Vec::new(),
+    };
+    Ok(Json(DeliveriesView {
+        generation_id: g.id.to_string(),
+        webhook_id: event.as_ref().map(|e| e.id.clone()),
+        callback_url: g.spec.callback_url.clone(),
+        webhook: WebhookView::new(&g, event.as_ref()),
+        attempts: attempts
+            .into_iter()
+            .map(|a| AttemptView {
+                number: a.number,
+                started_at: timestamp::format(a.started_at),
+                duration_ms: a.duration_ms,
+                outcome: a.outcome.as_str(),
+                status_code: a.status_code,
+                response_body: a.response_body,
+                error: a.error,
+            })
+            .collect(),
+    }))
+}
+
+/// Sends the generation's event again: a new round of attempts, same `webhook-id`.
+pub async fn redeliver(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let g = owned(&state, caller, &id).await?;
+    let conflict = |message: &str| ApiError::new(StatusCode::CONFLICT, "CONFLICT", message);
+    match state
+        .store
+        .redeliver(g.id, OffsetDateTime::now_utc())
+        .await?
+    {
+        Redelivery::Started(event) => {
+            state.dispatcher.wake();
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(json!({
+                    "generation_id": g.id.to_string(),
+                    "webhook_id": event.id,
+                    "state": event.state.as_str(),
+                })),
+            ))
+        }
+        Redelivery::AlreadyPending => Err(conflict(
+            "a delivery round is already under way; wait for it to end, then redeliver",
+        )),
+        Redelivery::NoCallback => Err(conflict(
+            "the generation has no callback_url, so there is nothing to deliver",
+        )),
+        Redelivery::NotFinished => Err(conflict(
+            "the generation has not finished; its webhook is sent when it does",
+        )),
+    }
 }
 
 /// A generation as the API shows it: the webhook payload's fields first, in the seed's order,
@@ -254,7 +384,7 @@ pub struct GenerationView {
 }
 
 impl GenerationView {
-    fn new(g: &Generation, queue_position: u64) -> Self {
+    fn new(g: &Generation, queue_position: u64, event: Option<&Event>) -> Self {
         let (video_url, error, progress_pct) = match &g.stage {
             Stage::Pending => (None, None, 0),
             Stage::Processing { progress_pct, .. } => (None, None, *progress_pct),
@@ -266,18 +396,7 @@ impl GenerationView {
             ),
         };
         let status = g.stage.status();
-        // Until the webhook engine records attempts, a callback is simply owed.
-        let webhook = WebhookView {
-            state: if g.spec.callback_url.is_some() {
-                "pending"
-            } else {
-                "none"
-            },
-            attempts: 0,
-            last_attempt_at: None,
-            last_status_code: None,
-            next_attempt_at: None,
-        };
+        let webhook = WebhookView::new(g, event);
         Self {
             generation_id: g.id.to_string(),
             status: status.as_str(),

@@ -7,7 +7,9 @@ mod error;
 mod generations;
 mod ops;
 mod videos;
+mod webhooks;
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -15,6 +17,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use reelay_core::destination::DestinationPolicy;
+use reelay_delivery::Dispatcher;
 use reelay_engine::Engine;
 use reelay_store::Store;
 
@@ -30,6 +33,11 @@ pub struct AppState {
     pub engine: Engine,
     pub destinations: DestinationPolicy,
     pub videos_dir: PathBuf,
+    pub dispatcher: Dispatcher,
+    /// The addresses webhooks leave from, published for receivers' allowlists.
+    pub egress_ips: Vec<IpAddr>,
+    /// Renders the Prometheus exposition; `None` when metrics are off.
+    pub metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -38,11 +46,24 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/veo/generations", get(generations::list))
         .route("/v1/veo/generations/{id}", get(generations::get))
         .route("/v1/veo/generations/{id}/cancel", post(generations::cancel))
+        .route(
+            "/v1/veo/generations/{id}/deliveries",
+            get(generations::deliveries),
+        )
+        .route(
+            "/v1/veo/generations/{id}/webhook/redeliver",
+            post(generations::redeliver),
+        )
+        .route("/v1/webhooks/secret", get(webhooks::secret))
+        .route("/v1/webhooks/secret/rotate", post(webhooks::rotate))
+        .route("/v1/webhooks/ip-ranges", get(webhooks::ip_ranges))
+        .route("/v1/webhooks/redeliver", post(webhooks::redeliver_failed))
         .route("/v1/data/balance", get(account::balance))
         .route("/v1/account", get(account::account))
         .route("/videos/{file}", get(videos::serve))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

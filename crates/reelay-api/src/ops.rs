@@ -1,8 +1,9 @@
-//! Health endpoints for load balancers and orchestrators.
+//! Health and metrics endpoints for load balancers, orchestrators and Prometheus.
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use reelay_core::AccountId;
 use serde_json::{Value, json};
 
@@ -22,4 +23,24 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
             Json(json!({"status": "unavailable", "reason": e.to_string()})),
         ),
     }
+}
+
+/// Prometheus exposition; the delivery counts are read from storage at each scrape.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let Some(render) = &state.metrics else {
+        return (StatusCode::NOT_FOUND, "metrics are disabled").into_response();
+    };
+    match state
+        .store
+        .delivery_counts(time::OffsetDateTime::now_utc())
+        .await
+    {
+        Ok(counts) => reelay_delivery::metrics::waiting(counts),
+        Err(e) => tracing::warn!(error = %e, "reading delivery counts for metrics failed"),
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        render(),
+    )
+        .into_response()
 }

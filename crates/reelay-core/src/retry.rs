@@ -8,7 +8,8 @@ use std::time::Duration;
 use crate::generation::UnknownValue;
 
 /// How the wait grows from one failed attempt to the next.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Backoff {
     /// n × interval after the n-th failure (30, 60, 90, 120 s): the seed's policy.
     Linear,

@@ -38,6 +38,8 @@ pub struct EngineConfig {
     pub prices: Prices,
     /// A generation not finished this long after its creation fails with TIMEOUT.
     pub generation_timeout: Duration,
+    /// Notified whenever a generation ends, so its webhook goes out without waiting for a poll.
+    pub on_event: Arc<Notify>,
 }
 
 /// How long an idempotency key is remembered.
@@ -138,6 +140,9 @@ impl Engine {
                 OffsetDateTime::now_utc(),
             )
             .await?;
+        if matches!(finished, Finished::Applied(_)) {
+            self.inner.config.on_event.notify_one();
+        }
         self.inner.stop_work_on(&[id]);
         Ok(finished)
     }
@@ -215,6 +220,7 @@ impl Engine {
                 .await
             {
                 Ok(Finished::Applied(done)) => {
+                    inner.config.on_event.notify_one();
                     tracing::info!(generation = %g.id, status = %done.stage.status(), "generation finished")
                 }
                 Ok(Finished::Refused(current)) => {
@@ -279,6 +285,7 @@ impl Engine {
             match inner.store.expire(now).await {
                 Ok(expired) if !expired.is_empty() => {
                     tracing::info!(count = expired.len(), "generations timed out");
+                    inner.config.on_event.notify_one();
                     inner.stop_work_on(&expired);
                 }
                 Ok(_) => {}

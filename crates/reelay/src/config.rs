@@ -1,7 +1,7 @@
 //! Configuration: defaults, then `reelay.toml`, then `REELAY_*` variables, then flags.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use reelay_core::pricing::Prices;
+use reelay_core::retry::{Backoff, RetryPolicy};
 use reelay_core::{Credits, Model};
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +21,29 @@ pub enum GeneratorKind {
     Builtin,
     /// Completes at once with one shared video: for load tests only.
     Instant,
+}
+
+/// Reads addresses from a list or from one comma-separated string (as the environment has it).
+fn ip_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<IpAddr>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        One(String),
+        Many(Vec<String>),
+    }
+    let items = match Raw::deserialize(d)? {
+        Raw::One(text) => text.split(',').map(str::to_owned).collect(),
+        Raw::Many(list) => list,
+    };
+    items
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse()
+                .map_err(|_| serde::de::Error::custom(format!("{s:?} is not an IP address")))
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -39,6 +63,23 @@ pub struct Config {
     pub render_concurrency: usize,
     pub generator: GeneratorKind,
     pub moderation_terms_file: Option<PathBuf>,
+    pub webhook_max_attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub webhook_retry_interval: Duration,
+    pub webhook_backoff: Backoff,
+    #[serde(with = "humantime_serde")]
+    pub webhook_connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub webhook_request_timeout: Duration,
+    /// Egress addresses webhooks are sent from (a list, or comma-separated in the environment).
+    #[serde(deserialize_with = "ip_list")]
+    pub webhook_source_ips: Vec<IpAddr>,
+    /// Most webhook attempts in flight in this process.
+    pub webhook_max_in_flight: usize,
+    /// Most webhook attempts in flight to one destination (scheme, host, port).
+    pub webhook_per_destination: usize,
+    /// Base64 of 32 bytes sealing signing secrets at rest; `<data dir>/master.key` when unset.
+    pub master_key: Option<String>,
     /// Price per model, like `{"veo-3-fast" = "0.25"}`; unlisted models keep the default.
     pub prices: BTreeMap<String, String>,
 }
@@ -56,6 +97,15 @@ impl Default for Config {
             render_concurrency: 2,
             generator: GeneratorKind::Builtin,
             moderation_terms_file: None,
+            webhook_max_attempts: 5,
+            webhook_retry_interval: Duration::from_secs(30),
+            webhook_backoff: Backoff::Linear,
+            webhook_connect_timeout: Duration::from_secs(10),
+            webhook_request_timeout: Duration::from_secs(30),
+            webhook_source_ips: Vec::new(),
+            webhook_max_in_flight: 4096,
+            webhook_per_destination: 32,
+            master_key: None,
             prices: BTreeMap::new(),
         }
     }
@@ -97,6 +147,7 @@ impl Config {
             .extract()
             .context("reading the configuration (reelay.toml, REELAY_* variables, flags)")?;
         config.prices()?;
+        config.retry_policy()?;
         Ok(config)
     }
 
@@ -109,6 +160,18 @@ impl Config {
             }
             Some(url) => Ok(Path::new(url.strip_prefix("sqlite://").unwrap_or(url)).to_owned()),
         }
+    }
+
+    pub fn retry_policy(&self) -> anyhow::Result<RetryPolicy> {
+        if self.webhook_max_attempts == 0 {
+            bail!("webhook_max_attempts must be at least 1");
+        }
+        Ok(RetryPolicy {
+            max_attempts: self.webhook_max_attempts,
+            interval: self.webhook_retry_interval,
+            backoff: self.webhook_backoff,
+            ..RetryPolicy::default()
+        })
     }
 
     pub fn videos_dir(&self) -> PathBuf {
@@ -132,8 +195,7 @@ impl Config {
         Prices::with_overrides(overrides).map_err(|e| anyhow::anyhow!("prices: {e}"))
     }
 
-    /// The effective configuration as TOML, prices included. Nothing secret is configured
-    /// yet; when tokens arrive they are masked here.
+    /// The effective configuration as TOML, prices included, secrets masked.
     pub fn to_toml(&self) -> anyhow::Result<String> {
         let mut out = String::new();
         let mut effective = self.clone();
@@ -142,6 +204,9 @@ impl Config {
             .iter()
             .map(|(model, price)| (model.to_string(), price.to_string()))
             .collect();
+        if effective.master_key.is_some() {
+            effective.master_key = Some("(set, masked)".into());
+        }
         let value = serde_json::to_value(effective)?;
         if let serde_json::Value::Object(fields) = value {
             for (key, value) in fields {

@@ -138,7 +138,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 print!("{}", config.to_toml()?);
                 return Ok(());
             }
-            server::serve(config, |_, _| Ok(())).await
+            server::serve(config, async |_, _, _| Ok(())).await
         }
         Command::Dev(args) => {
             let mut overrides = serde_json::to_value(&args)?;
@@ -153,8 +153,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let credits = account.is_none().then_some(DEV_CREDITS);
             let key = admin::create_key(&store, account, DEV_ACCOUNT, credits).await?;
             drop(store);
-            server::serve(config, move |config, url| {
-                print_dev_greeting(config, url, &key);
+            server::serve(config, async move |config, url, keyring| {
+                let secrets = keyring.show(key.account.id).await?;
+                print_dev_greeting(config, url, &key, &secrets.current.to_string());
                 Ok(())
             })
             .await
@@ -181,10 +182,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn print_dev_greeting(config: &Config, url: &str, key: &admin::NewAccountKey) {
+fn print_dev_greeting(config: &Config, url: &str, key: &admin::NewAccountKey, signing: &str) {
     println!(
         "\nreelay dev server\n\
          \n  API key (shown once): {secret}\
+         \n  webhook secret:       {signing}\
          \n  account:              {account} (balance {balance})\
          \n  videos are written to {videos}\
          \n  insecure callbacks (http, loopback) are allowed: this is for development only\n\

@@ -9,17 +9,28 @@ use anyhow::{Context, bail};
 use reelay_api::AppState;
 use reelay_core::destination::DestinationPolicy;
 use reelay_core::moderation::Moderator;
+use reelay_delivery::{Dispatcher, DispatcherConfig, Keyring, MasterKey, Sender, SenderConfig};
 use reelay_engine::{BuiltinRenderer, Engine, EngineConfig, Generator, InstantGenerator};
 use reelay_store::{SqliteStore, Store};
+use time::OffsetDateTime;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, GeneratorKind};
 
 /// How long a claim on a generation holds without a heartbeat.
 const LEASE: Duration = Duration::from_secs(30);
-/// How often the engine looks for work nobody announced.
+/// How often the engine and the dispatcher look for work nobody announced.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// How much longer a delivery lease lasts than the slowest possible attempt.
+const DELIVERY_LEASE_MARGIN: Duration = Duration::from_secs(30);
+
+fn destinations(config: &Config) -> DestinationPolicy {
+    DestinationPolicy {
+        allow_insecure: config.allow_insecure_callbacks,
+    }
+}
 
 /// Holds the data directory for this process: two servers on one SQLite file would each take
 /// the other's in-flight work back on start-up.
@@ -68,19 +79,53 @@ fn public_url(config: &Config, bound: SocketAddr) -> String {
     }
 }
 
-/// A bound server, ready to run. `before_run` lets `dev` print its greeting once the address
-/// is known.
+fn master_key(config: &Config) -> anyhow::Result<MasterKey> {
+    match &config.master_key {
+        Some(key) => MasterKey::from_base64(key).map_err(|e| anyhow::anyhow!("master_key: {e}")),
+        None => {
+            let path = config.data_dir.join("master.key");
+            MasterKey::load_or_create(&path)
+                .with_context(|| format!("reading the master key {}", path.display()))
+        }
+    }
+}
+
+/// Serves the Prometheus exposition of every metric recorded in this process.
+fn metrics_renderer() -> anyhow::Result<Arc<dyn Fn() -> String + Send + Sync>> {
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(&[
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            60.0, 300.0,
+        ])?
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    reelay_delivery::metrics::describe();
+    Ok(Arc::new(move || handle.render()))
+}
+
+/// A bound server, ready to run. `greet` lets `dev` print its greeting once the address is
+/// known.
 pub async fn serve(
     config: Config,
-    before_run: impl FnOnce(&Config, &str) -> anyhow::Result<()>,
+    greet: impl AsyncFnOnce(&Config, &str, &Keyring) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let store = open_store(&config)?;
     let _lock = lock_data_dir(&config)?;
+    let master = master_key(&config)?;
     let released = store.release_all_leases().await?;
     if released > 0 {
         tracing::info!(
             count = released,
             "generations interrupted by the last stop are queued again"
+        );
+    }
+    let resent = store
+        .release_all_delivery_leases(OffsetDateTime::now_utc())
+        .await?;
+    if resent > 0 {
+        tracing::info!(
+            count = resent,
+            "webhooks in flight at the last stop will be sent again"
         );
     }
     let videos_dir = config.videos_dir();
@@ -105,11 +150,37 @@ pub async fn serve(
         }
     };
     let store: Arc<dyn Store> = Arc::new(store);
+    let events = Arc::new(Notify::new());
+    let sender = Sender::new(&SenderConfig {
+        connect_timeout: config.webhook_connect_timeout,
+        request_timeout: config.webhook_request_timeout,
+        policy: destinations(&config),
+        source_ips: config.webhook_source_ips.clone(),
+    })
+    .context("building the webhook HTTP client")?;
+    let node_id = format!("node-{}", uuid::Uuid::new_v4().simple());
+    let dispatcher = Dispatcher::new(
+        store.clone(),
+        sender,
+        Arc::new(Keyring::new(store.clone(), master)),
+        DispatcherConfig {
+            node_id: node_id.clone(),
+            policy: config.retry_policy()?,
+            lease: config.webhook_connect_timeout
+                + config.webhook_request_timeout
+                + DELIVERY_LEASE_MARGIN,
+            max_in_flight: config.webhook_max_in_flight,
+            per_destination: config.webhook_per_destination,
+            poll_interval: POLL_INTERVAL,
+            batch: 256,
+        },
+        events.clone(),
+    );
     let engine = Engine::new(
         store.clone(),
         generator,
         EngineConfig {
-            node_id: format!("node-{}", uuid::Uuid::new_v4().simple()),
+            node_id,
             concurrency: config.render_concurrency,
             lease: LEASE,
             poll_interval: POLL_INTERVAL,
@@ -117,20 +188,23 @@ pub async fn serve(
             moderator: moderator(&config)?,
             prices: config.prices()?,
             generation_timeout: config.generation_timeout,
+            on_event: events,
         },
     );
     let app = reelay_api::router(AppState {
         store,
         engine: engine.clone(),
-        destinations: DestinationPolicy {
-            allow_insecure: config.allow_insecure_callbacks,
-        },
+        destinations: destinations(&config),
         videos_dir,
+        dispatcher: dispatcher.clone(),
+        egress_ips: config.webhook_source_ips.clone(),
+        metrics: Some(metrics_renderer()?),
     });
 
     let shutdown = CancellationToken::new();
     let engine_task = tokio::spawn(engine.run(shutdown.clone()));
-    before_run(&config, &public_url)?;
+    let dispatcher_task = tokio::spawn(dispatcher.clone().run(shutdown.clone()));
+    greet(&config, &public_url, dispatcher.keyring()).await?;
     println!("listening on http://{bound}");
     tracing::info!(%bound, %public_url, "reelay is serving");
 
@@ -144,7 +218,7 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await?;
     shutdown.cancel();
-    let _ = engine_task.await;
+    let _ = tokio::join!(engine_task, dispatcher_task);
     Ok(())
 }
 

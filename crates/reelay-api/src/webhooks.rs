@@ -1,0 +1,153 @@
+//! `/v1/webhooks/*`: the account's signing secret, egress addresses, bulk redelivery.
+
+use std::net::IpAddr;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use reelay_webhooks::timestamp;
+use serde::Serialize;
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use crate::auth::Caller;
+use crate::{ApiError, AppState};
+
+#[derive(Serialize)]
+pub struct SecretView {
+    /// Verify webhooks with this (`whsec_…`), e.g. with any Standard Webhooks library.
+    secret: String,
+    created_at: String,
+    /// After a rotation, the old secret also signs until then.
+    previous_secret_expires_at: Option<String>,
+}
+
+impl From<reelay_delivery::AccountSecrets> for SecretView {
+    fn from(s: reelay_delivery::AccountSecrets) -> Self {
+        Self {
+            secret: s.current.to_string(),
+            created_at: timestamp::format(s.current_since),
+            previous_secret_expires_at: s.previous.map(|(_, until)| timestamp::format(until)),
+        }
+    }
+}
+
+pub async fn secret(
+    State(state): State<AppState>,
+    Caller(account): Caller,
+) -> Result<Json<SecretView>, ApiError> {
+    Ok(Json(state.dispatcher.keyring().show(account).await?.into()))
+}
+
+pub async fn rotate(
+    State(state): State<AppState>,
+    Caller(account): Caller,
+) -> Result<Json<SecretView>, ApiError> {
+    Ok(Json(
+        state.dispatcher.keyring().rotate(account).await?.into(),
+    ))
+}
+
+#[derive(Serialize)]
+pub struct IpRangesView {
+    ip_ranges: Vec<String>,
+    message: &'static str,
+}
+
+pub async fn ip_ranges(State(state): State<AppState>, _: Caller) -> Json<IpRangesView> {
+    let ranges = state
+        .egress_ips
+        .iter()
+        .map(|ip| match ip {
+            IpAddr::V4(v4) => format!("{v4}/32"),
+            IpAddr::V6(v6) => format!("{v6}/128"),
+        })
+        .collect::<Vec<_>>();
+    Json(IpRangesView {
+        message: if ranges.is_empty() {
+            "this server sends webhooks from its host's default address; none is pinned"
+        } else {
+            "webhooks are sent only from these addresses"
+        },
+        ip_ranges: ranges,
+    })
+}
+
+#[derive(Serialize)]
+pub struct RedeliveredView {
+    redelivered: u64,
+}
+
+/// Starts a new round for every failed delivery whose generation ended in `[since, until)`.
+pub async fn redeliver_failed(
+    State(state): State<AppState>,
+    Caller(account): Caller,
+    body: Bytes,
+) -> Result<Json<RedeliveredView>, ApiError> {
+    let json: Value = if body.is_empty() {
+        Value::Object(Default::default())
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::invalid("body", format!("is not valid JSON: {e}")))?
+    };
+    let now = OffsetDateTime::now_utc();
+    let mut errors = Vec::new();
+    let mut when = |field: &str, default: Option<OffsetDateTime>| match json.get(field) {
+        None | Some(Value::Null) => {
+            if default.is_none() {
+                errors.push(field_error(field, "is required"));
+            }
+            default
+        }
+        Some(Value::String(text)) => parse_time(text).or_else(|| {
+            errors.push(field_error(
+                field,
+                "must be a time like 2025-12-06T21:43:03.374000 (UTC) or RFC 3339",
+            ));
+            None
+        }),
+        Some(_) => {
+            errors.push(field_error(field, "must be a string"));
+            None
+        }
+    };
+    let since = when("since", None);
+    let until = when("until", Some(now));
+    if let Some(obj) = json.as_object() {
+        for key in obj
+            .keys()
+            .filter(|k| !["since", "until"].contains(&k.as_str()))
+        {
+            errors.push(field_error(key, "unknown field; send since and until"));
+        }
+    } else {
+        errors.push(field_error("body", "must be a JSON object"));
+    }
+    let (Some(since), Some(until)) = (since, until) else {
+        return Err(ApiError::invalid_fields(errors));
+    };
+    if !errors.is_empty() {
+        return Err(ApiError::invalid_fields(errors));
+    }
+    let redelivered = state
+        .store
+        .redeliver_failed(account, since, until, now)
+        .await?;
+    if redelivered > 0 {
+        state.dispatcher.wake();
+    }
+    Ok(Json(RedeliveredView { redelivered }))
+}
+
+fn field_error(field: &str, message: &str) -> reelay_core::request::FieldError {
+    reelay_core::request::FieldError {
+        field: field.to_owned(),
+        message: message.to_owned(),
+    }
+}
+
+fn parse_time(text: &str) -> Option<OffsetDateTime> {
+    timestamp::parse(text).ok().or_else(|| {
+        OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()
+    })
+}

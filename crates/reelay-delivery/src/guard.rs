@@ -1,0 +1,58 @@
+//! The send-time half of the SSRF guard: reelay resolves every callback host itself and hands
+//! the HTTP client only the addresses the policy admits, so what is judged is exactly what is
+//! connected to (a DNS answer that changes between check and connect cannot slip through).
+
+use std::net::SocketAddr;
+
+use reelay_core::destination::DestinationPolicy;
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+
+/// The callback's host resolved only to addresses reelay refuses to call.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Blocked(pub String);
+
+/// The callback's host could not be resolved.
+#[derive(Debug, thiserror::Error)]
+#[error("could not resolve {name}: {cause}")]
+pub struct Unresolvable {
+    pub name: String,
+    pub cause: String,
+}
+
+/// A resolver that drops every address the destination policy refuses.
+pub struct GuardedResolver {
+    pub policy: DestinationPolicy,
+}
+
+impl Resolve for GuardedResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let policy = self.policy;
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await
+                .map_err(|e| Unresolvable {
+                    name: host.clone(),
+                    cause: e.to_string(),
+                })?
+                .collect();
+            let mut refused = None;
+            let admitted: Vec<SocketAddr> = found
+                .into_iter()
+                .filter(|addr| match policy.admits(addr.ip()) {
+                    Ok(()) => true,
+                    Err(why) => {
+                        refused.get_or_insert(why);
+                        false
+                    }
+                })
+                .collect();
+            if admitted.is_empty() {
+                let why = refused.unwrap_or_else(|| "no addresses".into());
+                return Err(Box::new(Blocked(format!("{host} resolves to {why}"))) as _);
+            }
+            Ok(Box::new(admitted.into_iter()) as Addrs)
+        })
+    }
+}
