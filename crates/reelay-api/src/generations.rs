@@ -338,14 +338,14 @@ pub async fn redeliver(
         .redeliver(g.id, OffsetDateTime::now_utc())
         .await?
     {
-        Redelivery::Started(event) => {
+        Redelivery::Started { webhook_id } => {
             state.dispatcher.wake();
             Ok((
                 StatusCode::ACCEPTED,
                 Json(json!({
                     "generation_id": g.id.to_string(),
-                    "webhook_id": event.id,
-                    "state": event.state.as_str(),
+                    "webhook_id": webhook_id,
+                    "state": DeliveryState::Pending.as_str(),
                 })),
             ))
         }

@@ -163,10 +163,8 @@ impl RetryPolicy {
             ));
         }
         let mut wait = self.delay_after(attempt);
-        if matches!(status, Some(429 | 503)) {
-            if let Some(asked) = retry_after {
-                wait = wait.max(asked.min(self.max_retry_after));
-            }
+        if let (Some(429 | 503), Some(asked)) = (status, retry_after) {
+            wait = wait.max(asked.min(self.max_retry_after));
         }
         Next::RetryAfter(wait)
     }

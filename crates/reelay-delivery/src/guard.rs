@@ -56,3 +56,37 @@ impl Resolve for GuardedResolver {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    async fn resolve(policy: DestinationPolicy, name: &str) -> Result<Vec<SocketAddr>, String> {
+        GuardedResolver { policy }
+            .resolve(Name::from_str(name).unwrap())
+            .await
+            .map(|addrs| addrs.collect())
+            .map_err(|e| e.to_string())
+    }
+
+    #[tokio::test]
+    async fn names_resolving_to_loopback_are_refused_unless_insecure() {
+        let strict = DestinationPolicy::default();
+        let err = resolve(strict, "localhost").await.unwrap_err();
+        assert!(err.contains("loopback"), "{err}");
+        let dev = DestinationPolicy {
+            allow_insecure: true,
+        };
+        let addrs = resolve(dev, "localhost").await.unwrap();
+        assert!(!addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback()));
+    }
+
+    #[tokio::test]
+    async fn unresolvable_names_are_dns_errors() {
+        let err = resolve(DestinationPolicy::default(), "no-such-host.invalid")
+            .await
+            .unwrap_err();
+        assert!(err.contains("could not resolve"), "{err}");
+    }
+}

@@ -118,8 +118,11 @@ pub struct AccountSecrets {
 pub struct Keyring {
     store: Arc<dyn Store>,
     master: MasterKey,
-    cache: Mutex<HashMap<AccountId, (Instant, Arc<Vec<Secret>>)>>,
+    cache: Mutex<HashMap<AccountId, Cached>>,
 }
+
+/// An account's signing secrets and when they were read.
+type Cached = (Instant, Arc<Vec<Secret>>);
 
 impl Keyring {
     pub fn new(store: Arc<dyn Store>, master: MasterKey) -> Self {
@@ -132,10 +135,10 @@ impl Keyring {
 
     /// The secrets that sign now, the current one first.
     pub async fn signing(&self, account: AccountId) -> StoreResult<Arc<Vec<Secret>>> {
-        if let Some((at, secrets)) = self.cache.lock().expect("keyring cache").get(&account) {
-            if at.elapsed() < CACHE_FOR {
-                return Ok(secrets.clone());
-            }
+        if let Some((at, secrets)) = self.cache.lock().expect("keyring cache").get(&account)
+            && at.elapsed() < CACHE_FOR
+        {
+            return Ok(secrets.clone());
         }
         let secrets = Arc::new(
             self.load(account)

@@ -269,7 +269,8 @@ pub struct Attempt {
 /// The answer to a redelivery request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Redelivery {
-    Started(Event),
+    /// A new round is due now, under the same webhook id.
+    Started { webhook_id: String },
     /// A round is already under way.
     AlreadyPending,
     /// The generation has no callback URL.

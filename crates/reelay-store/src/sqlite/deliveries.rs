@@ -211,8 +211,9 @@ pub fn redeliver(
     ))
     .and_then(|mut s| s.execute(params![current.id, micros(now)]))
     .map_err(backend)?;
-    let event = event_for(c, generation)?.ok_or(StoreError::NotFound)?;
-    Ok(Redelivery::Started(event))
+    Ok(Redelivery::Started {
+        webhook_id: current.id,
+    })
 }
 
 pub fn redeliver_failed(
