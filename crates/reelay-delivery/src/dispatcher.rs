@@ -34,7 +34,7 @@ pub struct DispatcherConfig {
     pub per_destination: usize,
     /// The longest sleep between looks at storage when nothing announced work.
     pub poll_interval: Duration,
-    /// Most deliveries claimed in one transaction.
+    /// Most deliveries leased in one transaction.
     pub batch: usize,
 }
 
@@ -59,6 +59,9 @@ struct Inner {
 /// How soon to look again when due rows wait only for busy destinations (a finished attempt
 /// wakes the loop sooner).
 const STARVED_RECHECK: Duration = Duration::from_millis(100);
+
+/// Candidates read per free slot, so busy destinations' rows do not crowd out others'.
+const CANDIDATES_PER_SLOT: usize = 4;
 
 /// Destinations tracked before idle ones are forgotten.
 const FORGET_IDLE_ABOVE: usize = 4096;
@@ -103,24 +106,8 @@ impl Dispatcher {
             let mut got = 0;
             if want > 0 {
                 inner.starved.store(false, Ordering::Relaxed);
-                let now = OffsetDateTime::now_utc();
-                let claimed = inner
-                    .store
-                    .claim_deliveries(
-                        &inner.config.node_id,
-                        want,
-                        now + inner.config.lease,
-                        now,
-                        inner.saturated(),
-                    )
-                    .await;
-                match claimed {
-                    Ok(due) => {
-                        got = due.len();
-                        for delivery in due {
-                            self.start(delivery).await;
-                        }
-                    }
+                match self.claim(want).await {
+                    Ok(claimed) => got = claimed,
                     Err(e) => tracing::error!(error = %e, "claiming deliveries failed"),
                 }
             } else {
@@ -151,27 +138,56 @@ impl Dispatcher {
         }
     }
 
-    /// Takes the slots for one delivery and sends it in its own task, or gives it back.
-    async fn start(&self, delivery: DueDelivery) {
+    /// Leases up to `want` due deliveries, no more for each destination than it has free
+    /// slots, and starts them. Returns how many candidates there were, so the loop knows
+    /// whether more may be waiting.
+    async fn claim(&self, want: usize) -> reelay_store::StoreResult<usize> {
         let inner = &self.inner;
-        let global = inner
-            .in_flight
-            .clone()
-            .try_acquire_owned()
-            .expect("claimed no more than the free slots");
-        let Ok(local) = inner.destination(&delivery.destination).try_acquire_owned() else {
-            // This destination filled up within the batch: give the row back, due now.
-            let _ = inner
-                .store
-                .release_delivery(
-                    &delivery.event_id,
-                    &inner.config.node_id,
-                    OffsetDateTime::now_utc(),
-                )
-                .await;
-            return;
-        };
-        tokio::spawn(self.clone().attempt(delivery, global, local));
+        let now = OffsetDateTime::now_utc();
+        // Read more candidates than wanted: some may be for destinations with few free slots.
+        let candidates = inner
+            .store
+            .due_deliveries(want * CANDIDATES_PER_SLOT, now, inner.saturated())
+            .await?;
+        let mut free: HashMap<&str, usize> = HashMap::new();
+        let mut picked = Vec::with_capacity(want);
+        for candidate in &candidates {
+            let slots = free
+                .entry(candidate.destination.as_str())
+                .or_insert_with(|| {
+                    inner
+                        .destination(&candidate.destination)
+                        .available_permits()
+                });
+            if *slots > 0 {
+                *slots -= 1;
+                picked.push(candidate.event_id.clone());
+                if picked.len() == want {
+                    break;
+                }
+            }
+        }
+        if picked.is_empty() {
+            return Ok(0);
+        }
+        let leased = inner
+            .store
+            .lease_deliveries(&inner.config.node_id, picked, now + inner.config.lease, now)
+            .await?;
+        for delivery in leased {
+            // Only this loop takes slots, and it picked no more than were free.
+            let global = inner
+                .in_flight
+                .clone()
+                .try_acquire_owned()
+                .expect("picked no more than the free slots");
+            let local = inner
+                .destination(&delivery.destination)
+                .try_acquire_owned()
+                .expect("picked no more than the destination's free slots");
+            tokio::spawn(self.clone().attempt(delivery, global, local));
+        }
+        Ok(candidates.len().min(want))
     }
 
     async fn attempt(

@@ -94,15 +94,22 @@ pub trait Store: Send + Sync + 'static {
 
     // --- the outbox and webhook deliveries
     async fn event_for(&self, generation: GenerationId) -> StoreResult<Option<Event>>;
-    /// Leases up to `limit` due deliveries, oldest due first, skipping `skip_destinations`
-    /// (those already at their concurrency limit). The lease ends at `lease_until`.
-    async fn claim_deliveries(
+    /// Up to `limit` due deliveries, oldest due first, skipping `skip_destinations` (those
+    /// at their concurrency limit): candidates for [`Store::lease_deliveries`].
+    async fn due_deliveries(
         &self,
-        owner: &str,
         limit: usize,
-        lease_until: OffsetDateTime,
         now: OffsetDateTime,
         skip_destinations: Vec<String>,
+    ) -> StoreResult<Vec<DueRef>>;
+    /// Leases those of `event_ids` still due (another node may have taken some) until
+    /// `lease_until`, and returns them ready to send.
+    async fn lease_deliveries(
+        &self,
+        owner: &str,
+        event_ids: Vec<String>,
+        lease_until: OffsetDateTime,
+        now: OffsetDateTime,
     ) -> StoreResult<Vec<DueDelivery>>;
     /// Records an attempt; its outcome moves the delivery on only while `owner` holds the
     /// lease (returns false otherwise: the attempt is kept in the log all the same).

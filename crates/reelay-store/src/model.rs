@@ -217,6 +217,13 @@ pub struct Event {
     pub delivered_at: Option<OffsetDateTime>,
 }
 
+/// A due delivery, before it is leased.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueRef {
+    pub event_id: String,
+    pub destination: String,
+}
+
 /// A delivery claimed for one attempt, under a lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DueDelivery {

@@ -43,40 +43,58 @@ pub fn event_for(c: &Connection, generation: GenerationId) -> StoreResult<Option
     .map_err(backend)
 }
 
-pub fn claim(
+pub fn due(
     c: &Connection,
-    owner: &str,
     limit: usize,
-    lease_until: OffsetDateTime,
     now: OffsetDateTime,
     skip: &[String],
-) -> StoreResult<Vec<DueDelivery>> {
+) -> StoreResult<Vec<DueRef>> {
     let skip = serde_json::to_string(skip).map_err(|e| StoreError::Backend(e.to_string()))?;
     c.prepare_cached(
+        "SELECT id, destination FROM events WHERE state = 'pending' AND next_attempt_at <= ?1 \
+             AND destination NOT IN (SELECT value FROM json_each(?2)) \
+         ORDER BY next_attempt_at LIMIT ?3",
+    )
+    .and_then(|mut s| {
+        s.query_map(params![micros(now), skip, limit as i64], |r| {
+            Ok(DueRef {
+                event_id: r.get(0)?,
+                destination: r.get(1)?,
+            })
+        })?
+        .collect()
+    })
+    .map_err(backend)
+}
+
+pub fn lease(
+    c: &Connection,
+    owner: &str,
+    event_ids: &[String],
+    lease_until: OffsetDateTime,
+    now: OffsetDateTime,
+) -> StoreResult<Vec<DueDelivery>> {
+    let ids = serde_json::to_string(event_ids).map_err(|e| StoreError::Backend(e.to_string()))?;
+    c.prepare_cached(
         "UPDATE events SET lease_owner = ?1, next_attempt_at = ?2 \
-         WHERE id IN ( \
-             SELECT id FROM events WHERE state = 'pending' AND next_attempt_at <= ?3 \
-                 AND destination NOT IN (SELECT value FROM json_each(?4)) \
-             ORDER BY next_attempt_at LIMIT ?5) \
+         WHERE id IN (SELECT value FROM json_each(?4)) \
+             AND state = 'pending' AND next_attempt_at <= ?3 \
          RETURNING id, generation_id, account_id, callback_url, destination, payload, \
              created_at, round_attempts",
     )
     .and_then(|mut s| {
-        s.query_map(
-            params![owner, micros(lease_until), micros(now), skip, limit as i64],
-            |r| {
-                Ok(DueDelivery {
-                    event_id: r.get(0)?,
-                    generation_id: parsed(r, 1)?,
-                    account_id: parsed(r, 2)?,
-                    url: r.get(3)?,
-                    destination: r.get(4)?,
-                    payload: r.get(5)?,
-                    created_at: from_micros(r.get(6)?)?,
-                    round_attempts: r.get(7)?,
-                })
-            },
-        )?
+        s.query_map(params![owner, micros(lease_until), micros(now), ids], |r| {
+            Ok(DueDelivery {
+                event_id: r.get(0)?,
+                generation_id: parsed(r, 1)?,
+                account_id: parsed(r, 2)?,
+                url: r.get(3)?,
+                destination: r.get(4)?,
+                payload: r.get(5)?,
+                created_at: from_micros(r.get(6)?)?,
+                round_attempts: r.get(7)?,
+            })
+        })?
         .collect()
     })
     .map_err(backend)

@@ -233,19 +233,27 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn claim_deliveries(
+    async fn due_deliveries(
         &self,
-        owner: &str,
         limit: usize,
-        lease_until: OffsetDateTime,
         now: OffsetDateTime,
         skip_destinations: Vec<String>,
+    ) -> StoreResult<Vec<DueRef>> {
+        self.readers
+            .read(move |c| deliveries::due(c, limit, now, &skip_destinations))
+            .await
+    }
+
+    async fn lease_deliveries(
+        &self,
+        owner: &str,
+        event_ids: Vec<String>,
+        lease_until: OffsetDateTime,
+        now: OffsetDateTime,
     ) -> StoreResult<Vec<DueDelivery>> {
         let owner = owner.to_owned();
         self.writer
-            .write(move |c| {
-                deliveries::claim(c, &owner, limit, lease_until, now, &skip_destinations)
-            })
+            .write(move |c| deliveries::lease(c, &owner, &event_ids, lease_until, now))
             .await
     }
 
