@@ -6,16 +6,12 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use time::OffsetDateTime;
 
 use super::backend;
-use super::rows::{from_micros, micros, parsed};
+use super::rows::{from_micros, micros, opt_time, parsed};
 use crate::*;
 
 const EVENT_COLUMNS: &str = "id, generation_id, account_id, callback_url, payload, created_at, \
     state, total_attempts, next_attempt_at, last_attempt_at, last_status_code, failure_reason, \
     delivered_at";
-
-fn opt_time(row: &Row<'_>, idx: usize) -> rusqlite::Result<Option<OffsetDateTime>> {
-    row.get::<_, Option<i64>>(idx)?.map(from_micros).transpose()
-}
 
 fn event(r: &Row<'_>) -> rusqlite::Result<Event> {
     Ok(Event {

@@ -33,7 +33,7 @@ pub fn parsed<T: std::str::FromStr>(row: &Row<'_>, idx: usize) -> rusqlite::Resu
         .map_err(|_| corrupt(idx, format!("unexpected value {text:?}")))
 }
 
-fn opt_time(row: &Row<'_>, idx: usize) -> rusqlite::Result<Option<OffsetDateTime>> {
+pub fn opt_time(row: &Row<'_>, idx: usize) -> rusqlite::Result<Option<OffsetDateTime>> {
     row.get::<_, Option<i64>>(idx)?.map(from_micros).transpose()
 }
 
