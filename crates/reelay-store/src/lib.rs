@@ -121,7 +121,8 @@ pub trait Store: Send + Sync + 'static {
         owner: &str,
         at: OffsetDateTime,
     ) -> StoreResult<()>;
-    /// Makes every leased delivery due now: for a single node restarting on its database.
+    /// Makes every leased delivery due at once, ahead of younger ones (due since their event
+    /// was created): for a single node restarting on its database.
     async fn release_all_delivery_leases(&self, now: OffsetDateTime) -> StoreResult<u64>;
     /// When the next pending delivery is due (or its lease ends).
     async fn next_delivery_due(&self) -> StoreResult<Option<OffsetDateTime>>;

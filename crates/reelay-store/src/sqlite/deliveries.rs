@@ -163,7 +163,7 @@ pub fn release(c: &Connection, event_id: &str, owner: &str, at: OffsetDateTime) 
 
 pub fn release_all(c: &Connection, now: OffsetDateTime) -> StoreResult<u64> {
     c.prepare_cached(
-        "UPDATE events SET next_attempt_at = ?1, lease_owner = NULL \
+        "UPDATE events SET next_attempt_at = MIN(created_at, ?1), lease_owner = NULL \
          WHERE state = 'pending' AND lease_owner IS NOT NULL",
     )
     .and_then(|mut s| s.execute([micros(now)]))

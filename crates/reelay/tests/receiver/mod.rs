@@ -32,6 +32,10 @@ pub struct Received {
     pub body: Vec<u8>,
     pub at: Instant,
     pub peer: SocketAddr,
+    /// When the handler finished waiting and handed its answer over (None: not yet, or the
+    /// sender hung up first). A request answered after the sender died was never
+    /// acknowledged from the sender's point of view.
+    pub answered_at: Option<Instant>,
 }
 
 impl Received {
@@ -178,7 +182,10 @@ impl Receiver {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// Replaces the plan; its per-`webhook-id` counting starts again from 0.
     pub fn set_plan(&self, plan: Plan) {
+        let mut log = self.shared.log.lock().unwrap();
+        log.per_id.clear();
         *self.shared.plan.lock().unwrap() = plan;
     }
 
@@ -252,20 +259,22 @@ async fn handle(
         body: body.to_vec(),
         at: Instant::now(),
         peer,
+        answered_at: None,
     };
     let id = received.webhook_id();
-    let reply = {
+    let (reply, index) = {
         let mut log = shared.log.lock().unwrap();
         let n = log.per_id.entry(id).or_insert(0);
         let reply = shared.plan.lock().unwrap().reply(*n);
         *n += 1;
         log.requests.push(received);
-        reply
+        (reply, log.requests.len() - 1)
     };
     shared.arrived.notify_waiters();
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
     }
+    shared.log.lock().unwrap().requests[index].answered_at = Some(Instant::now());
     let mut response = Response::builder()
         .status(StatusCode::from_u16(reply.status).expect("a valid status code"))
         .header("content-type", "application/json");
@@ -356,8 +365,7 @@ impl BlackholeListener {
         let mut fillers = Vec::new();
         let mut hung = false;
         for _ in 0..16 {
-            match tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(addr)).await
-            {
+            match tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(addr)).await {
                 Ok(Ok(stream)) => fillers.push(stream),
                 Ok(Err(e)) => panic!("blackhole listener: filler connect failed: {e}"),
                 Err(_) => {
