@@ -1,9 +1,10 @@
-//! The `reelay` binary: the server (`serve`, `dev`), administration (`keys`, `credits`) and a
-//! client (`generate`).
+//! The `reelay` binary: the server (`serve`, `dev`), administration (`keys`, `credits`) and
+//! client tools (`generate`, `listen`).
 
 mod admin;
 mod client;
 mod config;
+mod listen;
 mod server;
 
 use std::net::SocketAddr;
@@ -42,6 +43,8 @@ enum Command {
     /// Manage account credits
     #[command(subcommand)]
     Credits(CreditsCommand),
+    /// Receive webhooks locally: verify, print, optionally forward
+    Listen(listen::ListenArgs),
     /// Create a generation through the API
     Generate {
         #[command(flatten)]
@@ -179,6 +182,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Generate { client, args } => client::generate(client, args).await,
+        Command::Listen(args) => listen::listen(args).await,
     }
 }
 
