@@ -42,6 +42,8 @@ async fn listen(server: &TestServer, extra: &[&str]) -> Listen {
     let mut child = cmd.spawn().expect("spawn reelay listen");
     let stdout = child.stdout.take().unwrap();
     let (tx, lines) = mpsc::channel();
+    // From here on, dropping the handle kills the process.
+    let handle = Listen { child, lines, port };
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if let Ok(v) = serde_json::from_str(&line) {
@@ -94,7 +96,7 @@ async fn listen_verifies_with_the_secret_fetched_by_api_key() {
             &json!({"prompt": "an nsfw clip of a cat", "callback_url": callback}),
         )
         .await;
-    let mut seen = vec![next_line(&l), next_line(&l)];
+    let mut seen = [next_line(&l), next_line(&l)];
     seen.sort_by_key(|v| v["status"].as_str().unwrap_or_default().to_owned());
     assert_eq!(seen[0]["generation_id"], done["generation_id"]);
     assert_eq!(seen[0]["status"], "completed");
