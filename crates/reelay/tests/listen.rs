@@ -57,7 +57,7 @@ async fn listen(server: &TestServer, extra: &[&str]) -> Listen {
             .await
             .is_ok()
         {
-            return Listen { child, lines, port };
+            return handle;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
