@@ -1,0 +1,212 @@
+//! The load generator: one pooled HTTP/1 client, a closed loop (N requests in flight) and an
+//! open loop (a fixed rate, each request its own task). Both stop at a count and a deadline.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+/// Every request gives up after this long, so no loop waits forever.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(1024)
+        .tcp_nodelay(true)
+        .timeout(REQUEST_TIMEOUT)
+        .connect_timeout(Duration::from_secs(5))
+        .build()?)
+}
+
+/// What a loop produced: the results in completion order, failures, and when it ran.
+pub struct Outcome<T> {
+    pub results: Vec<T>,
+    pub failures: u64,
+    pub first_error: Option<String>,
+    pub started: Instant,
+    pub finished: Instant,
+}
+
+impl<T> Outcome<T> {
+    pub fn elapsed(&self) -> Duration {
+        self.finished - self.started
+    }
+
+    /// Stops the scenario when nothing worked at all: a misconfiguration, not a measurement.
+    pub fn check(&self, what: &str) -> anyhow::Result<()> {
+        if self.results.is_empty() && self.failures > 0 {
+            bail!(
+                "{what}: all {} requests failed; first error: {}",
+                self.failures,
+                self.first_error.as_deref().unwrap_or("?")
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Runs `f(0..count)` with `concurrency` requests in flight until the count is done or the
+/// deadline passed (a request started before the deadline is awaited, bounded by its timeout).
+pub async fn closed_loop<F, Fut, T>(
+    count: u64,
+    concurrency: usize,
+    deadline: Instant,
+    f: F,
+) -> Outcome<T>
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<T>> + Send + 'static,
+    T: Send + 'static,
+{
+    let f = Arc::new(f);
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency.max(1) {
+        let (f, next) = (f.clone(), next.clone());
+        workers.spawn(async move {
+            let mut done = Vec::new();
+            let mut failures = 0u64;
+            let mut first_error = None;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= count || Instant::now() >= deadline {
+                    break;
+                }
+                match f(i).await {
+                    Ok(t) => done.push(t),
+                    Err(e) => {
+                        failures += 1;
+                        first_error.get_or_insert_with(|| format!("{e:#}"));
+                    }
+                }
+            }
+            (done, failures, first_error)
+        });
+    }
+    let mut out = Outcome {
+        results: Vec::new(),
+        failures: 0,
+        first_error: None,
+        started,
+        finished: started,
+    };
+    while let Some(joined) = workers.join_next().await {
+        if let Ok((done, failures, first_error)) = joined {
+            out.results.extend(done);
+            out.failures += failures;
+            if out.first_error.is_none() {
+                out.first_error = first_error;
+            }
+        }
+    }
+    out.finished = Instant::now();
+    out
+}
+
+/// Starts `f(i)` at `start + i / rate` for `i` in `0..count`, stopping at the deadline; each
+/// request is its own task, so a slow answer does not delay the next send.
+pub async fn open_loop<F, Fut, T>(rate: f64, count: u64, deadline: Instant, f: F) -> Outcome<T>
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<T>> + Send + 'static,
+    T: Send + 'static,
+{
+    let f = Arc::new(f);
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..count {
+        let at = started + Duration::from_secs_f64(i as f64 / rate);
+        if at >= deadline {
+            break;
+        }
+        tokio::time::sleep_until(at.into()).await;
+        let f = f.clone();
+        tasks.spawn(async move { f(i).await });
+    }
+    let mut out = Outcome {
+        results: Vec::new(),
+        failures: 0,
+        first_error: None,
+        started,
+        finished: started,
+    };
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(Ok(t)) => out.results.push(t),
+            Ok(Err(e)) => {
+                out.failures += 1;
+                out.first_error.get_or_insert_with(|| format!("{e:#}"));
+            }
+            Err(e) => {
+                out.failures += 1;
+                out.first_error.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+    out.finished = Instant::now();
+    out
+}
+
+/// Creates generations on one reelay.
+#[derive(Clone)]
+pub struct Creator {
+    client: reqwest::Client,
+    endpoint: Arc<str>,
+    auth: Arc<str>,
+}
+
+/// A generation created: its id and the instant its create request was sent.
+pub struct Created {
+    pub generation_id: String,
+    pub sent: Instant,
+}
+
+#[derive(Deserialize)]
+struct CreatedView {
+    generation_id: String,
+}
+
+impl Creator {
+    pub fn new(client: reqwest::Client, base_url: &str, api_key: &str) -> Self {
+        Self {
+            client,
+            endpoint: format!("{base_url}/v1/veo/generate").into(),
+            auth: format!("Bearer {api_key}").into(),
+        }
+    }
+
+    /// `POST /v1/veo/generate` with a callback; expects 201.
+    pub async fn create(&self, n: u64, callback_url: &str) -> anyhow::Result<Created> {
+        let body = format!(
+            r#"{{"prompt":"benchmark prompt number {n}","callback_url":"{callback_url}"}}"#
+        );
+        let sent = Instant::now();
+        let response = self
+            .client
+            .post(&*self.endpoint)
+            .header("authorization", &*self.auth)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .context("POST /v1/veo/generate")?;
+        let status = response.status();
+        let bytes = response.bytes().await.context("reading the 201")?;
+        if status.as_u16() != 201 {
+            bail!(
+                "POST /v1/veo/generate answered {status}: {}",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(300)])
+            );
+        }
+        let view: CreatedView = serde_json::from_slice(&bytes).context("parsing the 201")?;
+        Ok(Created {
+            generation_id: view.generation_id,
+            sent,
+        })
+    }
+}

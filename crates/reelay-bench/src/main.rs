@@ -1,0 +1,229 @@
+//! `reelay-bench`: starts reelay as a real process (SQLite in a temporary directory, or
+//! `--database-url`), a receiver and a load generator of its own, all on loopback, and prints
+//! a table and one JSON line per scenario. See BENCHMARKS.md.
+
+mod load;
+mod receiver;
+mod reelay;
+mod report;
+mod scenarios;
+mod stats;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::{Parser, ValueEnum};
+
+use crate::reelay::Backend;
+use crate::report::Row;
+use crate::scenarios::Ctx;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// The raw ceiling: the load generator POSTing to the receiver, no reelay
+    Limit,
+    /// Creates with a callback → webhooks: saturation and fixed rates (200/s, 1,000/s)
+    Pipeline,
+    /// N failed events in storage, the receiver up, one bulk redelivery: drain rate
+    Dispatch,
+    /// A healthy destination's p99 beside 50 and 1,000 that never answer
+    Isolation,
+    /// N scheduled retries: RSS and storage, then the drain once they are due
+    Backlog,
+    /// reelay's CPU seconds per 1,000 delivered webhooks at 1,000/s
+    Cpu,
+    /// Every scenario, in this order
+    All,
+}
+
+#[derive(Debug, Parser)]
+#[command(version, about = "Benchmarks reelay as a real process on loopback")]
+struct Cli {
+    /// Which scenario (`limit` is always measured first: the others are fractions of it)
+    #[arg(value_enum)]
+    scenario: Scenario,
+    /// Small sizes: `all` finishes in about a minute
+    #[arg(long)]
+    quick: bool,
+    /// reelay's database; a fresh SQLite file in a temporary directory per scenario when unset
+    /// (a URL given here is used as is: give an empty database)
+    #[arg(long, value_name = "URL")]
+    database_url: Option<String>,
+    /// Requests in flight for the saturation loops
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// The reelay binary [default: `reelay` next to this executable, after `cargo build
+    /// --release -p reelay`]
+    #[arg(long, value_name = "PATH")]
+    reelay: Option<PathBuf>,
+    /// Do not run `cargo build --release -p reelay` first
+    #[arg(long)]
+    no_build: bool,
+    /// An extra setting for every reelay started, like `REELAY_WEBHOOK_PER_DESTINATION=256`
+    /// (repeatable; a scenario's own settings win)
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_setting)]
+    settings: Vec<(String, String)>,
+}
+
+fn parse_setting(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("loadgen")
+        .enable_all()
+        .build()
+        .expect("starting the runtime");
+    let code = runtime.block_on(run(cli));
+    runtime.shutdown_background();
+    std::process::exit(code);
+}
+
+async fn run(cli: Cli) -> i32 {
+    reelay::raise_fd_limit();
+    let bin = match reelay::locate(cli.reelay.clone(), cli.no_build) {
+        Ok(bin) => bin,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return 2;
+        }
+    };
+    let backend = match &cli.database_url {
+        Some(url) => Backend::Url(url.clone()),
+        None => Backend::TempSqlite,
+    };
+    let client = match load::client() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return 2;
+        }
+    };
+    let mut ctx = Ctx {
+        bin,
+        backend,
+        quick: cli.quick,
+        concurrency: cli.concurrency,
+        client,
+        raw_requests_per_s: None,
+        settings: cli.settings.clone(),
+    };
+    // Refuse early and clearly when reelay cannot run on the backend asked for.
+    let probe = async {
+        let setup = reelay::Setup::new(&ctx.bin, &ctx.backend, &ctx.settings, &[])?;
+        setup.create_key().await?;
+        setup.serve(std::time::Duration::from_secs(30)).await
+    };
+    match probe.await {
+        Ok(r) => drop(r),
+        Err(e) => {
+            eprintln!(
+                "error: reelay cannot run on the {} backend, so nothing was measured:\n  {e:#}",
+                ctx.backend.name()
+            );
+            return 3;
+        }
+    }
+
+    let order = [
+        Scenario::Limit,
+        Scenario::Pipeline,
+        Scenario::Dispatch,
+        Scenario::Isolation,
+        Scenario::Backlog,
+        Scenario::Cpu,
+    ];
+    let wanted: Vec<Scenario> = match cli.scenario {
+        Scenario::All => order.to_vec(),
+        Scenario::Limit => vec![Scenario::Limit],
+        one => vec![Scenario::Limit, one],
+    };
+    let started = Instant::now();
+    let mut rows: Vec<Row> = Vec::new();
+    let mut lines: Vec<String> = Vec::new();
+    let mut failed = false;
+    for scenario in wanted {
+        let name = format!("{scenario:?}").to_lowercase();
+        eprintln!(
+            "[{:5.1} s] {name} ({})",
+            started.elapsed().as_secs_f64(),
+            if ctx.quick { "quick" } else { "full" }
+        );
+        let result = match scenario {
+            Scenario::Limit => scenarios::limit::run(&ctx).await,
+            Scenario::Pipeline => scenarios::pipeline::run(&ctx).await,
+            Scenario::Dispatch => scenarios::dispatch::run(&ctx).await,
+            Scenario::Isolation => scenarios::isolation::run(&ctx).await,
+            Scenario::Backlog => scenarios::backlog::run(&ctx).await,
+            Scenario::Cpu => scenarios::cpu::run(&ctx).await,
+            Scenario::All => unreachable!(),
+        };
+        let scenario_rows = match result {
+            Ok(r) => r,
+            Err(e) => {
+                failed = true;
+                eprintln!("  ! {name} failed: {e:#}");
+                vec![ctx.row(&name, "error").note(format!("{e:#}"))]
+            }
+        };
+        if scenario == Scenario::Limit {
+            ctx.raw_requests_per_s = scenario_rows[0].raw_requests_per_s;
+        }
+        let headline = headline(&name, &scenario_rows, &ctx);
+        lines.push(report::json_line(&headline, &scenario_rows));
+        rows.extend(scenario_rows);
+    }
+    eprintln!("[{:5.1} s] done", started.elapsed().as_secs_f64());
+    println!("{}", report::table(&rows));
+    for line in lines {
+        println!("{line}");
+    }
+    if failed { 1 } else { 0 }
+}
+
+/// The scenario's top-level figures: its one row, or for `pipeline` the saturation rates with
+/// the 1,000/s latencies, and for `isolation` the worst dead-destination variant.
+fn headline(name: &str, rows: &[Row], ctx: &Ctx) -> Row {
+    let mut head = rows[0].clone();
+    let total = |f: fn(&Row) -> Option<u64>| rows.iter().filter_map(f).reduce(|a, b| a + b);
+    match name {
+        "pipeline" if rows.len() > 1 => {
+            head.variant = "summary".into();
+            if let Some(r) = rows.iter().find(|r| r.variant == "rate=1000/s") {
+                head.p50_ms = r.p50_ms;
+                head.p90_ms = r.p90_ms;
+                head.p99_ms = r.p99_ms;
+                head.max_ms = r.max_ms;
+            }
+            head.lost = total(|r| r.lost);
+            head.duplicates = total(|r| r.duplicates);
+            head.note = Some(
+                "rates from saturation; latencies at 1,000/s; lost and duplicates over all runs"
+                    .into(),
+            );
+        }
+        "isolation" if rows.len() > 1 => {
+            if let Some(worst) = rows[1..]
+                .iter()
+                .max_by(|a, b| a.p99_ratio.partial_cmp(&b.p99_ratio).unwrap())
+            {
+                head = worst.clone();
+            }
+            head.lost = total(|r| r.lost);
+            head.duplicates = total(|r| r.duplicates);
+            head.note = Some(
+                "the variant with the worst p99_ratio; lost and duplicates over all runs".into(),
+            );
+        }
+        _ => {}
+    }
+    if head.backend.is_empty() {
+        head.backend = ctx.backend.name().into();
+    }
+    head
+}
