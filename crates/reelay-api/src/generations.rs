@@ -9,7 +9,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use reelay_core::request::parse_generate;
 use reelay_core::{GenerationId, GenerationStatus};
-use reelay_store::{DeliveryState, Event, Finished, Generation, Redelivery, Stage};
+use reelay_store::{
+    DeliveryState, DueRef, Event, Finished, Generation, OutboxListener, Redelivery, Stage,
+};
 use reelay_webhooks::timestamp;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -339,7 +341,7 @@ pub async fn redeliver(
         .await?
     {
         Redelivery::Started { webhook_id } => {
-            state.dispatcher.wake();
+            state.dispatcher.due(DueRef::of(&g).into_iter().collect());
             Ok((
                 StatusCode::ACCEPTED,
                 Json(json!({

@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
+use reelay_store::OutboxListener;
 use reelay_webhooks::timestamp;
 use serde::Serialize;
 use serde_json::Value;
@@ -134,7 +135,7 @@ pub async fn redeliver_failed(
         .redeliver_failed(account, since, until, now)
         .await?;
     if redelivered > 0 {
-        state.dispatcher.wake();
+        state.dispatcher.look();
     }
     Ok(Json(RedeliveredView { redelivered }))
 }

@@ -1,21 +1,25 @@
-//! The dispatcher: claims due deliveries from storage, sends each under a lease with bounded
-//! concurrency per destination and in total, and records every attempt with what follows it.
+//! The dispatcher: finds due deliveries, sends each under a lease with bounded concurrency per
+//! destination and in total, and records every attempt with what follows it.
 //!
-//! Nothing waits in memory: a retry is a row with a due time, so a million scheduled retries
-//! cost disk, not RAM. A new event wakes the dispatcher at once; due retries wake it by time.
+//! Nothing waits only in memory: a retry is a row with a due time, so a million scheduled
+//! retries cost disk, not RAM. New events are handed over by whoever wrote them (the
+//! [`OutboxListener`] side), so they leave at once; retries coming due and anything written
+//! elsewhere are found by a scan of storage that costs a few index seeks per destination.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use reelay_core::retry::{AttemptOutcome, Next, RetryPolicy};
-use reelay_store::{AfterAttempt, AttemptRecord, DueDelivery, Store};
+use reelay_store::{
+    AfterAttempt, AttemptRecord, DueDelivery, DueRef, OutboxListener, Store, StoreResult,
+};
 use reelay_webhooks::sign_header;
 use time::OffsetDateTime;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use crate::board::Board;
 use crate::metrics;
 use crate::secrets::Keyring;
 use crate::sender::{Delivery, Sender};
@@ -25,14 +29,14 @@ pub struct DispatcherConfig {
     /// This process's name on delivery leases.
     pub node_id: String,
     pub policy: RetryPolicy,
-    /// How long a claimed delivery is ours: longer than any attempt can take, so a slow
+    /// How long a leased delivery is ours: longer than any attempt can take, so a slow
     /// attempt is never sent twice in parallel.
     pub lease: Duration,
     /// Most attempts in flight in this process.
     pub max_in_flight: usize,
     /// Most attempts in flight to one destination (scheme, host and port).
     pub per_destination: usize,
-    /// The longest sleep between looks at storage when nothing announced work.
+    /// The longest time between scans of storage.
     pub poll_interval: Duration,
     /// Most deliveries leased in one transaction.
     pub batch: usize,
@@ -49,31 +53,19 @@ struct Inner {
     sender: Sender,
     keyring: Arc<Keyring>,
     config: DispatcherConfig,
-    wake: Arc<Notify>,
+    wake: Notify,
     in_flight: Arc<Semaphore>,
-    destinations: Mutex<HashMap<String, Arc<Semaphore>>>,
-    /// Set while the loop waits for a free slot rather than for work.
-    starved: AtomicBool,
+    board: Board,
+    /// Set when storage must be scanned before the next pick.
+    scan_now: AtomicBool,
 }
 
-/// How soon to look again when due rows wait only for busy destinations (a finished attempt
-/// wakes the loop sooner).
-const STARVED_RECHECK: Duration = Duration::from_millis(100);
-
-/// Candidates read per free slot, so busy destinations' rows do not crowd out others'.
-const CANDIDATES_PER_SLOT: usize = 4;
-
-/// Destinations tracked before idle ones are forgotten.
-const FORGET_IDLE_ABOVE: usize = 4096;
-
 impl Dispatcher {
-    /// `wake` is shared with whoever creates events (the lifecycle engine).
     pub fn new(
         store: Arc<dyn Store>,
         sender: Sender,
         keyring: Arc<Keyring>,
         config: DispatcherConfig,
-        wake: Arc<Notify>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -81,17 +73,12 @@ impl Dispatcher {
                 sender,
                 keyring,
                 in_flight: Arc::new(Semaphore::new(config.max_in_flight.max(1))),
+                board: Board::new(config.per_destination),
                 config,
-                wake,
-                destinations: Mutex::new(HashMap::new()),
-                starved: AtomicBool::new(false),
+                wake: Notify::new(),
+                scan_now: AtomicBool::new(true),
             }),
         }
-    }
-
-    /// Says that deliveries may be due now (a new event, a redelivery).
-    pub fn wake(&self) {
-        self.inner.wake.notify_one();
     }
 
     pub fn keyring(&self) -> &Arc<Keyring> {
@@ -100,94 +87,139 @@ impl Dispatcher {
 
     pub async fn run(self, shutdown: CancellationToken) {
         let inner = &self.inner;
+        let mut last_scan: Option<Instant> = None;
+        let mut cursor: Option<String> = None;
         loop {
-            let free = inner.in_flight.available_permits();
-            let want = free.min(inner.config.batch);
-            let mut got = 0;
-            if want > 0 {
-                inner.starved.store(false, Ordering::Relaxed);
-                match self.claim(want).await {
-                    Ok(claimed) => got = claimed,
-                    Err(e) => tracing::error!(error = %e, "claiming deliveries failed"),
+            let scan_due = inner.scan_now.swap(false, Ordering::Relaxed)
+                || last_scan.is_none_or(|at| at.elapsed() >= inner.config.poll_interval);
+            if scan_due {
+                last_scan = Some(Instant::now());
+                if let Err(e) = self.scan(&mut cursor).await {
+                    tracing::error!(error = %e, "scanning for due deliveries failed");
                 }
-            } else {
-                inner.starved.store(true, Ordering::Relaxed);
             }
-            if want > 0 && got == want {
-                continue; // more may be due
+            let started = match self.start_ready().await {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::error!(error = %e, "starting deliveries failed");
+                    0
+                }
+            };
+            if started > 0 && inner.in_flight.available_permits() > 0 {
+                continue; // picking may have left more for the next batch
             }
-            let sleep = match inner.store.next_delivery_due().await {
-                Ok(Some(at)) => (at - OffsetDateTime::now_utc())
-                    .try_into()
-                    .unwrap_or(Duration::ZERO)
-                    .min(inner.config.poll_interval),
-                _ => inner.config.poll_interval,
-            };
-            let sleep = if sleep.is_zero() {
-                // Due rows remain, all for saturated destinations: wait for a slot to free.
-                inner.starved.store(true, Ordering::Relaxed);
-                STARVED_RECHECK
-            } else {
-                sleep
-            };
+            let wait = self.until_next_scan(last_scan).await;
             tokio::select! {
                 _ = inner.wake.notified() => {}
-                _ = tokio::time::sleep(sleep) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.cancelled() => return,
             }
         }
     }
 
-    /// Leases up to `want` due deliveries, no more for each destination than it has free
-    /// slots, and starts them. Returns how many candidates there were, so the loop knows
-    /// whether more may be waiting.
-    async fn claim(&self, want: usize) -> reelay_store::StoreResult<usize> {
+    /// Looks in storage for due deliveries not heard of: retries coming due, work left by a
+    /// crashed node or written by another process.
+    async fn scan(&self, cursor: &mut Option<String>) -> StoreResult<()> {
         let inner = &self.inner;
-        let now = OffsetDateTime::now_utc();
-        // Read more candidates than wanted: some may be for destinations with few free slots.
-        let candidates = inner
+        let per = inner.config.per_destination.max(1);
+        let found = inner
             .store
-            .due_deliveries(want * CANDIDATES_PER_SLOT, now, inner.saturated())
+            .scan_due(
+                OffsetDateTime::now_utc(),
+                cursor.clone(),
+                inner.board.saturated(),
+                per,
+                inner.config.batch * 4,
+            )
             .await?;
-        let mut free: HashMap<&str, usize> = HashMap::new();
-        let mut picked = Vec::with_capacity(want);
-        for candidate in &candidates {
-            let slots = free
-                .entry(candidate.destination.as_str())
-                .or_insert_with(|| {
-                    inner
-                        .destination(&candidate.destination)
-                        .available_permits()
-                });
-            if *slots > 0 {
-                *slots -= 1;
-                picked.push(candidate.event_id.clone());
-                if picked.len() == want {
-                    break;
-                }
+        // Start the next scan after the last destination seen, so every destination gets
+        // its turn even when one scan cannot reach them all.
+        *cursor = found.last().map(|d| d.destination.clone());
+        let mut per_destination: std::collections::HashMap<&str, usize> = Default::default();
+        for d in &found {
+            *per_destination.entry(d.destination.as_str()).or_default() += 1;
+        }
+        for (destination, n) in per_destination {
+            if n >= per {
+                inner.board.backlogged(destination);
             }
         }
-        if picked.is_empty() {
+        inner.board.hear(found);
+        Ok(())
+    }
+
+    /// Leases what the board picks (refilling backlogged destinations from storage) and
+    /// starts each attempt. Returns how many started.
+    async fn start_ready(&self) -> StoreResult<usize> {
+        let inner = &self.inner;
+        let budget = inner.in_flight.available_permits().min(inner.config.batch);
+        if budget == 0 {
+            return Ok(0);
+        }
+        let now = OffsetDateTime::now_utc();
+        let pick = inner.board.pick(budget);
+        let mut ids = pick.event_ids;
+        for (destination, free) in pick.refill {
+            let room = free.min(budget.saturating_sub(ids.len()));
+            let more = inner
+                .store
+                .due_for_destination(&destination, room, now)
+                .await?;
+            if more.len() < room {
+                inner.board.drained(&destination);
+            } else {
+                inner.board.freed(&destination); // there may be more: look again
+            }
+            ids.extend(more);
+        }
+        if ids.is_empty() {
             return Ok(0);
         }
         let leased = inner
             .store
-            .lease_deliveries(&inner.config.node_id, picked, now + inner.config.lease, now)
+            .lease_deliveries(&inner.config.node_id, ids, now + inner.config.lease, now)
             .await?;
+        let started = leased.len();
         for delivery in leased {
-            // Only this loop takes slots, and it picked no more than were free.
+            // Only this loop takes slots, and the board picked no more than were free.
             let global = inner
                 .in_flight
                 .clone()
                 .try_acquire_owned()
                 .expect("picked no more than the free slots");
             let local = inner
-                .destination(&delivery.destination)
+                .board
+                .slots(&delivery.destination)
                 .try_acquire_owned()
                 .expect("picked no more than the destination's free slots");
             tokio::spawn(self.clone().attempt(delivery, global, local));
         }
-        Ok(candidates.len().min(want))
+        Ok(started)
+    }
+
+    /// Until the next retry comes due, or the next routine scan.
+    async fn until_next_scan(&self, last_scan: Option<Instant>) -> Duration {
+        let inner = &self.inner;
+        let routine = last_scan
+            .map(|at| inner.config.poll_interval.saturating_sub(at.elapsed()))
+            .unwrap_or_default();
+        let Ok(Some(next_due)) = inner.store.next_delivery_due().await else {
+            return routine;
+        };
+        let last_scan_at =
+            OffsetDateTime::now_utc() - last_scan.map(|at| at.elapsed()).unwrap_or_default();
+        if next_due <= last_scan_at {
+            // Already due at the last scan: it is on the board or waits for a busy
+            // destination, whose freed slots wake the loop.
+            return routine;
+        }
+        let until: Duration = (next_due - OffsetDateTime::now_utc())
+            .try_into()
+            .unwrap_or(Duration::ZERO);
+        if until < routine {
+            inner.scan_now.store(true, Ordering::Relaxed);
+        }
+        until.min(routine)
     }
 
     async fn attempt(
@@ -239,22 +271,22 @@ impl Dispatcher {
             AfterAttempt::Failed(_) => metrics::failed(),
             AfterAttempt::RetryAt(_) => {}
         }
-        let level_ok = result.outcome == AttemptOutcome::Delivered;
-        if level_ok {
-            tracing::info!(webhook_id = %d.event_id, generation = %d.generation_id, attempt = number,
-                outcome = result.outcome.as_str(), status = result.status, duration_ms = result.duration.as_millis() as u64,
-                "webhook delivered");
+        let duration_ms = result.duration.as_millis() as u64;
+        if result.outcome == AttemptOutcome::Delivered {
+            tracing::info!(webhook_id = %d.event_id, generation = %d.generation_id,
+                attempt = number, outcome = result.outcome.as_str(), status = result.status,
+                duration_ms, "webhook delivered");
         } else {
-            tracing::warn!(webhook_id = %d.event_id, generation = %d.generation_id, attempt = number,
-                outcome = result.outcome.as_str(), status = result.status, duration_ms = result.duration.as_millis() as u64,
-                error = result.error.as_deref().unwrap_or(""), next = ?next, "webhook attempt failed");
+            tracing::warn!(webhook_id = %d.event_id, generation = %d.generation_id,
+                attempt = number, outcome = result.outcome.as_str(), status = result.status,
+                duration_ms, error = result.error.as_deref().unwrap_or(""), next = ?next,
+                "webhook attempt failed");
         }
-        let retry_soon = matches!(next, AfterAttempt::RetryAt(_));
         let record = AttemptRecord {
             event_id: d.event_id.clone(),
             owner: inner.config.node_id.clone(),
             started_at,
-            duration_ms: result.duration.as_millis() as u64,
+            duration_ms,
             outcome: result.outcome,
             status_code: result.status,
             response_body: result.body,
@@ -263,41 +295,28 @@ impl Dispatcher {
         };
         match inner.store.record_attempt(record).await {
             Ok(true) => {}
-            Ok(false) => {
-                tracing::warn!(webhook_id = %d.event_id, "the lease ended during the attempt; its outcome is logged only")
-            }
-            Err(e) => {
-                tracing::error!(webhook_id = %d.event_id, error = %e, "recording an attempt failed; the lease will expire and the event be sent again")
-            }
+            Ok(false) => tracing::warn!(webhook_id = %d.event_id,
+                "the lease ended during the attempt; its outcome is logged only"),
+            Err(e) => tracing::error!(webhook_id = %d.event_id, error = %e,
+                "recording an attempt failed; the lease will expire and the event be sent again"),
         }
         drop(_local);
         drop(_global);
-        if retry_soon || inner.starved.load(Ordering::Relaxed) {
-            inner.wake.notify_one();
-        }
+        inner.board.freed(&d.destination);
+        inner.wake.notify_one();
     }
 }
 
-impl Inner {
-    fn destination(&self, key: &str) -> Arc<Semaphore> {
-        let mut map = self.destinations.lock().expect("destinations");
-        if map.len() > FORGET_IDLE_ABOVE {
-            let full = self.config.per_destination;
-            map.retain(|_, s| s.available_permits() < full);
+impl OutboxListener for Dispatcher {
+    fn due(&self, deliveries: Vec<DueRef>) {
+        if !deliveries.is_empty() {
+            self.inner.board.hear(deliveries);
+            self.inner.wake.notify_one();
         }
-        map.entry(key.to_owned())
-            .or_insert_with(|| Arc::new(Semaphore::new(self.config.per_destination.max(1))))
-            .clone()
     }
 
-    /// Destinations with no free slot: the claim skips their rows.
-    fn saturated(&self) -> Vec<String> {
-        self.destinations
-            .lock()
-            .expect("destinations")
-            .iter()
-            .filter(|(_, s)| s.available_permits() == 0)
-            .map(|(k, _)| k.clone())
-            .collect()
+    fn look(&self) {
+        self.inner.scan_now.store(true, Ordering::Relaxed);
+        self.inner.wake.notify_one();
     }
 }

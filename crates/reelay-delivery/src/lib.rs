@@ -3,6 +3,7 @@
 //! seed's retry policy, never into a private network, and never held up by another
 //! destination's failures.
 
+mod board;
 pub mod dispatcher;
 pub mod guard;
 pub mod metrics;

@@ -10,8 +10,8 @@ use reelay_core::pricing::Prices;
 use reelay_core::request::GenerateRequest;
 use reelay_core::{AccountId, FailureCode, GenerationId};
 use reelay_store::{
-    Created, Finished, Finisher, Generation, Idempotency, NewGeneration, Outcome, Spec, Store,
-    StoreResult, Video,
+    Created, DueRef, Finished, Finisher, Generation, Idempotency, NewGeneration, OutboxListener,
+    Outcome, Spec, Store, StoreResult, Video,
 };
 use time::OffsetDateTime;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -22,7 +22,7 @@ use crate::generator::{Generator, Progress};
 /// Keeps the watchdog from spinning when a deadline is due but storage keeps failing.
 const MIN_WATCHDOG_WAIT: Duration = Duration::from_millis(10);
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct EngineConfig {
     /// This process's name on leases; unique per process.
     pub node_id: String,
@@ -38,8 +38,8 @@ pub struct EngineConfig {
     pub prices: Prices,
     /// A generation not finished this long after its creation fails with TIMEOUT.
     pub generation_timeout: Duration,
-    /// Notified whenever a generation ends, so its webhook goes out without waiting for a poll.
-    pub on_event: Arc<Notify>,
+    /// Told whenever a generation ends, so its webhook goes out without waiting for a poll.
+    pub outbox: Arc<dyn OutboxListener>,
 }
 
 /// How long an idempotency key is remembered.
@@ -140,8 +140,11 @@ impl Engine {
                 OffsetDateTime::now_utc(),
             )
             .await?;
-        if matches!(finished, Finished::Applied(_)) {
-            self.inner.config.on_event.notify_one();
+        if let Finished::Applied(done) = &finished {
+            self.inner
+                .config
+                .outbox
+                .due(DueRef::of(done).into_iter().collect());
         }
         self.inner.stop_work_on(&[id]);
         Ok(finished)
@@ -220,7 +223,10 @@ impl Engine {
                 .await
             {
                 Ok(Finished::Applied(done)) => {
-                    inner.config.on_event.notify_one();
+                    inner
+                        .config
+                        .outbox
+                        .due(DueRef::of(&done).into_iter().collect());
                     tracing::info!(generation = %g.id, status = %done.stage.status(), "generation finished")
                 }
                 Ok(Finished::Refused(current)) => {
@@ -285,7 +291,7 @@ impl Engine {
             match inner.store.expire(now).await {
                 Ok(expired) if !expired.is_empty() => {
                     tracing::info!(count = expired.len(), "generations timed out");
-                    inner.config.on_event.notify_one();
+                    inner.config.outbox.look();
                     inner.stop_work_on(&expired);
                 }
                 Ok(_) => {}

@@ -94,13 +94,24 @@ pub trait Store: Send + Sync + 'static {
 
     // --- the outbox and webhook deliveries
     async fn event_for(&self, generation: GenerationId) -> StoreResult<Option<Event>>;
-    /// Up to `limit` due deliveries, oldest due first, skipping `skip_destinations` (those
-    /// at their concurrency limit): candidates for [`Store::lease_deliveries`].
-    async fn due_deliveries(
+    /// Due deliveries to one destination, oldest due first.
+    async fn due_for_destination(
         &self,
+        destination: &str,
         limit: usize,
         now: OffsetDateTime,
-        skip_destinations: Vec<String>,
+    ) -> StoreResult<Vec<String>>;
+    /// Walks the destinations that have pending deliveries, in key order from just after
+    /// `after` (wrapping around), skipping `skip`, and returns up to `per_destination` due
+    /// deliveries of each, `limit` in all. Costs a few index seeks per destination, however
+    /// many deliveries wait: a destination with a million due rows is as cheap as one.
+    async fn scan_due(
+        &self,
+        now: OffsetDateTime,
+        after: Option<String>,
+        skip: Vec<String>,
+        per_destination: usize,
+        limit: usize,
     ) -> StoreResult<Vec<DueRef>>;
     /// Leases those of `event_ids` still due (another node may have taken some) until
     /// `lease_until`, and returns them ready to send.

@@ -217,11 +217,37 @@ pub struct Event {
     pub delivered_at: Option<OffsetDateTime>,
 }
 
-/// A due delivery, before it is leased.
+/// A delivery that is (or is about to be) due, before it is leased.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DueRef {
     pub event_id: String,
     pub destination: String,
+}
+
+impl DueRef {
+    /// The delivery a just-finished generation owes, if it has a callback URL.
+    pub fn of(generation: &Generation) -> Option<Self> {
+        let url = generation.spec.callback_url.as_deref()?;
+        Some(Self {
+            event_id: event_id(generation.id),
+            destination: reelay_core::destination::destination_key(url)?,
+        })
+    }
+}
+
+/// The `webhook-id` of a generation's event. There is one event per generation, so deriving
+/// it lets whoever finished the generation name the event without asking storage.
+pub fn event_id(generation: GenerationId) -> String {
+    format!("msg_{}", generation.0.simple())
+}
+
+/// Told when events are written, so they are delivered without waiting for a poll.
+pub trait OutboxListener: Send + Sync {
+    /// These deliveries were just committed, due now.
+    fn due(&self, deliveries: Vec<DueRef>);
+    /// Deliveries became due that the caller cannot name (a batch of timeouts, a bulk
+    /// redelivery): look in storage.
+    fn look(&self);
 }
 
 /// A delivery claimed for one attempt, under a lease.

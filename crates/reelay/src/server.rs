@@ -14,7 +14,6 @@ use reelay_engine::{BuiltinRenderer, Engine, EngineConfig, Generator, InstantGen
 use reelay_store::{SqliteStore, Store};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, GeneratorKind};
@@ -150,7 +149,6 @@ pub async fn serve(
         }
     };
     let store: Arc<dyn Store> = Arc::new(store);
-    let events = Arc::new(Notify::new());
     let sender = Sender::new(&SenderConfig {
         connect_timeout: config.webhook_connect_timeout,
         request_timeout: config.webhook_request_timeout,
@@ -174,7 +172,6 @@ pub async fn serve(
             poll_interval: POLL_INTERVAL,
             batch: 256,
         },
-        events.clone(),
     );
     let engine = Engine::new(
         store.clone(),
@@ -188,7 +185,7 @@ pub async fn serve(
             moderator: moderator(&config)?,
             prices: config.prices()?,
             generation_timeout: config.generation_timeout,
-            on_event: events,
+            outbox: Arc::new(dispatcher.clone()),
         },
     );
     let app = reelay_api::router(AppState {

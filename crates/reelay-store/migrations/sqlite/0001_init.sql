@@ -95,6 +95,8 @@ CREATE TABLE events (
     CHECK ((state = 'none') = (callback_url IS NULL))
 );
 CREATE INDEX events_due ON events (next_attempt_at) WHERE state = 'pending';
+CREATE INDEX events_due_by_destination ON events (destination, next_attempt_at)
+    WHERE state = 'pending';
 CREATE INDEX events_failed ON events (account_id, created_at) WHERE state = 'failed';
 
 -- Every webhook attempt, for the deliveries API.

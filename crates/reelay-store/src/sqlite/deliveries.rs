@@ -39,28 +39,82 @@ pub fn event_for(c: &Connection, generation: GenerationId) -> StoreResult<Option
     .map_err(backend)
 }
 
-pub fn due(
+pub fn due_for_destination(
     c: &Connection,
+    destination: &str,
     limit: usize,
     now: OffsetDateTime,
-    skip: &[String],
-) -> StoreResult<Vec<DueRef>> {
-    let skip = serde_json::to_string(skip).map_err(|e| StoreError::Backend(e.to_string()))?;
+) -> StoreResult<Vec<String>> {
     c.prepare_cached(
-        "SELECT id, destination FROM events WHERE state = 'pending' AND next_attempt_at <= ?1 \
-             AND destination NOT IN (SELECT value FROM json_each(?2)) \
+        "SELECT id FROM events \
+         WHERE state = 'pending' AND destination = ?1 AND next_attempt_at <= ?2 \
          ORDER BY next_attempt_at LIMIT ?3",
     )
     .and_then(|mut s| {
-        s.query_map(params![micros(now), skip, limit as i64], |r| {
-            Ok(DueRef {
-                event_id: r.get(0)?,
-                destination: r.get(1)?,
-            })
+        s.query_map(params![destination, micros(now), limit as i64], |r| {
+            r.get(0)
         })?
         .collect()
     })
     .map_err(backend)
+}
+
+/// Most destinations visited by one scan, so a scan's cost stays bounded.
+const SCAN_MAX_DESTINATIONS: usize = 10_000;
+
+pub fn scan_due(
+    c: &Connection,
+    now: OffsetDateTime,
+    after: Option<&str>,
+    skip: &[String],
+    per_destination: usize,
+    limit: usize,
+) -> StoreResult<Vec<DueRef>> {
+    // A loose index scan by hand: jump from one destination to the next through the
+    // (destination, next_attempt_at) index instead of reading every pending row.
+    let mut next = c
+        .prepare_cached(
+            "SELECT destination FROM events WHERE state = 'pending' AND destination > ?1 \
+             ORDER BY destination LIMIT 1",
+        )
+        .map_err(backend)?;
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let start = after.unwrap_or("").to_owned();
+    let mut cursor = start.clone();
+    let mut wrapped = false;
+    let mut found = Vec::new();
+    for _ in 0..SCAN_MAX_DESTINATIONS {
+        let destination: Option<String> = next
+            .query_row([&cursor], |r| r.get(0))
+            .optional()
+            .map_err(backend)?;
+        let destination = match destination {
+            Some(d) if wrapped && d > start => break,
+            Some(d) => d,
+            None if !wrapped && !start.is_empty() => {
+                wrapped = true;
+                cursor.clear();
+                continue;
+            }
+            None => break,
+        };
+        if !skip.contains(&destination) {
+            let want = per_destination.min(limit - found.len());
+            for event_id in due_for_destination(c, &destination, want, now)? {
+                found.push(DueRef {
+                    event_id,
+                    destination: destination.clone(),
+                });
+            }
+            if found.len() >= limit {
+                break;
+            }
+        }
+        cursor = destination;
+    }
+    Ok(found)
 }
 
 pub fn lease(

@@ -341,7 +341,7 @@ fn write_event(c: &Connection, g: &Generation, now: OffsetDateTime) -> StoreResu
         error,
     }
     .to_json();
-    let event_id = format!("msg_{}", uuid::Uuid::new_v4().simple());
+    let event_id = event_id(g.id);
     let url = g.spec.callback_url.as_deref();
     let (state, due) = match url {
         Some(_) => ("pending", Some(micros(now))),

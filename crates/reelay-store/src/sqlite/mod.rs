@@ -233,14 +233,30 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn due_deliveries(
+    async fn due_for_destination(
         &self,
+        destination: &str,
         limit: usize,
         now: OffsetDateTime,
-        skip_destinations: Vec<String>,
+    ) -> StoreResult<Vec<String>> {
+        let destination = destination.to_owned();
+        self.readers
+            .read(move |c| deliveries::due_for_destination(c, &destination, limit, now))
+            .await
+    }
+
+    async fn scan_due(
+        &self,
+        now: OffsetDateTime,
+        after: Option<String>,
+        skip: Vec<String>,
+        per_destination: usize,
+        limit: usize,
     ) -> StoreResult<Vec<DueRef>> {
         self.readers
-            .read(move |c| deliveries::due(c, limit, now, &skip_destinations))
+            .read(move |c| {
+                deliveries::scan_due(c, now, after.as_deref(), &skip, per_destination, limit)
+            })
             .await
     }
 

@@ -1,0 +1,228 @@
+//! The dispatcher's picture of its destinations: free slots, the due deliveries it has heard
+//! of, and which destinations may have more waiting in storage.
+//!
+//! New events are heard of directly from whoever wrote them, so a busy storage is never scanned
+//! to find them; a destination whose deliveries outgrow what is kept here is marked
+//! backlogged and refilled from storage, one index range at a time, as its slots free up.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use reelay_store::DueRef;
+use tokio::sync::Semaphore;
+
+/// Due deliveries kept in memory per destination; beyond this, storage is the list.
+const HINTS_PER_DESTINATION: usize = 1024;
+/// Destinations tracked before idle ones are forgotten.
+const FORGET_IDLE_ABOVE: usize = 4096;
+
+pub struct Board {
+    per_destination: usize,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    destinations: HashMap<String, Destination>,
+    /// Destinations that may have something to do: heard of, refilled or freed since last look.
+    ready: HashSet<String>,
+}
+
+struct Destination {
+    slots: Arc<Semaphore>,
+    hints: VecDeque<String>,
+    /// Storage may hold due deliveries for it beyond `hints`.
+    backlog: bool,
+}
+
+/// What to send next: event ids to lease, and destinations to refill from storage (with how
+/// many free slots each has).
+#[derive(Debug, Default)]
+pub struct Pick {
+    pub event_ids: Vec<String>,
+    pub refill: Vec<(String, usize)>,
+}
+
+impl Board {
+    pub fn new(per_destination: usize) -> Self {
+        Self {
+            per_destination: per_destination.max(1),
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut State, usize) -> T) -> T {
+        f(
+            &mut self.state.lock().expect("dispatcher board"),
+            self.per_destination,
+        )
+    }
+
+    /// Records deliveries known to be due.
+    pub fn hear(&self, due: impl IntoIterator<Item = DueRef>) {
+        self.with(|s, per| {
+            for d in due {
+                let dest = s.entry(&d.destination, per);
+                if dest.hints.len() < HINTS_PER_DESTINATION {
+                    dest.hints.push_back(d.event_id);
+                } else {
+                    dest.backlog = true;
+                }
+                s.ready.insert(d.destination);
+            }
+        })
+    }
+
+    /// Says storage holds more due deliveries for `destination` than were heard of.
+    pub fn backlogged(&self, destination: &str) {
+        self.with(|s, per| {
+            s.entry(destination, per).backlog = true;
+            s.ready.insert(destination.to_owned());
+        })
+    }
+
+    /// Says a refill found everything storage had for `destination`.
+    pub fn drained(&self, destination: &str) {
+        self.with(|s, _| {
+            if let Some(dest) = s.destinations.get_mut(destination) {
+                dest.backlog = false;
+            }
+        })
+    }
+
+    /// A slot of `destination` came free.
+    pub fn freed(&self, destination: &str) {
+        self.with(|s, _| {
+            s.ready.insert(destination.to_owned());
+        })
+    }
+
+    pub fn slots(&self, destination: &str) -> Arc<Semaphore> {
+        self.with(|s, per| s.entry(destination, per).slots.clone())
+    }
+
+    /// Destinations with no free slot, for scans to skip.
+    pub fn saturated(&self) -> Vec<String> {
+        self.with(|s, _| {
+            s.destinations
+                .iter()
+                .filter(|(_, d)| d.slots.available_permits() == 0)
+                .map(|(k, _)| k.clone())
+                .collect()
+        })
+    }
+
+    /// Takes up to `budget` deliveries from ready destinations, no more from each than its
+    /// free slots.
+    pub fn pick(&self, budget: usize) -> Pick {
+        self.with(|s, per| {
+            let mut pick = Pick::default();
+            let ready: Vec<String> = s.ready.iter().cloned().collect();
+            for key in ready {
+                if pick.event_ids.len() >= budget {
+                    break;
+                }
+                let Some(dest) = s.destinations.get_mut(&key) else {
+                    s.ready.remove(&key);
+                    continue;
+                };
+                let free = dest.slots.available_permits();
+                let take = free
+                    .min(dest.hints.len())
+                    .min(budget - pick.event_ids.len());
+                pick.event_ids.extend(dest.hints.drain(..take));
+                let free_after = free - take;
+                let refilling = free_after > 0 && dest.hints.is_empty() && dest.backlog;
+                if refilling {
+                    pick.refill.push((key.clone(), free_after));
+                }
+                let waiting = !dest.hints.is_empty() || dest.backlog;
+                if free_after == 0 || !waiting || refilling {
+                    // Comes back when a slot frees, work is heard of, or after its refill.
+                    s.ready.remove(&key);
+                }
+                if !waiting && free_after == per && s.destinations.len() > FORGET_IDLE_ABOVE {
+                    s.destinations.remove(&key);
+                }
+            }
+            pick
+        })
+    }
+}
+
+impl State {
+    fn entry(&mut self, key: &str, per_destination: usize) -> &mut Destination {
+        self.destinations
+            .entry(key.to_owned())
+            .or_insert_with(|| Destination {
+                slots: Arc::new(Semaphore::new(per_destination)),
+                hints: VecDeque::new(),
+                backlog: false,
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn due(dest: &str, n: usize) -> Vec<DueRef> {
+        (0..n)
+            .map(|i| DueRef {
+                event_id: format!("{dest}-{i}"),
+                destination: dest.to_owned(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn picks_no_more_than_each_destination_has_free() {
+        let board = Board::new(2);
+        board.hear(due("a", 5));
+        board.hear(due("b", 1));
+        let pick = board.pick(100);
+        assert_eq!(pick.event_ids.len(), 3);
+        assert_eq!(
+            pick.event_ids
+                .iter()
+                .filter(|e| e.starts_with("a-"))
+                .count(),
+            2
+        );
+        assert!(pick.refill.is_empty());
+    }
+
+    #[test]
+    fn a_backlogged_destination_is_refilled_once_its_hints_run_out() {
+        let board = Board::new(4);
+        board.hear(due("a", 1));
+        board.backlogged("a");
+        let pick = board.pick(100);
+        assert_eq!(pick.event_ids, ["a-0"]);
+        assert_eq!(pick.refill, [("a".to_owned(), 3)]);
+        board.drained("a");
+        assert!(board.pick(100).refill.is_empty());
+    }
+
+    #[test]
+    fn a_saturated_destination_waits_for_a_freed_slot() {
+        let board = Board::new(1);
+        board.hear(due("a", 3));
+        let first = board.pick(100);
+        assert_eq!(first.event_ids.len(), 1);
+        let permit = board.slots("a").try_acquire_owned().unwrap();
+        assert_eq!(board.saturated(), ["a"]);
+        assert!(board.pick(100).event_ids.is_empty());
+        drop(permit);
+        board.freed("a");
+        assert_eq!(board.pick(100).event_ids.len(), 1);
+    }
+
+    #[test]
+    fn hints_beyond_the_cap_become_a_backlog() {
+        let board = Board::new(1);
+        board.hear(due("a", HINTS_PER_DESTINATION + 5));
+        let _permit = board.slots("a").try_acquire_owned().unwrap();
+        assert!(board.with(|s, _| s.destinations["a"].backlog));
+    }
+}
