@@ -13,6 +13,8 @@ use tokio::sync::Semaphore;
 
 /// Due deliveries kept in memory per destination; beyond this, storage is the list.
 const HINTS_PER_DESTINATION: usize = 1024;
+/// Attempts in flight below which a destination counts as fast: it may use reserved slots.
+const FEW_IN_FLIGHT: usize = 8;
 /// Destinations tracked before idle ones are forgotten.
 const FORGET_IDLE_ABOVE: usize = 4096;
 
@@ -113,10 +115,13 @@ impl Board {
     }
 
     /// Takes up to `budget` deliveries from ready destinations, no more from each than its
-    /// free slots.
-    pub fn pick(&self, budget: usize) -> Pick {
+    /// free slots. While fewer than `reserve` global slots would be left, only destinations
+    /// with few attempts in flight get more: slow destinations pile up attempts, and must not
+    /// take the last slots from the fast ones.
+    pub fn pick(&self, budget: usize, global_free: usize, reserve: usize) -> Pick {
         self.with(|s, per| {
             let mut pick = Pick::default();
+            let budget = budget.min(global_free);
             let ready: Vec<String> = s.ready.iter().cloned().collect();
             for key in ready {
                 if pick.event_ids.len() >= budget {
@@ -126,7 +131,12 @@ impl Board {
                     s.ready.remove(&key);
                     continue;
                 };
-                let free = dest.slots.available_permits();
+                let mut free = dest.slots.available_permits();
+                let in_flight = per - free;
+                let left = global_free - pick.event_ids.len();
+                if in_flight >= FEW_IN_FLIGHT {
+                    free = free.min(left.saturating_sub(reserve));
+                }
                 let take = free
                     .min(dest.hints.len())
                     .min(budget - pick.event_ids.len());
@@ -138,6 +148,7 @@ impl Board {
                 }
                 let waiting = !dest.hints.is_empty() || dest.backlog;
                 if free_after == 0 || !waiting || refilling {
+                    // Held back by the reserve alone, it also comes back when a slot frees.
                     // Comes back when a slot frees, work is heard of, or after its refill.
                     s.ready.remove(&key);
                 }
@@ -180,7 +191,7 @@ mod tests {
         let board = Board::new(2);
         board.hear(due("a", 5));
         board.hear(due("b", 1));
-        let pick = board.pick(100);
+        let pick = board.pick(100, 1000, 0);
         assert_eq!(pick.event_ids.len(), 3);
         assert_eq!(
             pick.event_ids
@@ -197,25 +208,50 @@ mod tests {
         let board = Board::new(4);
         board.hear(due("a", 1));
         board.backlogged("a");
-        let pick = board.pick(100);
+        let pick = board.pick(100, 1000, 0);
         assert_eq!(pick.event_ids, ["a-0"]);
         assert_eq!(pick.refill, [("a".to_owned(), 3)]);
         board.drained("a");
-        assert!(board.pick(100).refill.is_empty());
+        assert!(board.pick(100, 1000, 0).refill.is_empty());
     }
 
     #[test]
     fn a_saturated_destination_waits_for_a_freed_slot() {
         let board = Board::new(1);
         board.hear(due("a", 3));
-        let first = board.pick(100);
+        let first = board.pick(100, 1000, 0);
         assert_eq!(first.event_ids.len(), 1);
         let permit = board.slots("a").try_acquire_owned().unwrap();
         assert_eq!(board.saturated(), ["a"]);
-        assert!(board.pick(100).event_ids.is_empty());
+        assert!(board.pick(100, 1000, 0).event_ids.is_empty());
         drop(permit);
         board.freed("a");
-        assert_eq!(board.pick(100).event_ids.len(), 1);
+        assert_eq!(board.pick(100, 1000, 0).event_ids.len(), 1);
+    }
+
+    #[test]
+    fn busy_destinations_leave_the_reserve_to_fast_ones() {
+        let board = Board::new(64);
+        board.hear(due("slow", 50));
+        let held: Vec<_> = (0..20)
+            .map(|_| board.slots("slow").try_acquire_owned().unwrap())
+            .collect();
+        board.hear(due("fast", 3));
+        // 30 global slots free, 25 reserved: the slow one (20 in flight) gets 5, the fast all 3.
+        let pick = board.pick(100, 30, 25);
+        let slow = pick
+            .event_ids
+            .iter()
+            .filter(|e| e.starts_with("slow"))
+            .count();
+        let fast = pick
+            .event_ids
+            .iter()
+            .filter(|e| e.starts_with("fast"))
+            .count();
+        assert_eq!(fast, 3);
+        assert!(slow <= 5, "{slow}");
+        drop(held);
     }
 
     #[test]

@@ -24,6 +24,9 @@ use crate::metrics;
 use crate::secrets::Keyring;
 use crate::sender::{Delivery, Sender};
 
+/// One slot in this many is kept for destinations with few attempts in flight.
+const RESERVED_SHARE: usize = 4;
+
 #[derive(Debug, Clone)]
 pub struct DispatcherConfig {
     /// This process's name on delivery leases.
@@ -157,7 +160,11 @@ impl Dispatcher {
             return Ok(0);
         }
         let now = OffsetDateTime::now_utc();
-        let pick = inner.board.pick(budget);
+        let pick = inner.board.pick(
+            budget,
+            inner.in_flight.available_permits(),
+            inner.config.max_in_flight / RESERVED_SHARE,
+        );
         let mut ids = pick.event_ids;
         for (destination, free) in pick.refill {
             let room = free.min(budget.saturating_sub(ids.len()));
@@ -254,6 +261,11 @@ impl Dispatcher {
                 body: &d.payload,
             })
             .await;
+        // The destination's slot bounds requests to it; recording the outcome is storage's
+        // business and must not hold the destination back.
+        drop(_local);
+        inner.board.freed(&d.destination);
+        inner.wake.notify_one();
         let number = d.round_attempts + 1;
         let next = match inner.config.policy.next(
             number,
@@ -300,9 +312,7 @@ impl Dispatcher {
             Err(e) => tracing::error!(webhook_id = %d.event_id, error = %e,
                 "recording an attempt failed; the lease will expire and the event be sent again"),
         }
-        drop(_local);
         drop(_global);
-        inner.board.freed(&d.destination);
         inner.wake.notify_one();
     }
 }

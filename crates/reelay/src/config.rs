@@ -104,7 +104,7 @@ impl Default for Config {
             webhook_request_timeout: Duration::from_secs(30),
             webhook_source_ips: Vec::new(),
             webhook_max_in_flight: 4096,
-            webhook_per_destination: 32,
+            webhook_per_destination: 64,
             master_key: None,
             prices: BTreeMap::new(),
         }
