@@ -13,8 +13,6 @@ use tokio::sync::Semaphore;
 
 /// Due deliveries kept in memory per destination; beyond this, storage is the list.
 const HINTS_PER_DESTINATION: usize = 1024;
-/// Attempts in flight below which a destination counts as fast: it may use reserved slots.
-const FEW_IN_FLIGHT: usize = 8;
 /// Destinations tracked before idle ones are forgotten.
 const FORGET_IDLE_ABOVE: usize = 4096;
 
@@ -35,6 +33,8 @@ struct Destination {
     hints: VecDeque<String>,
     /// Storage may hold due deliveries for it beyond `hints`.
     backlog: bool,
+    /// Attempts in flight longer than the dispatcher's "slow" mark.
+    slow: usize,
 }
 
 /// What to send next: event ids to lease, and destinations to refill from storage (with how
@@ -92,6 +92,20 @@ impl Board {
         })
     }
 
+    /// An attempt to `destination` has been in flight for long: until it ends, the destination
+    /// counts as slow and may not use the reserved slots.
+    pub fn slow_started(&self, destination: &str) {
+        self.with(|s, per| s.entry(destination, per).slow += 1)
+    }
+
+    pub fn slow_ended(&self, destination: &str) {
+        self.with(|s, _| {
+            if let Some(dest) = s.destinations.get_mut(destination) {
+                dest.slow = dest.slow.saturating_sub(1);
+            }
+        })
+    }
+
     /// A slot of `destination` came free.
     pub fn freed(&self, destination: &str) {
         self.with(|s, _| {
@@ -116,8 +130,8 @@ impl Board {
 
     /// Takes up to `budget` deliveries from ready destinations, no more from each than its
     /// free slots. While fewer than `reserve` global slots would be left, only destinations
-    /// with few attempts in flight get more: slow destinations pile up attempts, and must not
-    /// take the last slots from the fast ones.
+    /// without slow attempts in flight get more: dead endpoints pile up hanging attempts, and
+    /// must not take the last slots from the live ones.
     pub fn pick(&self, budget: usize, global_free: usize, reserve: usize) -> Pick {
         self.with(|s, per| {
             let mut pick = Pick::default();
@@ -132,9 +146,8 @@ impl Board {
                     continue;
                 };
                 let mut free = dest.slots.available_permits();
-                let in_flight = per - free;
                 let left = global_free - pick.event_ids.len();
-                if in_flight >= FEW_IN_FLIGHT {
+                if dest.slow > 0 {
                     free = free.min(left.saturating_sub(reserve));
                 }
                 let take = free
@@ -169,6 +182,7 @@ impl State {
                 slots: Arc::new(Semaphore::new(per_destination)),
                 hints: VecDeque::new(),
                 backlog: false,
+                slow: 0,
             })
     }
 }
@@ -236,8 +250,9 @@ mod tests {
         let held: Vec<_> = (0..20)
             .map(|_| board.slots("slow").try_acquire_owned().unwrap())
             .collect();
+        board.slow_started("slow");
         board.hear(due("fast", 3));
-        // 30 global slots free, 25 reserved: the slow one (20 in flight) gets 5, the fast all 3.
+        // 30 global slots free, 25 reserved: the slow one gets 5 at most, the fast all 3.
         let pick = board.pick(100, 30, 25);
         let slow = pick
             .event_ids

@@ -24,8 +24,10 @@ use crate::metrics;
 use crate::secrets::Keyring;
 use crate::sender::{Delivery, Sender};
 
-/// One slot in this many is kept for destinations with few attempts in flight.
+/// One slot in this many is kept for destinations with no slow attempt in flight.
 const RESERVED_SHARE: usize = 4;
+/// An attempt in flight longer than this marks its destination as slow.
+const SLOW_ATTEMPT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 pub struct DispatcherConfig {
@@ -251,16 +253,22 @@ impl Dispatcher {
         };
         let timestamp = started_at.unix_timestamp();
         let signature = sign_header(&secrets, &d.event_id, timestamp, d.payload.as_bytes());
-        let result = inner
-            .sender
-            .send(Delivery {
-                url: &d.url,
-                webhook_id: &d.event_id,
-                timestamp,
-                signature: &signature,
-                body: &d.payload,
-            })
-            .await;
+        let mut send = std::pin::pin!(inner.sender.send(Delivery {
+            url: &d.url,
+            webhook_id: &d.event_id,
+            timestamp,
+            signature: &signature,
+            body: &d.payload,
+        }));
+        let result = match tokio::time::timeout(SLOW_ATTEMPT, &mut send).await {
+            Ok(result) => result,
+            Err(_) => {
+                inner.board.slow_started(&d.destination);
+                let result = send.await;
+                inner.board.slow_ended(&d.destination);
+                result
+            }
+        };
         // The destination's slot bounds requests to it; recording the outcome is storage's
         // business and must not hold the destination back.
         drop(_local);

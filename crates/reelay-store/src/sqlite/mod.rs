@@ -2,6 +2,7 @@
 //! thread that commits requests in groups, and a pool of readers.
 
 mod accounts;
+mod checkpointer;
 mod deliveries;
 mod generations;
 mod readers;
@@ -9,6 +10,7 @@ mod rows;
 mod writer;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -33,7 +35,15 @@ pub(crate) fn backend(e: rusqlite::Error) -> StoreError {
 pub struct SqliteStore {
     writer: Writer,
     readers: Readers,
+    /// Keeps the checkpoint thread running while any clone lives.
+    _alive: Arc<()>,
 }
+
+/// WAL pages after which the writer checkpoints by itself (the checkpoint thread normally
+/// keeps the WAL far below this).
+const FALLBACK_CHECKPOINT_PAGES: i64 = 16_384;
+/// Page cache of the writer connection, in KiB (SQLite's negative `cache_size`).
+const WRITER_CACHE_KIB: i64 = 64 * 1024;
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file and brings its schema up to date.
@@ -48,10 +58,17 @@ impl SqliteStore {
             .map_err(backend)?;
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(backend)?;
+        conn.pragma_update(None, "wal_autocheckpoint", FALLBACK_CHECKPOINT_PAGES)
+            .map_err(backend)?;
+        conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)
+            .map_err(backend)?;
         migrate(&mut conn)?;
+        let alive = Arc::new(());
+        checkpointer::spawn(path.to_owned(), &alive);
         Ok(Self {
             writer: Writer::spawn(conn),
             readers: Readers::new(path.to_owned()),
+            _alive: alive,
         })
     }
 }
