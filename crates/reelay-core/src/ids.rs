@@ -12,8 +12,10 @@ macro_rules! uuid_id {
         pub struct $name(pub Uuid);
 
         impl $name {
+            /// A new id: a UUIDv7, time-ordered (so new rows land at the end of indexes instead
+            /// of on random pages) with 74 random bits (so it cannot be guessed).
             pub fn random() -> Self {
-                Self(Uuid::new_v4())
+                Self(Uuid::now_v7())
             }
         }
 
@@ -33,7 +35,7 @@ macro_rules! uuid_id {
 }
 
 uuid_id!(
-    /// A generation (a task). Random (v4), so it also works as an unguessable video URL.
+    /// A generation (a task). Its random bits make it work as an unguessable video URL.
     GenerationId
 );
 uuid_id!(

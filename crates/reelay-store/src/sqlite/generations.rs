@@ -257,31 +257,35 @@ pub fn finish(
         Outcome::Completed(video) => ("completed", None, Some(video)),
         Outcome::Failed(code) => ("failed", Some(*code), None),
     };
-    let changed = c
-        .prepare_cached(
+    let updated = c
+        .prepare_cached(&format!(
             "UPDATE generations SET status = ?2, completed_at = ?3, failure_code = ?4, \
                  video_file = ?5, video_url = ?6, \
                  progress_pct = CASE WHEN ?2 = 'completed' THEN 100 ELSE progress_pct END, \
                  lease_owner = NULL, lease_until = NULL \
              WHERE id = ?1 AND status IN ('pending', 'processing') \
-                 AND (?7 IS NULL OR (status = 'processing' AND lease_owner = ?7))",
-        )
+                 AND (?7 IS NULL OR (status = 'processing' AND lease_owner = ?7)) \
+             RETURNING {GENERATION_COLUMNS}"
+        ))
         .and_then(|mut s| {
-            s.execute(params![
-                id.to_string(),
-                status,
-                micros(now),
-                code.map(FailureCode::as_str),
-                video.map(|v| &v.file),
-                video.map(|v| &v.url),
-                owner,
-            ])
+            s.query_row(
+                params![
+                    id.to_string(),
+                    status,
+                    micros(now),
+                    code.map(FailureCode::as_str),
+                    video.map(|v| &v.file),
+                    video.map(|v| &v.url),
+                    owner,
+                ],
+                generation,
+            )
+            .optional()
         })
         .map_err(backend)?;
-    let generation = must_get(c, id)?;
-    if changed == 0 {
-        return Ok(Finished::Refused(generation));
-    }
+    let Some(generation) = updated else {
+        return Ok(Finished::Refused(must_get(c, id)?));
+    };
     let account = generation.account_id.to_string();
     if code.is_some_and(FailureCode::refunded) {
         ledger(

@@ -119,15 +119,15 @@ fn commit_group(conn: &mut Connection, jobs: impl Iterator<Item = Job>) {
     };
     let mut replies = Vec::new();
     for job in jobs {
-        if let Err(e) = tx.execute_batch("SAVEPOINT job") {
+        if let Err(e) = run_cached(&tx, "SAVEPOINT job") {
             job.refuse(StoreError::Backend(format!("savepoint: {e}")));
             continue;
         }
         let done = job.run(&tx);
         let close = if done.keep {
-            tx.execute_batch("RELEASE job")
+            run_cached(&tx, "RELEASE job")
         } else {
-            tx.execute_batch("ROLLBACK TO job; RELEASE job")
+            run_cached(&tx, "ROLLBACK TO job").and_then(|()| run_cached(&tx, "RELEASE job"))
         };
         if let Err(e) = close {
             tracing::error!(error = %e, "closing a savepoint failed");
@@ -144,4 +144,10 @@ fn commit_group(conn: &mut Connection, jobs: impl Iterator<Item = Job>) {
     for reply in replies {
         reply(commit_error.clone());
     }
+}
+
+/// Runs a statement from the connection's statement cache: savepoints open and close around
+/// every request, so parsing them each time would cost more than many requests' own work.
+fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
 }
