@@ -152,8 +152,7 @@ impl Store for SqliteStore {
 
     async fn authenticate(&self, hash: KeyHash) -> StoreResult<Option<AccountId>> {
         self.readers
-            .read(move |c| accounts::authenticate(c, hash))
-            .await
+            .read_point(move |c| accounts::authenticate(c, hash))
     }
 
     async fn create_generation(&self, new: NewGeneration) -> StoreResult<Created> {

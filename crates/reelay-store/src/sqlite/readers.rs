@@ -43,6 +43,19 @@ impl Readers {
         .map_err(|e| StoreError::Backend(format!("read task failed: {e}")))?
     }
 
+    /// Runs a point read (one row by a unique index, a few microseconds) on the calling
+    /// thread. Handing such a read to the blocking pool costs more than the read itself, and
+    /// readers in WAL mode never wait for the writer. Only for reads that cannot scan.
+    pub fn read_point<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        F: FnOnce(&Connection) -> StoreResult<T>,
+    {
+        let conn = self.take()?;
+        let result = f(&conn);
+        self.put(conn);
+        result
+    }
+
     fn take(&self) -> StoreResult<Connection> {
         if let Some(conn) = self.idle.lock().expect("reader pool lock").pop() {
             return Ok(conn);
