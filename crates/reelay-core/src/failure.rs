@@ -1,42 +1,18 @@
 //! Why a generation failed, with each code's meaning and refund rule in one place.
 
-use std::fmt;
-use std::str::FromStr;
-
-use crate::generation::UnknownValue;
-
-/// The codes a failed generation's webhook carries in `error.message` (RunBlob's names).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum FailureCode {
-    UnsafeContent,
-    ModerationFailed,
-    Timeout,
-    TaskFailed,
-    Cancelled,
-    Maintenance,
+crate::named_enum! {
+    /// The codes a failed generation's webhook carries in `error.message` (RunBlob's names).
+    pub enum FailureCode {
+        UnsafeContent => "UNSAFE_CONTENT",
+        ModerationFailed => "MODERATION_FAILED",
+        Timeout => "TIMEOUT",
+        TaskFailed => "TASK_FAILED",
+        Cancelled => "CANCELLED",
+        Maintenance => "MAINTENANCE",
+    }
 }
 
 impl FailureCode {
-    pub const ALL: [Self; 6] = [
-        Self::UnsafeContent,
-        Self::ModerationFailed,
-        Self::Timeout,
-        Self::TaskFailed,
-        Self::Cancelled,
-        Self::Maintenance,
-    ];
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::UnsafeContent => "UNSAFE_CONTENT",
-            Self::ModerationFailed => "MODERATION_FAILED",
-            Self::Timeout => "TIMEOUT",
-            Self::TaskFailed => "TASK_FAILED",
-            Self::Cancelled => "CANCELLED",
-            Self::Maintenance => "MAINTENANCE",
-        }
-    }
-
     /// Whether the price comes back. The customer pays for moderation verdicts (the work of
     /// judging was done and the fault is the prompt's), never for reelay's own failures.
     pub fn refunded(self) -> bool {
@@ -55,22 +31,6 @@ impl FailureCode {
             Self::Cancelled => "the client cancelled the generation",
             Self::Maintenance => "the generator was taken down for maintenance",
         }
-    }
-}
-
-impl FromStr for FailureCode {
-    type Err = UnknownValue;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| UnknownValue(s.to_owned()))
-    }
-}
-
-impl fmt::Display for FailureCode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 

@@ -8,6 +8,7 @@ pub mod generation;
 pub mod ids;
 pub mod moderation;
 pub mod money;
+pub mod named;
 pub mod pricing;
 pub mod request;
 pub mod retry;

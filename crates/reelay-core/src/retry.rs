@@ -1,96 +1,33 @@
 //! The webhook retry policy as arithmetic: after which failure to wait how long, and when to
 //! stop. Defaults are the seed's: 5 attempts, linear backoff in 30-second steps.
 
-use std::fmt;
-use std::str::FromStr;
 use std::time::Duration;
 
-use crate::generation::UnknownValue;
-
-/// How the wait grows from one failed attempt to the next.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Backoff {
-    /// n × interval after the n-th failure (30, 60, 90, 120 s): the seed's policy.
-    Linear,
-    /// The same interval every time.
-    Constant,
-    /// interval × 2^(n-1): 30, 60, 120, 240 s.
-    Exponential,
-}
-
-impl Backoff {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Linear => "linear",
-            Self::Constant => "constant",
-            Self::Exponential => "exponential",
-        }
+crate::named_enum! {
+    /// How the wait grows from one failed attempt to the next.
+    #[derive(serde::Serialize, serde::Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    pub enum Backoff {
+        /// n × interval after the n-th failure (30, 60, 90, 120 s): the seed's policy.
+        Linear => "linear",
+        /// The same interval every time.
+        Constant => "constant",
+        /// interval × 2^(n-1): 30, 60, 120, 240 s.
+        Exponential => "exponential",
     }
 }
 
-impl FromStr for Backoff {
-    type Err = UnknownValue;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        [Self::Linear, Self::Constant, Self::Exponential]
-            .into_iter()
-            .find(|b| b.as_str() == s)
-            .ok_or_else(|| UnknownValue(s.to_owned()))
-    }
-}
-
-impl fmt::Display for Backoff {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// What one delivery attempt came to, as the deliveries API reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum AttemptOutcome {
-    Delivered,
-    HttpError,
-    Timeout,
-    ConnectError,
-    TlsError,
-    DnsError,
-    BlockedDestination,
-    Redirect,
-}
-
-impl AttemptOutcome {
-    pub const ALL: [Self; 8] = [
-        Self::Delivered,
-        Self::HttpError,
-        Self::Timeout,
-        Self::ConnectError,
-        Self::TlsError,
-        Self::DnsError,
-        Self::BlockedDestination,
-        Self::Redirect,
-    ];
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Delivered => "delivered",
-            Self::HttpError => "http_error",
-            Self::Timeout => "timeout",
-            Self::ConnectError => "connect_error",
-            Self::TlsError => "tls_error",
-            Self::DnsError => "dns_error",
-            Self::BlockedDestination => "blocked_destination",
-            Self::Redirect => "redirect",
-        }
-    }
-}
-
-impl FromStr for AttemptOutcome {
-    type Err = UnknownValue;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|o| o.as_str() == s)
-            .ok_or_else(|| UnknownValue(s.to_owned()))
+crate::named_enum! {
+    /// What one delivery attempt came to, as the deliveries API reports it.
+    pub enum AttemptOutcome {
+        Delivered => "delivered",
+        HttpError => "http_error",
+        Timeout => "timeout",
+        ConnectError => "connect_error",
+        TlsError => "tls_error",
+        DnsError => "dns_error",
+        BlockedDestination => "blocked_destination",
+        Redirect => "redirect",
     }
 }
 

@@ -164,36 +164,16 @@ pub struct Page<T> {
     pub total: u64,
 }
 
-/// Where a generation's webhook stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeliveryState {
-    /// No callback URL: nothing to deliver.
-    None,
-    /// Waiting for its next attempt, or being attempted.
-    Pending,
-    Delivered,
-    /// Every attempt of the last round failed; redeliverable.
-    Failed,
-}
-
-impl DeliveryState {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::None => "none",
-            Self::Pending => "pending",
-            Self::Delivered => "delivered",
-            Self::Failed => "failed",
-        }
-    }
-}
-
-impl std::str::FromStr for DeliveryState {
-    type Err = reelay_core::generation::UnknownValue;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        [Self::None, Self::Pending, Self::Delivered, Self::Failed]
-            .into_iter()
-            .find(|d| d.as_str() == s)
-            .ok_or_else(|| reelay_core::generation::UnknownValue(s.to_owned()))
+reelay_core::named_enum! {
+    /// Where a generation's webhook stands.
+    pub enum DeliveryState {
+        /// No callback URL: nothing to deliver.
+        None => "none",
+        /// Waiting for its next attempt, or being attempted.
+        Pending => "pending",
+        Delivered => "delivered",
+        /// Every attempt of the last round failed; redeliverable.
+        Failed => "failed",
     }
 }
 

@@ -43,7 +43,7 @@ pub struct SqliteStore {
 /// keeps the WAL far below this).
 const FALLBACK_CHECKPOINT_PAGES: i64 = 16_384;
 /// Page cache of the writer connection, in KiB (SQLite's negative `cache_size`).
-const WRITER_CACHE_KIB: i64 = 64 * 1024;
+const WRITER_CACHE_KIB: i64 = 16 * 1024;
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file and brings its schema up to date.
