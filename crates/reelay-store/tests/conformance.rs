@@ -18,12 +18,15 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures::future::join_all;
 use reelay_core::apikey::{IssuedKey, KeyHash};
+use reelay_core::retry::AttemptOutcome;
 use reelay_core::{
     AccountId, AspectRatio, Credits, FailureCode, GenerationId, GenerationStatus, KeyId, Model,
 };
 use reelay_store::{
-    Account, Created, Event, Finished, Finisher, Generation, Idempotency, NewGeneration, NewKey,
-    Outcome, Spec, SqliteStore, Stage, Store, StoreError, Video,
+    Account, AfterAttempt, Attempt, AttemptRecord, Created, DeliveryCounts, DeliveryState,
+    DueDelivery, DueRef, Event, Finished, Finisher, Generation, Idempotency, NewGeneration, NewKey,
+    Outcome, Redelivery, SealedSecret, Spec, SqliteStore, Stage, Store, StoreError, Video,
+    event_id,
 };
 use reelay_webhooks::GenerationEvent;
 use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
@@ -90,6 +93,16 @@ macro_rules! conformance_tests {
             next_deadline_is_the_earliest_unfinished,
             ledger_balances_add_up,
             reopening_keeps_everything,
+            finishing_writes_the_outbox_event,
+            scan_due_walks_destinations,
+            due_for_destination_oldest_first,
+            leased_deliveries_are_not_due_until_the_lease_ends,
+            record_attempt_moves_the_delivery_on,
+            released_deliveries_are_due_again,
+            redeliver_starts_a_new_round,
+            redeliver_failed_counts_one_accounts_window,
+            delivery_counts_and_next_due,
+            signing_secrets_rotate,
         );
     };
     (@suite $backend:ident, $make:expr; $($check:ident),* $(,)?) => {
@@ -1789,5 +1802,1189 @@ async fn reopening_keeps_everything(h: &dyn Harness) {
     assert_eq!(
         ids(&store.claim("w2", 10, at(400), at(10)).await.unwrap()),
         [waiting.id]
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// The outbox and webhook deliveries.
+
+const HOOK_A: &str = "https://a.example.com/hook";
+const HOOK_B: &str = "https://b.example.com/hook";
+const DEST_A: &str = "https://a.example.com:443";
+const DEST_B: &str = "https://b.example.com:443";
+
+/// A free generation created at `created` with `callback`, completed (by anyone) at `done`:
+/// its event, if it has a callback, is due from `done`.
+async fn finished_with(
+    store: &dyn Store,
+    account: AccountId,
+    callback: Option<&str>,
+    created: i64,
+    done: i64,
+) -> Generation {
+    let mut new = new_gen(account, 0, created);
+    new.spec.callback_url = callback.map(Into::into);
+    let g = create(store, new).await;
+    applied(
+        store
+            .finish(
+                g.id,
+                Finisher::Anyone,
+                Outcome::Completed(video(&format!("v{created}"))),
+                at(done),
+            )
+            .await
+            .expect("finishing a generation"),
+    )
+}
+
+/// The event id of a generation finished with `callback` at `done`.
+async fn due_event(store: &dyn Store, account: AccountId, callback: &str, done: i64) -> String {
+    event_id(
+        finished_with(store, account, Some(callback), done, done)
+            .await
+            .id,
+    )
+}
+
+async fn ev(store: &dyn Store, event: &str) -> Event {
+    let g = store
+        .generation(generation_of(event))
+        .await
+        .unwrap()
+        .expect("the event's generation exists");
+    store
+        .event_for(g.id)
+        .await
+        .expect("reading the outbox")
+        .expect("the event exists")
+}
+
+/// The generation id back from an event id (`msg_` + simple UUID).
+fn generation_of(event: &str) -> GenerationId {
+    event
+        .strip_prefix("msg_")
+        .expect("an event id")
+        .parse()
+        .expect("a generation id in the event id")
+}
+
+fn due_ref(event_id: &str, destination: &str) -> DueRef {
+    DueRef {
+        event_id: event_id.into(),
+        destination: destination.into(),
+    }
+}
+
+fn ids_of(leased: &[DueDelivery]) -> Vec<String> {
+    leased.iter().map(|d| d.event_id.clone()).collect()
+}
+
+fn record(
+    event_id: &str,
+    owner: &str,
+    secs: i64,
+    outcome: AttemptOutcome,
+    status_code: Option<u16>,
+    next: AfterAttempt,
+) -> AttemptRecord {
+    AttemptRecord {
+        event_id: event_id.into(),
+        owner: owner.into(),
+        started_at: at(secs),
+        duration_ms: 120,
+        outcome,
+        status_code,
+        response_body: status_code.map(|s| format!("body {s}")),
+        error: None,
+        next,
+    }
+}
+
+/// Leases `event_id` for `owner` at `secs` (it must be due) and records one attempt with
+/// `next`; the lease is the owner's, so the attempt moves the delivery on.
+async fn attempt_once(
+    store: &dyn Store,
+    event_id: &str,
+    owner: &str,
+    secs: i64,
+    next: AfterAttempt,
+) {
+    let leased = store
+        .lease_deliveries(owner, vec![event_id.into()], at(secs + 60), at(secs))
+        .await
+        .unwrap();
+    assert_eq!(ids_of(&leased), [event_id], "{event_id} is due at {secs}");
+    let (outcome, code) = match next {
+        AfterAttempt::Delivered => (AttemptOutcome::Delivered, Some(200)),
+        _ => (AttemptOutcome::HttpError, Some(503)),
+    };
+    assert_eq!(
+        store
+            .record_attempt(record(event_id, owner, secs, outcome, code, next))
+            .await,
+        Ok(true)
+    );
+}
+
+async fn due_at(store: &dyn Store, destination: &str, secs: i64) -> Vec<String> {
+    store
+        .due_for_destination(destination, 100, at(secs))
+        .await
+        .unwrap()
+}
+
+async fn scan(
+    store: &dyn Store,
+    secs: i64,
+    after: Option<&str>,
+    skip: &[&str],
+    per_destination: usize,
+    limit: usize,
+) -> Vec<DueRef> {
+    store
+        .scan_due(
+            at(secs),
+            after.map(Into::into),
+            skip.iter().map(|s| s.to_string()).collect(),
+            per_destination,
+            limit,
+        )
+        .await
+        .unwrap()
+}
+
+fn attempt_numbers(attempts: &[Attempt]) -> Vec<u32> {
+    attempts.iter().map(|a| a.number).collect()
+}
+
+async fn finishing_writes_the_outbox_event(h: &dyn Harness) {
+    let store = h.open().await;
+    let store = store.as_ref();
+    let alice = account(store, "alice", 0).await;
+
+    assert_eq!(store.next_delivery_due().await, Ok(None));
+    assert_eq!(
+        store.delivery_counts(at(0)).await,
+        Ok(DeliveryCounts::default())
+    );
+
+    // With a callback: a pending event, due at the finish time, named after the generation.
+    let with = finished_with(store, alice.id, Some("https://hooks.example.com/a"), 1, 5).await;
+    let (event, _) = event_of(store, &with).await;
+    let eid = event_id(with.id);
+    assert_eq!(event.id, eid);
+    assert_eq!(event.state, DeliveryState::Pending);
+    assert_eq!(event.created_at, at(5));
+    assert_eq!(event.next_attempt_at, Some(at(5)));
+    assert_eq!(event.total_attempts, 0);
+    assert_eq!(event.last_attempt_at, None);
+    assert_eq!(event.last_status_code, None);
+    assert_eq!(event.failure_reason, None);
+    assert_eq!(event.delivered_at, None);
+    let dest = "https://hooks.example.com:443";
+    assert_eq!(DueRef::of(&with), Some(due_ref(&eid, dest)));
+    assert_eq!(due_at(store, dest, 4).await, Vec::<String>::new());
+    assert_eq!(due_at(store, dest, 5).await, [eid.as_str()]);
+    assert_eq!(scan(store, 4, None, &[], 10, 10).await, []);
+    assert_eq!(
+        scan(store, 5, None, &[], 10, 10).await,
+        [due_ref(&eid, dest)]
+    );
+    assert_eq!(store.next_delivery_due().await, Ok(Some(at(5))));
+
+    // Without: an event all the same (the terminal state has one), with nothing to deliver.
+    let without = finished_with(store, alice.id, None, 2, 6).await;
+    assert_eq!(DueRef::of(&without), None);
+    let (event, _) = event_of(store, &without).await;
+    assert_eq!(event.id, event_id(without.id));
+    assert_eq!(event.state, DeliveryState::None);
+    assert_eq!(event.created_at, at(6));
+    assert_eq!(event.next_attempt_at, None);
+    assert_eq!(event.callback_url, None);
+    assert_eq!(
+        scan(store, 1_000_000, None, &[], 10, 10).await,
+        [due_ref(&eid, dest)]
+    );
+    assert_eq!(store.next_delivery_due().await, Ok(Some(at(5))));
+    let leased = store
+        .lease_deliveries("w1", vec![event_id(without.id)], at(2_000), at(1_000))
+        .await
+        .unwrap();
+    assert_eq!(leased, []);
+    assert_eq!(
+        store.delivery_counts(at(1_000)).await,
+        Ok(DeliveryCounts {
+            due: 1,
+            scheduled: 0,
+            failed: 0
+        })
+    );
+
+    // An unfinished generation has no event.
+    let running = create(store, new_gen(alice.id, 0, 3)).await;
+    assert_eq!(store.event_for(running.id).await, Ok(None));
+    assert_eq!(store.event_for(GenerationId::random()).await, Ok(None));
+}
+
+async fn scan_due_walks_destinations(h: &dyn Harness) {
+    let store = h.open().await;
+    let store = store.as_ref();
+    let alice = account(store, "alice", 0).await;
+
+    let a10 = due_event(store, alice.id, HOOK_A, 10).await;
+    let b13 = due_event(store, alice.id, HOOK_B, 13).await;
+    let a11 = due_event(store, alice.id, HOOK_A, 11).await;
+    let a12 = due_event(store, alice.id, "https://a.example.com/other?x=1", 12).await;
+    let b14 = due_event(store, alice.id, HOOK_B, 14).await;
+    let a100 = due_event(store, alice.id, HOOK_A, 100).await;
+    finished_with(store, alice.id, None, 15, 15).await;
+    let a = |id: &String| due_ref(id, DEST_A);
+    let b = |id: &String| due_ref(id, DEST_B);
+
+    // Everything due, destination by destination, oldest first within each.
+    assert_eq!(
+        scan(store, 50, None, &[], 10, 100).await,
+        [a(&a10), a(&a11), a(&a12), b(&b13), b(&b14)]
+    );
+    // Nothing not yet due; `now` is inclusive.
+    assert_eq!(scan(store, 9, None, &[], 10, 100).await, []);
+    assert_eq!(
+        scan(store, 11, None, &[], 10, 100).await,
+        [a(&a10), a(&a11)]
+    );
+    assert_eq!(
+        scan(store, 100, None, &[], 10, 100).await,
+        [a(&a10), a(&a11), a(&a12), a(&a100), b(&b13), b(&b14)]
+    );
+
+    // per_destination and limit.
+    assert_eq!(
+        scan(store, 50, None, &[], 2, 100).await,
+        [a(&a10), a(&a11), b(&b13), b(&b14)]
+    );
+    assert_eq!(scan(store, 50, None, &[], 1, 100).await, [a(&a10), b(&b13)]);
+    assert_eq!(
+        scan(store, 50, None, &[], 10, 3).await,
+        [a(&a10), a(&a11), a(&a12)]
+    );
+    assert_eq!(
+        scan(store, 50, None, &[], 2, 3).await,
+        [a(&a10), a(&a11), b(&b13)]
+    );
+    assert_eq!(scan(store, 50, None, &[], 10, 0).await, []);
+
+    // skip.
+    assert_eq!(
+        scan(store, 50, None, &[DEST_A], 10, 100).await,
+        [b(&b13), b(&b14)]
+    );
+    assert_eq!(
+        scan(store, 50, None, &[DEST_B], 10, 100).await,
+        [a(&a10), a(&a11), a(&a12)]
+    );
+    assert_eq!(scan(store, 50, None, &[DEST_A, DEST_B], 10, 100).await, []);
+    // A skipped destination does not use up the limit.
+    assert_eq!(
+        scan(store, 50, None, &[DEST_A], 10, 2).await,
+        [b(&b13), b(&b14)]
+    );
+
+    // after: starts just after it and wraps around, every destination reachable in one call.
+    assert_eq!(
+        scan(store, 50, Some(DEST_A), &[], 2, 100).await,
+        [b(&b13), b(&b14), a(&a10), a(&a11)]
+    );
+    assert_eq!(
+        scan(store, 50, Some(DEST_B), &[], 2, 100).await,
+        [a(&a10), a(&a11), b(&b13), b(&b14)]
+    );
+    assert_eq!(
+        scan(store, 50, Some(DEST_A), &[], 2, 3).await,
+        [b(&b13), b(&b14), a(&a10)]
+    );
+    assert_eq!(
+        scan(store, 50, Some(DEST_A), &[DEST_B], 10, 100).await,
+        [a(&a10), a(&a11), a(&a12)]
+    );
+    // A key that is no destination's: starts at the next one.
+    assert_eq!(
+        scan(store, 50, Some("https://aa.example.com:443"), &[], 1, 100).await,
+        [b(&b13), a(&a10)]
+    );
+    assert_eq!(
+        scan(store, 50, Some("https://z.example.com:443"), &[], 1, 100).await,
+        [a(&a10), b(&b13)]
+    );
+    // Each destination once, however the walk wraps.
+    assert_eq!(scan(store, 50, Some(DEST_A), &[], 10, 100).await.len(), 5);
+}
+
+async fn due_for_destination_oldest_first(h: &dyn Harness) {
+    let store = h.open().await;
+    let store = store.as_ref();
+    let alice = account(store, "alice", 0).await;
+
+    // Created in another order than they fall due.
+    let a30 = due_event(store, alice.id, HOOK_A, 30).await;
+    let a10 = due_event(store, alice.id, HOOK_A, 10).await;
+    let b5 = due_event(store, alice.id, HOOK_B, 5).await;
+    let a20 = due_event(store, alice.id, HOOK_A, 20).await;
+    let a90 = due_event(store, alice.id, HOOK_A, 90).await;
+
+    assert_eq!(
+        due_at(store, DEST_A, 50).await,
+        [a10.clone(), a20.clone(), a30.clone()]
+    );
+    assert_eq!(
+        store.due_for_destination(DEST_A, 2, at(50)).await.unwrap(),
+        [a10.clone(), a20.clone()]
+    );
+    assert_eq!(
+        store.due_for_destination(DEST_A, 0, at(50)).await.unwrap(),
+        Vec::<String>::new()
+    );
+    assert_eq!(due_at(store, DEST_A, 20).await, [a10.clone(), a20.clone()]);
+    assert_eq!(due_at(store, DEST_A, 9).await, Vec::<String>::new());
+    assert_eq!(
+        due_at(store, DEST_A, 90).await,
+        [a10.clone(), a20.clone(), a30.clone(), a90.clone()]
+    );
+    assert_eq!(due_at(store, DEST_B, 50).await, [b5.as_str()]);
+    assert_eq!(
+        due_at(store, "https://c.example.com:443", 50).await,
+        Vec::<String>::new()
+    );
+
+    // A retry moves a delivery behind younger ones due before it.
+    attempt_once(store, &a10, "w1", 50, AfterAttempt::RetryAt(at(60))).await;
+    assert_eq!(due_at(store, DEST_A, 59).await, [a20.clone(), a30.clone()]);
+    assert_eq!(
+        due_at(store, DEST_A, 100).await,
+        [a20.clone(), a30.clone(), a10.clone(), a90.clone()]
+    );
+}
+
+async fn leased_deliveries_are_not_due_until_the_lease_ends(h: &dyn Harness) {
+    let store = h.open().await;
+    let store = store.as_ref();
+    let alice = account(store, "alice", 0).await;
+
+    let e1 = due_event(store, alice.id, HOOK_A, 10).await;
+    let e2 = due_event(store, alice.id, HOOK_A, 11).await;
+    let e3 = due_event(store, alice.id, HOOK_B, 100).await;
+    let none = event_id(finished_with(store, alice.id, None, 12, 12).await.id);
+
+    // Only what is still due is leased: not e3 (due later), nor an unknown id, nor an event
+    // with nothing to deliver.
+    let leased = store
+        .lease_deliveries(
+            "w1",
+            vec![e1.clone(), e3.clone(), "msg_nope".into(), none],
+            at(80),
+            at(50),
+        )
+        .await
+        .unwrap();
+    let event = ev(store, &e1).await;
+    assert_eq!(
+        leased,
+        [DueDelivery {
+            event_id: e1.clone(),
+            generation_id: event.generation_id,
+            account_id: alice.id,
+            url: HOOK_A.into(),
+            destination: DEST_A.into(),
+            payload: event.payload.clone(),
+            created_at: at(10),
+            round_attempts: 0,
+        }]
+    );
+    assert_eq!(event.state, DeliveryState::Pending);
+
+    // Leased: not due until the lease ends.
+    assert_eq!(due_at(store, DEST_A, 50).await, [e2.as_str()]);
+    assert_eq!(due_at(store, DEST_A, 79).await, [e2.as_str()]);
+    assert_eq!(
+        scan(store, 79, None, &[], 10, 10).await,
+        [due_ref(&e2, DEST_A)]
+    );
+    assert_eq!(
+        store
+            .lease_deliveries("w2", vec![e1.clone()], at(200), at(60))
+            .await
+            .unwrap(),
+        []
+    );
+    // Once it has ended, due again (behind e2, due since before).
+    assert_eq!(due_at(store, DEST_A, 81).await, [e2.clone(), e1.clone()]);
+    assert_eq!(
+        scan(store, 81, None, &[], 10, 10).await,
+        [due_ref(&e2, DEST_A), due_ref(&e1, DEST_A)]
+    );
+    assert_eq!(store.next_delivery_due().await, Ok(Some(at(11))));
+    // And another owner may take it over.
+    let taken = store
+        .lease_deliveries("w2", vec![e1.clone()], at(200), at(81))
+        .await
+        .unwrap();
+    assert_eq!(ids_of(&taken), [e1.as_str()]);
+    assert_eq!(taken[0].round_attempts, 0);
+    assert_eq!(due_at(store, DEST_A, 199).await, [e2.as_str()]);
+
+    // Concurrent leases of the same deliveries: each goes to exactly one owner.
+    let mut batch = Vec::new();
+    for i in 0..10 {
+        batch.push(due_event(store, alice.id, HOOK_B, 300 + i).await);
+    }
+    let store_arc = h.open().await;
+    let results = join_all((0..8).map(|w| {
+        let store = Arc::clone(&store_arc);
+        let batch = batch.clone();
+        async move {
+            store
+                .lease_deliveries(&format!("c{w}"), batch, at(1_000), at(400))
+                .await
+                .unwrap()
+        }
+    }))
+    .await;
+    let mut got: Vec<String> = results.iter().flat_map(|r| ids_of(r)).collect();
+    got.sort();
+    let mut expected = batch.clone();
+    expected.sort();
+    assert_eq!(got, expected, "every delivery leased exactly once");
+    assert_eq!(due_at(store, DEST_B, 999).await, [e3.as_str()]);
+}
+
+async fn record_attempt_moves_the_delivery_on(h: &dyn Harness) {
+    let store = h.open().await;
+    let store = store.as_ref();
+    let alice = account(store, "alice", 0).await;
+
+    // Delivered.
+    let ok = due_event(store, alice.id, HOOK_A, 10).await;
+    store
+        .lease_deliveries("w1", vec![ok.clone()], at(80), at(20))
+        .await
+        .unwrap();
+    let mut rec = record(
+        &ok,
+        "w1",
+        21,
+        AttemptOutcome::Delivered,
+        Some(204),
+        AfterAttempt::Delivered,
+    );
+    rec.duration_ms = 345;
+    rec.response_body = Some("thanks".into());
+    assert_eq!(store.record_attempt(rec).await, Ok(true));
+    let event = ev(store, &ok).await;
+    assert_eq!(event.state, DeliveryState::Delivered);
+    assert_eq!(event.total_attempts, 1);
+    assert_eq!(event.last_attempt_at, Some(at(21)));
+    assert_eq!(event.last_status_code, Some(204));
+    assert_eq!(event.delivered_at, Some(at(21)));
+    assert_eq!(event.next_attempt_at, None);
+    assert_eq!(event.failure_reason, None);
+    assert_eq!(
+        store.attempts(&ok).await,
+        Ok(vec![Attempt {
+            number: 1,
+            started_at: at(21),
+            duration_ms: 345,
+            outcome: AttemptOutcome::Delivered,
+            status_code: Some(204),
+            response_body: Some("thanks".into()),
+            error: None,
+        }])
+    );
+    assert_eq!(due_at(store, DEST_A, 100_000).await, Vec::<String>::new());
+
+    // Retried, then failed.
+    let retried = due_event(store, alice.id, HOOK_A, 11).await;
+    store
+        .lease_deliveries("w1", vec![retried.clone()], at(80), at(20))
+        .await
+        .unwrap();
+    let mut rec = record(
+        &retried,
+        "w1",
+        22,
+        AttemptOutcome::Timeout,
+        None,
+        AfterAttempt::RetryAt(at(300)),
+    );
+    rec.error = Some("timed out after 10s".into());
+    assert_eq!(store.record_attempt(rec).await, Ok(true));
+    let event = ev(store, &retried).await;
+    assert_eq!(event.state, DeliveryState::Pending);
+    assert_eq!(event.next_attempt_at, Some(at(300)));
+    assert_eq!(event.total_attempts, 1);
+    assert_eq!(event.last_attempt_at, Some(at(22)));
+    assert_eq!(event.last_status_code, None);
+    assert_eq!(due_at(store, DEST_A, 299).await, Vec::<String>::new());
+    assert_eq!(due_at(store, DEST_A, 300).await, [retried.as_str()]);
+    assert_eq!(store.next_delivery_due().await, Ok(Some(at(300))));
+    let again = store
+        .lease_deliveries("w2", vec![retried.clone()], at(400), at(300))
+        .await
+        .unwrap();
+    assert_eq!(ids_of(&again), [retried.as_str()]);
+    assert_eq!(again[0].round_attempts, 1);
+    assert_eq!(
+        store
+            .record_attempt(record(
+                &retried,
+                "w2",
+                301,
+                AttemptOutcome::HttpError,
+                Some(500),
+                AfterAttempt::Failed("gave up after 2 attempts".into()),
+            ))
+            .await,
+        Ok(true)
+    );
+    let event = ev(store, &retried).await;
+    assert_eq!(event.state, DeliveryState::Failed);
+    assert_eq!(
+        event.failure_reason.as_deref(),
+        Some("gave up after 2 attempts")
+    );
+    assert_eq!(event.total_attempts, 2);
+    assert_eq!(event.next_attempt_at, None);
+    assert_eq!(event.delivered_at, None);
+    assert_eq!(event.last_status_code, Some(500));
+    let log = store.attempts(&retried).await.unwrap();
+    assert_eq!(attempt_numbers(&log), [1, 2]);
+    assert_eq!(
+        log.iter().map(|a| a.outcome).collect::<Vec<_>>(),
+        [AttemptOutcome::Timeout, AttemptOutcome::HttpError]
+    );
+    assert_eq!(log[0].error.as_deref(), Some("timed out after 10s"));
+    assert_eq!(log[1].status_code, Some(500));
+    assert_eq!(log[1].response_body.as_deref(), Some("body 500"));
+    assert_eq!(due_at(store, DEST_A, 100_000).await, Vec::<String>::new());
+    assert_eq!(store.next_delivery_due().await, Ok(None));
+
+    // By an owner whose lease was taken over: logged, but it moves nothing.
+    let taken = due_event(store, alice.id, HOOK_B, 12).await;
+    store
+        .lease_deliveries("w1", vec![taken.clone()], at(80), at(50))
+        .await
+        .unwrap();
+    store
+        .lease_deliveries("w2", vec![taken.clone()], at(200), at(81))
+        .await
+        .unwrap();
+    let before = ev(store, &taken).await;
+    assert_eq!(
+        store
+            .record_attempt(record(
+                &taken,
+                "w1",
+                85,
+                AttemptOutcome::Delivered,
+                Some(200),
+                AfterAttempt::Delivered,
+            ))
+            .await,
+        Ok(false)
+    );
+    let after = ev(store, &taken).await;
+    assert_eq!(after.state, DeliveryState::Pending);
+    assert_eq!(after.next_attempt_at, before.next_attempt_at);
+    assert_eq!(after.delivered_at, None);
+    assert_eq!(attempt_numbers(&store.attempts(&taken).await.unwrap()), [1]);
+    assert_eq!(due_at(store, DEST_B, 199).await, Vec::<String>::new());
+    // Someone who never held it: the same.
+    assert_eq!(
+        store
+            .record_attempt(record(
+                &taken,
+                "w9",
+                86,
+                AttemptOutcome::HttpError,
+                Some(500),
+                AfterAttempt::Failed("no".into()),
+            ))
+            .await,
+        Ok(false)
+    );
+    assert_eq!(ev(store, &taken).await.state, DeliveryState::Pending);
+    // The holder's attempt still counts, numbered after the others.
+    assert_eq!(
+        store
+            .record_attempt(record(
+                &taken,
+                "w2",
+                90,
+                AttemptOutcome::Delivered,
+                Some(200),
+                AfterAttempt::Delivered,
+            ))
+            .await,
+        Ok(true)
+    );
+    assert_eq!(ev(store, &taken).await.state, DeliveryState::Delivered);
+    assert_eq!(
+        attempt_numbers(&store.attempts(&taken).await.unwrap()),
+        [1, 2, 3]
+    );
+    assert_eq!(store.attempts("msg_nope").await, Ok(vec![]));
+}
+
+async fn released_deliveries_are_due_again(h: &dyn Harness) {
+    let store = h.open().await;
+    let store = store.as_ref();
+    let alice = account(store, "alice", 0).await;
+
+    // release_delivery: due at the given time; only by the lease's owner.
+    let e1 = due_event(store, alice.id, HOOK_A, 10).await;
+    store
+        .lease_deliveries("w1", vec![e1.clone()], at(500), at(50))
+        .await
+        .unwrap();
+    store.release_delivery(&e1, "w2", at(60)).await.unwrap();
+    assert_eq!(due_at(store, DEST_A, 100).await, Vec::<String>::new());
+    store.release_delivery(&e1, "w1", at(120)).await.unwrap();
+    assert_eq!(due_at(store, DEST_A, 119).await, Vec::<String>::new());
+    assert_eq!(due_at(store, DEST_A, 120).await, [e1.as_str()]);
+    assert_eq!(store.next_delivery_due().await, Ok(Some(at(120))));
+    let event = ev(store, &e1).await;
+    assert_eq!(event.state, DeliveryState::Pending);
+    assert_eq!(event.total_attempts, 0);
+    // Unattempted: the round starts where it was.
+    let again = store
+        .lease_deliveries("w2", vec![e1.clone()], at(700), at(120))
+        .await
+        .unwrap();
+    assert_eq!(ids_of(&again), [e1.as_str()]);
+    assert_eq!(again[0].round_attempts, 0);
+    assert_eq!(store.attempts(&e1).await, Ok(vec![]));
+    // The old owner's lease is gone: its release does nothing.
+    store.release_delivery(&e1, "w1", at(130)).await.unwrap();
+    assert_eq!(due_at(store, DEST_A, 699).await, Vec::<String>::new());
+    store.release_delivery(&e1, "w2", at(125)).await.unwrap();
+
+    // release_all_delivery_leases: every leased one due, ahead of younger due ones.
+    let b1 = due_event(store, alice.id, HOOK_B, 30).await;
+    let b2 = due_event(store, alice.id, HOOK_B, 40).await;
+    let b3 = due_event(store, alice.id, HOOK_B, 45).await;
+    let leased = store
+        .lease_deliveries("w1", vec![b1.clone(), b2.clone()], at(900), at(50))
+        .await
+        .unwrap();
+    assert_eq!(leased.len(), 2);
+    let b4 = due_event(store, alice.id, HOOK_B, 52).await;
+    // A retried delivery, leased again: due since long ago too.
+    attempt_once(store, &b3, "w1", 55, AfterAttempt::RetryAt(at(56))).await;
+    store
+        .lease_deliveries("w1", vec![b3.clone()], at(900), at(57))
+        .await
+        .unwrap();
+    assert_eq!(due_at(store, DEST_B, 60).await, [b4.as_str()]);
+
+    assert_eq!(store.release_all_delivery_leases(at(60)).await, Ok(3));
+    let due = due_at(store, DEST_B, 60).await;
+    assert_eq!(due.len(), 4);
+    assert_eq!(due[3], b4, "released deliveries come before younger ones");
+    let mut first: Vec<_> = due[..3].to_vec();
+    first.sort();
+    let mut expected = vec![b1.clone(), b2.clone(), b3.clone()];
+    expected.sort();
+    assert_eq!(first, expected);
+    assert_eq!(
+        store.due_for_destination(DEST_B, 1, at(60)).await.unwrap(),
+        [due[0].as_str()]
+    );
+    // Free for anyone, and nothing left to release.
+    assert_eq!(store.release_all_delivery_leases(at(61)).await, Ok(0));
+    let taken = store
+        .lease_deliveries("w2", due.clone(), at(900), at(61))
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 4);
+    assert_eq!(store.release_all_delivery_leases(at(62)).await, Ok(4));
+    assert_eq!(due_at(store, DEST_B, 62).await.len(), 4);
+}
+
+async fn redeliver_starts_a_new_round(h: &dyn Harness) {
+    let store = h.open().await;
+    let store = store.as_ref();
+    let alice = account(store, "alice", 0).await;
+
+    let g = finished_with(store, alice.id, Some(HOOK_A), 5, 10).await;
+    let eid = event_id(g.id);
+    // While pending: already under way.
+    assert_eq!(
+        store.redeliver(g.id, at(11)).await,
+        Ok(Redelivery::AlreadyPending)
+    );
+    attempt_once(store, &eid, "w1", 20, AfterAttempt::Delivered).await;
+
+    // Delivered → a new round, due now, same webhook id.
+    assert_eq!(
+        store.redeliver(g.id, at(100)).await,
+        Ok(Redelivery::Started {
+            webhook_id: eid.clone()
+        })
+    );
+    let event = ev(store, &eid).await;
+    assert_eq!(event.id, eid);
+    assert_eq!(event.state, DeliveryState::Pending);
+    assert_eq!(event.next_attempt_at, Some(at(100)));
+    assert_eq!(event.delivered_at, None);
+    assert_eq!(event.total_attempts, 1);
+    assert_eq!(event.created_at, at(10));
+    assert_eq!(due_at(store, DEST_A, 99).await, Vec::<String>::new());
+    assert_eq!(due_at(store, DEST_A, 100).await, [eid.as_str()]);
+    assert_eq!(
+        store.redeliver(g.id, at(101)).await,
+        Ok(Redelivery::AlreadyPending)
+    );
+    let leased = store
+        .lease_deliveries("w1", vec![eid.clone()], at(160), at(101))
+        .await
+        .unwrap();
+    assert_eq!(leased[0].round_attempts, 0);
+    // Leased (in flight): still pending.
+    assert_eq!(
+        store.redeliver(g.id, at(102)).await,
+        Ok(Redelivery::AlreadyPending)
+    );
+    assert_eq!(
+        store
+            .record_attempt(record(
+                &eid,
+                "w1",
+                103,
+                AttemptOutcome::HttpError,
+                Some(503),
+                AfterAttempt::RetryAt(at(200)),
+            ))
+            .await,
+        Ok(true)
+    );
+    let leased = store
+        .lease_deliveries("w1", vec![eid.clone()], at(260), at(200))
+        .await
+        .unwrap();
+    assert_eq!(leased[0].round_attempts, 1);
+    assert_eq!(
+        store
+            .record_attempt(record(
+                &eid,
+                "w1",
+                201,
+                AttemptOutcome::HttpError,
+                Some(503),
+                AfterAttempt::Failed("gave up".into()),
+            ))
+            .await,
+        Ok(true)
+    );
+    assert_eq!(ev(store, &eid).await.state, DeliveryState::Failed);
+
+    // Failed → a new round too, reason cleared; numbering carries on across rounds.
+    assert_eq!(
+        store.redeliver(g.id, at(300)).await,
+        Ok(Redelivery::Started {
+            webhook_id: eid.clone()
+        })
+    );
+    let event = ev(store, &eid).await;
+    assert_eq!(event.state, DeliveryState::Pending);
+    assert_eq!(event.failure_reason, None);
+    assert_eq!(event.next_attempt_at, Some(at(300)));
+    assert_eq!(event.total_attempts, 3);
+    let leased = store
+        .lease_deliveries("w2", vec![eid.clone()], at(360), at(300))
+        .await
+        .unwrap();
+    assert_eq!(leased[0].round_attempts, 0);
+    assert_eq!(
+        store
+            .record_attempt(record(
+                &eid,
+                "w2",
+                301,
+                AttemptOutcome::Delivered,
+                Some(200),
+                AfterAttempt::Delivered,
+            ))
+            .await,
+        Ok(true)
+    );
+    let log = store.attempts(&eid).await.unwrap();
+    assert_eq!(attempt_numbers(&log), [1, 2, 3, 4]);
+    assert_eq!(
+        log.iter().map(|a| a.started_at).collect::<Vec<_>>(),
+        [at(20), at(103), at(201), at(301)]
+    );
+    let event = ev(store, &eid).await;
+    assert_eq!(event.state, DeliveryState::Delivered);
+    assert_eq!(event.total_attempts, 4);
+    assert_eq!(event.delivered_at, Some(at(301)));
+
+    // No callback; not finished; unknown.
+    let quiet = finished_with(store, alice.id, None, 6, 12).await;
+    assert_eq!(
+        store.redeliver(quiet.id, at(400)).await,
+        Ok(Redelivery::NoCallback)
+    );
+    assert_eq!(
+        ev(store, &event_id(quiet.id)).await.state,
+        DeliveryState::None
+    );
+    let running = create(store, new_gen(alice.id, 0, 7)).await;
+    assert_eq!(
+        store.redeliver(running.id, at(400)).await,
+        Ok(Redelivery::NotFinished)
+    );
+    assert_eq!(store.event_for(running.id).await, Ok(None));
+    assert_eq!(
+        store.redeliver(GenerationId::random(), at(400)).await,
+        Ok(Redelivery::NotFinished)
+    );
+}
+
+async fn redeliver_failed_counts_one_accounts_window(h: &dyn Harness) {
+    let store = h.open().await;
+    let store = store.as_ref();
+    let alice = account(store, "alice", 0).await;
+    let bob = account(store, "bob", 0).await;
+    let fail = AfterAttempt::Failed("gave up".into());
+
+    // alice: failed at 10, 20, 30; delivered at 15; pending at 25. bob: failed at 20.
+    let f10 = due_event(store, alice.id, HOOK_A, 10).await;
+    let f20 = due_event(store, alice.id, HOOK_A, 20).await;
+    let f30 = due_event(store, alice.id, HOOK_B, 30).await;
+    let d15 = due_event(store, alice.id, HOOK_A, 15).await;
+    let p25 = due_event(store, alice.id, HOOK_A, 25).await;
+    let fb = due_event(store, bob.id, HOOK_A, 20).await;
+    for e in [f10.clone(), f20.clone(), f30.clone(), fb.clone()] {
+        attempt_once(store, &e, "w1", 40, fail.clone()).await;
+    }
+    attempt_once(store, &d15, "w1", 40, AfterAttempt::Delivered).await;
+    assert_eq!(
+        store.delivery_counts(at(40)).await,
+        Ok(DeliveryCounts {
+            due: 1,
+            scheduled: 0,
+            failed: 4
+        })
+    );
+
+    // [10, 30): f10 and f20, not f30 (until excluded), not bob's, not the others.
+    assert_eq!(
+        store
+            .redeliver_failed(alice.id, at(10), at(30), at(100))
+            .await,
+        Ok(2)
+    );
+    for (e, state) in [
+        (&f10, DeliveryState::Pending),
+        (&f20, DeliveryState::Pending),
+        (&f30, DeliveryState::Failed),
+        (&fb, DeliveryState::Failed),
+        (&d15, DeliveryState::Delivered),
+        (&p25, DeliveryState::Pending),
+    ] {
+        assert_eq!(ev(store, e).await.state, state, "{e}");
+    }
+    let event = ev(store, &f10).await;
+    assert_eq!(event.next_attempt_at, Some(at(100)));
+    assert_eq!(event.failure_reason, None);
+    assert_eq!(due_at(store, DEST_A, 99).await, [p25.as_str()]);
+    assert_eq!(
+        due_at(store, DEST_A, 100).await,
+        [p25.clone(), f10.clone(), f20.clone()]
+    );
+    let leased = store
+        .lease_deliveries("w1", vec![f10.clone(), f20.clone()], at(200), at(100))
+        .await
+        .unwrap();
+    assert!(leased.iter().all(|d| d.round_attempts == 0));
+    // Nothing failed left in the window.
+    assert_eq!(
+        store
+            .redeliver_failed(alice.id, at(10), at(30), at(101))
+            .await,
+        Ok(0)
+    );
+    assert_eq!(
+        store
+            .redeliver_failed(alice.id, at(0), at(30), at(101))
+            .await,
+        Ok(0)
+    );
+    assert_eq!(
+        store
+            .redeliver_failed(alice.id, at(30), at(31), at(102))
+            .await,
+        Ok(1)
+    );
+    assert_eq!(ev(store, &f30).await.state, DeliveryState::Pending);
+    assert_eq!(
+        store
+            .redeliver_failed(bob.id, at(0), at(1_000), at(103))
+            .await,
+        Ok(1)
+    );
+    assert_eq!(ev(store, &fb).await.next_attempt_at, Some(at(103)));
+}
+
+async fn delivery_counts_and_next_due(h: &dyn Harness) {
+    let store = h.open().await;
+    let store = store.as_ref();
+    let alice = account(store, "alice", 0).await;
+    assert_eq!(
+        store.delivery_counts(at(100)).await,
+        Ok(DeliveryCounts::default())
+    );
+    assert_eq!(store.next_delivery_due().await, Ok(None));
+
+    let e10 = due_event(store, alice.id, HOOK_A, 10).await;
+    let e20 = due_event(store, alice.id, HOOK_B, 20).await;
+    let retry = due_event(store, alice.id, HOOK_A, 30).await;
+    let failed = due_event(store, alice.id, HOOK_A, 31).await;
+    let delivered = due_event(store, alice.id, HOOK_B, 32).await;
+    finished_with(store, alice.id, None, 33, 33).await;
+    assert_eq!(store.next_delivery_due().await, Ok(Some(at(10))));
+    attempt_once(store, &retry, "w1", 40, AfterAttempt::RetryAt(at(400))).await;
+    attempt_once(store, &failed, "w1", 40, AfterAttempt::Failed("no".into())).await;
+    attempt_once(store, &delivered, "w1", 40, AfterAttempt::Delivered).await;
+
+    assert_eq!(
+        store.delivery_counts(at(100)).await,
+        Ok(DeliveryCounts {
+            due: 2,
+            scheduled: 1,
+            failed: 1
+        })
+    );
+    assert_eq!(
+        store.delivery_counts(at(15)).await,
+        Ok(DeliveryCounts {
+            due: 1,
+            scheduled: 2,
+            failed: 1
+        })
+    );
+    assert_eq!(
+        store.delivery_counts(at(400)).await,
+        Ok(DeliveryCounts {
+            due: 3,
+            scheduled: 0,
+            failed: 1
+        })
+    );
+    assert_eq!(store.next_delivery_due().await, Ok(Some(at(10))));
+
+    attempt_once(store, &e10, "w1", 100, AfterAttempt::Delivered).await;
+    assert_eq!(store.next_delivery_due().await, Ok(Some(at(20))));
+    attempt_once(store, &e20, "w1", 100, AfterAttempt::Delivered).await;
+    assert_eq!(store.next_delivery_due().await, Ok(Some(at(400))));
+    // A leased delivery is next due when its lease ends.
+    store
+        .lease_deliveries("w1", vec![retry.clone()], at(460), at(400))
+        .await
+        .unwrap();
+    assert_eq!(store.next_delivery_due().await, Ok(Some(at(460))));
+    // In flight counts as due, not as a scheduled retry, whatever its lease's end.
+    assert_eq!(
+        store.delivery_counts(at(401)).await,
+        Ok(DeliveryCounts {
+            due: 1,
+            scheduled: 0,
+            failed: 1
+        })
+    );
+    attempt_once_leased(store, &retry, "w1", 401).await;
+    assert_eq!(store.next_delivery_due().await, Ok(None));
+    assert_eq!(
+        store.delivery_counts(at(1_000)).await,
+        Ok(DeliveryCounts {
+            due: 0,
+            scheduled: 0,
+            failed: 1
+        })
+    );
+}
+
+/// Records a successful attempt by the owner of an already leased delivery.
+async fn attempt_once_leased(store: &dyn Store, event_id: &str, owner: &str, secs: i64) {
+    assert_eq!(
+        store
+            .record_attempt(record(
+                event_id,
+                owner,
+                secs,
+                AttemptOutcome::Delivered,
+                Some(200),
+                AfterAttempt::Delivered,
+            ))
+            .await,
+        Ok(true)
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// Webhook signing secrets.
+
+async fn signing_secrets_rotate(h: &dyn Harness) {
+    let store = h.open().await;
+    let store = store.as_ref();
+    let alice = account(store, "alice", 0).await;
+    let bob = account(store, "bob", 0).await;
+    // Sealed bytes are opaque: zeros, high bytes, not UTF-8.
+    let s1: Vec<u8> = (0..=255u8).rev().chain([0, 0, 0xff]).collect();
+    let s2 = vec![0u8; 48];
+    let s3 = b"\xc3\x28sealed\x00three".to_vec();
+    let s4 = vec![0xfe; 1];
+
+    assert_eq!(store.signing_secrets(alice.id, at(0)).await, Ok(vec![]));
+    // The first current one.
+    assert_eq!(
+        store
+            .add_signing_secret(alice.id, s1.clone(), at(1), None)
+            .await,
+        Ok(true)
+    );
+    // Only one current: a second without retiring is refused, nothing changes.
+    assert_eq!(
+        store
+            .add_signing_secret(alice.id, s2.clone(), at(2), None)
+            .await,
+        Ok(false)
+    );
+    let first = SealedSecret {
+        sealed: s1.clone(),
+        created_at: at(1),
+        retired_at: None,
+    };
+    assert_eq!(
+        store.signing_secrets(alice.id, at(3)).await,
+        Ok(vec![first.clone()])
+    );
+    assert_eq!(store.signing_secrets(bob.id, at(3)).await, Ok(vec![]));
+
+    // Rotating: the new one current, the old one signing until it retires.
+    assert_eq!(
+        store
+            .add_signing_secret(alice.id, s3.clone(), at(10), Some(at(100)))
+            .await,
+        Ok(true)
+    );
+    let current = SealedSecret {
+        sealed: s3.clone(),
+        created_at: at(10),
+        retired_at: None,
+    };
+    let retiring = SealedSecret {
+        retired_at: Some(at(100)),
+        ..first
+    };
+    for secs in [10, 50, 99] {
+        assert_eq!(
+            store.signing_secrets(alice.id, at(secs)).await,
+            Ok(vec![current.clone(), retiring.clone()]),
+            "at {secs}"
+        );
+    }
+    for secs in [100, 101, 10_000] {
+        assert_eq!(
+            store.signing_secrets(alice.id, at(secs)).await,
+            Ok(vec![current.clone()]),
+            "at {secs}"
+        );
+    }
+    // Still one current.
+    assert_eq!(
+        store
+            .add_signing_secret(alice.id, s2.clone(), at(11), None)
+            .await,
+        Ok(false)
+    );
+
+    // Rotating again: two retiring ones, after the current one.
+    assert_eq!(
+        store
+            .add_signing_secret(alice.id, s4.clone(), at(20), Some(at(200)))
+            .await,
+        Ok(true)
+    );
+    let listed = store.signing_secrets(alice.id, at(50)).await.unwrap();
+    assert_eq!(listed.len(), 3);
+    assert_eq!(
+        listed[0],
+        SealedSecret {
+            sealed: s4.clone(),
+            created_at: at(20),
+            retired_at: None
+        }
+    );
+    assert!(listed[1..].contains(&retiring));
+    assert!(listed[1..].contains(&SealedSecret {
+        retired_at: Some(at(200)),
+        ..current
+    }));
+    assert_eq!(
+        store
+            .signing_secrets(alice.id, at(150))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        store
+            .signing_secrets(alice.id, at(250))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // Other accounts are their own; a rotation on none just adds the current one.
+    assert_eq!(store.signing_secrets(bob.id, at(50)).await, Ok(vec![]));
+    assert_eq!(
+        store
+            .add_signing_secret(bob.id, s2.clone(), at(30), Some(at(300)))
+            .await,
+        Ok(true)
+    );
+    assert_eq!(
+        store.signing_secrets(bob.id, at(50)).await,
+        Ok(vec![SealedSecret {
+            sealed: s2.clone(),
+            created_at: at(30),
+            retired_at: None
+        }])
+    );
+
+    // Concurrent first secrets: exactly one wins.
+    let carol = account(store, "carol", 0).await;
+    let shared = h.open().await;
+    let results = join_all((0..8u8).map(|i| {
+        let store = Arc::clone(&shared);
+        async move {
+            store
+                .add_signing_secret(carol.id, vec![i; 32], at(40), None)
+                .await
+                .unwrap()
+        }
+    }))
+    .await;
+    assert_eq!(results.iter().filter(|won| **won).count(), 1);
+    let winner = results.iter().position(|won| *won).unwrap() as u8;
+    assert_eq!(
+        store.signing_secrets(carol.id, at(41)).await,
+        Ok(vec![SealedSecret {
+            sealed: vec![winner; 32],
+            created_at: at(40),
+            retired_at: None
+        }])
     );
 }

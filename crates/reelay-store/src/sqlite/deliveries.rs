@@ -310,8 +310,10 @@ pub fn redeliver_failed(
 pub fn counts(c: &Connection, now: OffsetDateTime) -> StoreResult<DeliveryCounts> {
     let (due, scheduled): (Option<i64>, Option<i64>) = c
         .prepare_cached(
-            "SELECT SUM(next_attempt_at <= ?1), SUM(next_attempt_at > ?1) \
-             FROM events WHERE state = 'pending'",
+            "SELECT SUM(in_flight OR next_attempt_at <= ?1), \
+                 SUM(NOT in_flight AND next_attempt_at > ?1) \
+             FROM (SELECT next_attempt_at, lease_owner IS NOT NULL AS in_flight \
+                   FROM events WHERE state = 'pending')",
         )
         .and_then(|mut s| s.query_row([micros(now)], |r| Ok((r.get(0)?, r.get(1)?))))
         .map_err(backend)?;
