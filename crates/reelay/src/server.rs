@@ -211,12 +211,34 @@ pub async fn serve(
         tracing::info!("shutting down");
         stop.cancel();
     });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await?;
+    let server =
+        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let (mut engine_task, mut dispatcher_task) = (engine_task, dispatcher_task);
+    // A background loop that ends while no shutdown was asked for has failed: stop the whole
+    // process rather than keep answering requests that nothing will process, so a supervisor
+    // restarts it.
+    let failed = async {
+        let which = tokio::select! {
+            _ = &mut engine_task => "the lifecycle engine",
+            _ = &mut dispatcher_task => "the webhook dispatcher",
+        };
+        if shutdown.is_cancelled() {
+            std::future::pending::<()>().await;
+        }
+        which
+    };
+    let stopped = tokio::select! {
+        served = server => served.map_err(anyhow::Error::from),
+        which = failed => Err(anyhow::anyhow!("{which} stopped unexpectedly")),
+    };
     shutdown.cancel();
-    let _ = tokio::join!(engine_task, dispatcher_task);
-    Ok(())
+    for task in [engine_task, dispatcher_task] {
+        // A task that already ended was consumed by the select above.
+        if !task.is_finished() {
+            let _ = task.await;
+        }
+    }
+    stopped
 }
 
 async fn wait_for_signal() {
