@@ -253,7 +253,12 @@ impl WebhookView {
                 attempts: e.total_attempts,
                 last_attempt_at: e.last_attempt_at.map(timestamp::format),
                 last_status_code: e.last_status_code,
-                next_attempt_at: e.next_attempt_at.map(timestamp::format),
+                // While an attempt is in flight the stored time is its lease's end, not a
+                // planned attempt.
+                next_attempt_at: e
+                    .next_attempt_at
+                    .filter(|_| !e.in_flight)
+                    .map(timestamp::format),
                 webhook_id: Some(e.id.clone()),
                 failure_reason: e.failure_reason.clone(),
             },

@@ -195,6 +195,8 @@ pub struct Event {
     pub last_status_code: Option<u16>,
     pub failure_reason: Option<String>,
     pub delivered_at: Option<OffsetDateTime>,
+    /// An attempt is being made right now (its `next_attempt_at` is then the lease's end).
+    pub in_flight: bool,
 }
 
 /// A delivery that is (or is about to be) due, before it is leased.

@@ -1982,6 +1982,7 @@ async fn finishing_writes_the_outbox_event(h: &dyn Harness) {
     assert_eq!(event.last_status_code, None);
     assert_eq!(event.failure_reason, None);
     assert_eq!(event.delivered_at, None);
+    assert!(!event.in_flight);
     let dest = "https://hooks.example.com:443";
     assert_eq!(DueRef::of(&with), Some(due_ref(&eid, dest)));
     assert_eq!(due_at(store, dest, 4).await, Vec::<String>::new());
@@ -2201,6 +2202,8 @@ async fn leased_deliveries_are_not_due_until_the_lease_ends(h: &dyn Harness) {
         }]
     );
     assert_eq!(event.state, DeliveryState::Pending);
+    assert!(event.in_flight, "a leased delivery is in flight");
+    assert!(!ev(store, &e2).await.in_flight);
 
     // Leased: not due until the lease ends.
     assert_eq!(due_at(store, DEST_A, 50).await, [e2.as_str()]);

@@ -11,7 +11,7 @@ use crate::*;
 
 const EVENT_COLUMNS: &str = "id, generation_id, account_id, callback_url, payload, created_at, \
     state, total_attempts, next_attempt_at, last_attempt_at, last_status_code, failure_reason, \
-    delivered_at";
+    delivered_at, lease_owner IS NOT NULL";
 
 fn event(r: &Row<'_>) -> rusqlite::Result<Event> {
     Ok(Event {
@@ -28,6 +28,7 @@ fn event(r: &Row<'_>) -> rusqlite::Result<Event> {
         last_status_code: r.get(10)?,
         failure_reason: r.get(11)?,
         delivered_at: opt_time(r, 12)?,
+        in_flight: r.get(13)?,
     })
 }
 
