@@ -28,7 +28,7 @@ impl From<reelay_delivery::AccountSecrets> for SecretView {
         Self {
             secret: s.current.to_string(),
             created_at: timestamp::format(s.current_since),
-            previous_secret_expires_at: s.previous.map(|(_, until)| timestamp::format(until)),
+            previous_secret_expires_at: s.previous_expires_at.map(timestamp::format),
         }
     }
 }

@@ -32,6 +32,27 @@ pub struct Outcome<T> {
 }
 
 impl<T> Outcome<T> {
+    fn new(started: Instant) -> Self {
+        Self {
+            results: Vec::new(),
+            failures: 0,
+            first_error: None,
+            started,
+            finished: started,
+        }
+    }
+
+    /// "N creates failed: <first error>", when any did.
+    pub fn failure_note(&self) -> Option<String> {
+        (self.failures > 0).then(|| {
+            format!(
+                "{} creates failed: {}",
+                self.failures,
+                self.first_error.as_deref().unwrap_or_default()
+            )
+        })
+    }
+
     pub fn elapsed(&self) -> Duration {
         self.finished - self.started
     }
@@ -88,13 +109,7 @@ where
             (done, failures, first_error)
         });
     }
-    let mut out = Outcome {
-        results: Vec::new(),
-        failures: 0,
-        first_error: None,
-        started,
-        finished: started,
-    };
+    let mut out = Outcome::new(started);
     while let Some(joined) = workers.join_next().await {
         if let Ok((done, failures, first_error)) = joined {
             out.results.extend(done);
@@ -128,13 +143,7 @@ where
         let f = f.clone();
         tasks.spawn(async move { f(i).await });
     }
-    let mut out = Outcome {
-        results: Vec::new(),
-        failures: 0,
-        first_error: None,
-        started,
-        finished: started,
-    };
+    let mut out = Outcome::new(started);
     while let Some(joined) = tasks.join_next().await {
         match joined {
             Ok(Ok(t)) => out.results.push(t),

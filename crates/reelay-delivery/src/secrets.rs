@@ -110,8 +110,8 @@ impl MasterKey {
 pub struct AccountSecrets {
     pub current: Secret,
     pub current_since: OffsetDateTime,
-    /// A rotated-out secret still signing, and when it stops.
-    pub previous: Option<(Secret, OffsetDateTime)>,
+    /// When a rotated-out secret, still signing beside the current one, stops.
+    pub previous_expires_at: Option<OffsetDateTime>,
 }
 
 /// Gives each account's signing secrets, creating, caching and rotating them.
@@ -158,11 +158,11 @@ impl Keyring {
     pub async fn show(&self, account: AccountId) -> StoreResult<AccountSecrets> {
         let mut all = self.load(account).await?.into_iter();
         let (current, current_since, _) = all.next().ok_or(StoreError::NotFound)?;
-        let previous = all.find_map(|(s, _, retired)| retired.map(|r| (s, r)));
+        let previous_expires_at = all.find_map(|(_, _, retired)| retired);
         Ok(AccountSecrets {
             current,
             current_since,
-            previous,
+            previous_expires_at,
         })
     }
 

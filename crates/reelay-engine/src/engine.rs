@@ -141,10 +141,7 @@ impl Engine {
             )
             .await?;
         if let Finished::Applied(done) = &finished {
-            self.inner
-                .config
-                .outbox
-                .due(DueRef::of(done).into_iter().collect());
+            self.inner.ended(done);
         }
         self.inner.stop_work_on(&[id]);
         Ok(finished)
@@ -223,10 +220,7 @@ impl Engine {
                 .await
             {
                 Ok(Finished::Applied(done)) => {
-                    inner
-                        .config
-                        .outbox
-                        .due(DueRef::of(&done).into_iter().collect());
+                    inner.ended(&done);
                     tracing::info!(generation = %g.id, status = %done.stage.status(), "generation finished")
                 }
                 Ok(Finished::Refused(current)) => {
@@ -314,6 +308,13 @@ impl Engine {
 }
 
 impl Inner {
+    /// Hands the webhook a just-ended generation owes (if any) to the outbox's listener.
+    fn ended(&self, generation: &Generation) {
+        self.config
+            .outbox
+            .due(DueRef::of(generation).into_iter().collect());
+    }
+
     fn stop_work_on(&self, ids: &[GenerationId]) {
         let running = self.running.lock().expect("running map");
         for id in ids {

@@ -81,6 +81,7 @@ async fn variant(ctx: &Ctx, dead: usize, seconds: u64) -> anyhow::Result<Row> {
     )
     .await;
     out.check("isolation")?;
+    let failures = out.failure_note();
     let created: Vec<Created> = out
         .results
         .into_iter()
@@ -105,12 +106,8 @@ async fn variant(ctx: &Ctx, dead: usize, seconds: u64) -> anyhow::Result<Row> {
             holes.held()
         ));
     }
-    if out.failures > 0 {
-        row = row.note(format!(
-            "{} creates failed: {}",
-            out.failures,
-            out.first_error.unwrap_or_default()
-        ));
+    if let Some(note) = failures {
+        row = row.note(note);
     }
     if !complete {
         row = row.note("not every healthy webhook arrived within 10 s of the last create");

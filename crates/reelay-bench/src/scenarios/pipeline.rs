@@ -88,12 +88,8 @@ async fn saturation(ctx: &Ctx, run: &Running) -> anyhow::Result<Row> {
     row.storage_mb = Some(run.setup.storage_mb());
     row.cpu_s_per_1k = cpu;
     row.db_cpu_s_per_1k = db_cpu;
-    if out.failures > 0 {
-        row = row.note(format!(
-            "{} creates failed: {}",
-            out.failures,
-            out.first_error.unwrap_or_default()
-        ));
+    if let Some(note) = out.failure_note() {
+        row = row.note(note);
     }
     if !complete {
         row = row.note("not every webhook arrived before the deadline");
@@ -143,12 +139,8 @@ pub async fn fixed_rate(
     row.rss_mb = run.reelay.rss_mb();
     row.cpu_s_per_1k = cpu;
     row.db_cpu_s_per_1k = db_cpu;
-    if out.failures > 0 {
-        row = row.note(format!(
-            "{} creates failed: {}",
-            out.failures,
-            out.first_error.unwrap_or_default()
-        ));
+    if let Some(note) = out.failure_note() {
+        row = row.note(note);
     }
     if !complete {
         row = row.note("not every webhook arrived within 10 s of the last create");
