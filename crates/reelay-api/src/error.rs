@@ -15,6 +15,9 @@ pub struct ApiError {
     message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     errors: Option<Vec<FieldErrorBody>>,
+    /// Seconds, sent as `Retry-After`.
+    #[serde(skip)]
+    retry_after: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -30,6 +33,7 @@ impl ApiError {
             detail,
             message: message.into(),
             errors: None,
+            retry_after: None,
         }
     }
 
@@ -73,7 +77,15 @@ impl ApiError {
                     })
                     .collect(),
             ),
+            retry_after: None,
         }
+    }
+
+    /// A 429 telling the client when to come back (its `Retry-After`, whole seconds).
+    pub fn rate_limited(retry_after: std::time::Duration, message: impl Into<String>) -> Self {
+        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED", message);
+        e.retry_after = Some(retry_after.as_secs_f64().ceil().max(1.0) as u64);
+        e
     }
 
     pub fn internal() -> Self {
@@ -111,7 +123,13 @@ impl From<StoreError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status;
+        let retry_after = self.retry_after;
         let mut response = (status, Json(self)).into_response();
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()

@@ -6,10 +6,12 @@
 mod board;
 pub mod dispatcher;
 pub mod guard;
+pub mod master_key;
 pub mod metrics;
 pub mod secrets;
 pub mod sender;
 
 pub use dispatcher::{Dispatcher, DispatcherConfig};
-pub use secrets::{AccountSecrets, Keyring, MasterKey};
+pub use master_key::MasterKey;
+pub use secrets::{AccountSecrets, Keyring};
 pub use sender::{Sender, SenderConfig};

@@ -2,6 +2,7 @@
 
 use std::fs::File;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,10 +47,27 @@ fn lock_data_dir(config: &Config) -> anyhow::Result<File> {
 }
 
 pub fn open_store(config: &Config) -> anyhow::Result<SqliteStore> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+    private_dir(&config.data_dir)?;
     let path = config.database_path()?;
     SqliteStore::open(&path).with_context(|| format!("opening the database {}", path.display()))
+}
+
+/// Creates a directory readable by this user only, or tightens an existing one: it holds the
+/// database (prompts, callback URLs, key hashes), the master key and the videos.
+pub fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating the data directory {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+        if mode != 0o700 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("making {} private (chmod 700)", dir.display()))?;
+            tracing::info!(dir = %dir.display(), from = format!("{mode:o}"), "data directory made private (0700)");
+        }
+    }
+    Ok(())
 }
 
 fn moderator(config: &Config) -> anyhow::Result<Moderator> {
