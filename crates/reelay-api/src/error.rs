@@ -7,6 +7,9 @@ use reelay_core::request::FieldError;
 use reelay_store::StoreError;
 use serde::Serialize;
 
+/// The most field errors one answer lists; the rest are counted in its message.
+pub const MAX_FIELD_ERRORS: usize = 10;
+
 #[derive(Debug, Serialize)]
 pub struct ApiError {
     #[serde(skip)]
@@ -57,13 +60,25 @@ impl ApiError {
         }])
     }
 
-    /// A 422 listing every bad field; the summary message names them all.
-    pub fn invalid_fields(errors: Vec<FieldError>) -> Self {
-        let message = errors
-            .iter()
-            .map(|e| format!("{}: {}", e.field, e.message))
-            .collect::<Vec<_>>()
-            .join("; ");
+    /// A 422 listing the bad fields, at most [`MAX_FIELD_ERRORS`] of them. One field's
+    /// message is the summary; several are named in it, each explained once in `errors`.
+    pub fn invalid_fields(mut errors: Vec<FieldError>) -> Self {
+        let total = errors.len();
+        errors.truncate(MAX_FIELD_ERRORS);
+        let message = match errors.as_slice() {
+            [one] => format!("{}: {}", one.field, one.message),
+            listed => {
+                let names: Vec<&str> = listed.iter().map(|e| e.field.as_str()).collect();
+                let more = match total - listed.len() {
+                    0 => String::new(),
+                    n => format!(" and {n} more"),
+                };
+                format!(
+                    "{total} fields are invalid ({}{more}); `errors` says what to fix in each",
+                    names.join(", ")
+                )
+            }
+        };
         Self {
             status: StatusCode::UNPROCESSABLE_ENTITY,
             detail: "INVALID_PARAMETERS",

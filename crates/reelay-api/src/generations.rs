@@ -3,10 +3,8 @@
 use std::collections::HashMap;
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use reelay_core::request::parse_generate;
 use reelay_core::{GenerationId, GenerationStatus};
 use reelay_store::{
@@ -18,6 +16,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use crate::auth::Caller;
+use crate::body::{JsonBody, SMALL_BODY};
 use crate::{ApiError, AppState};
 
 /// The longest `Idempotency-Key` accepted.
@@ -27,32 +26,12 @@ pub async fn create(
     State(state): State<AppState>,
     Caller(account): Caller,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    JsonBody(body): JsonBody<SMALL_BODY>,
 ) -> Result<(StatusCode, Json<CreatedView>), ApiError> {
-    let body = body.map_err(|e| match e.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "PAYLOAD_TOO_LARGE",
-            format!(
-                "the request body exceeds {} MB",
-                crate::MAX_BODY_BYTES / 1024 / 1024
-            ),
-        ),
-        _ => ApiError::invalid("body", format!("could not read the body: {e}")),
-    })?;
-    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
-        let ct = ct.to_str().unwrap_or_default().to_ascii_lowercase();
-        if !ct.starts_with("application/json") {
-            return Err(ApiError::invalid(
-                "body",
-                "send JSON with `Content-Type: application/json` \
-                 (with curl: -H \"Content-Type: application/json\")",
-            ));
-        }
+    if let Some(limiter) = &state.create_limiter {
+        limiter.check(account)?;
     }
-    let json: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::invalid("body", format!("is not valid JSON: {e}")))?;
-    let request = parse_generate(&json, state.destinations).map_err(ApiError::invalid_fields)?;
+    let request = parse_generate(&body, state.destinations).map_err(ApiError::invalid_fields)?;
     let idempotency_key = idempotency_key(&headers)?;
 
     let created = state

@@ -3,28 +3,30 @@
 
 mod account;
 mod auth;
+mod body;
 mod error;
 mod generations;
 mod ops;
+mod rate_limit;
 mod videos;
 mod webhooks;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
+use reelay_core::capability::VideoKey;
 use reelay_core::destination::DestinationPolicy;
 use reelay_delivery::Dispatcher;
 use reelay_engine::Engine;
 use reelay_store::Store;
 
 pub use error::ApiError;
-
-/// The largest request body accepted: room for image inputs (20 MB each, base64-encoded).
-pub const MAX_BODY_BYTES: usize = 100 * 1024 * 1024;
+pub use ops::AdminAccess;
+pub use rate_limit::CreateLimiter;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -38,6 +40,14 @@ pub struct AppState {
     pub egress_ips: Vec<IpAddr>,
     /// Renders the Prometheus exposition; `None` when metrics are off.
     pub metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
+    /// Who may read `/metrics`.
+    pub admin: AdminAccess,
+    /// Limits creates per account; `None` when off.
+    pub create_limiter: Option<Arc<CreateLimiter>>,
+    /// The longest a request body may take to arrive.
+    pub body_read_timeout: Duration,
+    /// Checks the capability in video URLs.
+    pub video_key: VideoKey,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -60,12 +70,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/webhooks/redeliver", post(webhooks::redeliver_failed))
         .route("/v1/data/balance", get(account::balance))
         .route("/v1/account", get(account::account))
-        .route("/videos/{file}", get(videos::serve))
+        .route("/videos/{id}/{file}", get(videos::serve))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }

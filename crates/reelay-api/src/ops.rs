@@ -2,31 +2,84 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use reelay_core::AccountId;
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
-use crate::AppState;
+use crate::{ApiError, AppState};
+
+/// Who may read the operator routes (`/metrics`).
+#[derive(Clone)]
+pub enum AdminAccess {
+    /// Callers presenting `Authorization: Bearer <token>`; only the token's digest is kept.
+    Token([u8; 32]),
+    /// Anyone who can reach the port: `reelay dev` on loopback only.
+    Open,
+    /// Nobody: no admin token is configured.
+    Closed,
+}
+
+impl AdminAccess {
+    pub fn token(token: &str) -> Self {
+        Self::Token(Sha256::digest(token.as_bytes()).into())
+    }
+
+    fn check(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let expected = match self {
+            Self::Open => return Ok(()),
+            Self::Closed => {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "FORBIDDEN",
+                    "operator routes are off: set REELAY_ADMIN_TOKEN and send it as \
+                     `Authorization: Bearer <token>`",
+                ));
+            }
+            Self::Token(digest) => digest,
+        };
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| Sha256::digest(token.trim().as_bytes()));
+        // Digests have a fixed length, so the comparison leaks nothing about the token.
+        match presented {
+            Some(p) if bool::from(p.as_slice().ct_eq(expected)) => Ok(()),
+            _ => Err(ApiError::unauthorized(
+                "operator routes need `Authorization: Bearer <REELAY_ADMIN_TOKEN>`",
+            )),
+        }
+    }
+}
 
 /// Alive and accepting requests.
 pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Ready to serve: the storage answers.
+/// Ready to serve: the storage answers. Why not is for the operator's log, not the caller.
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     match state.store.account(AccountId(uuid::Uuid::nil())).await {
         Ok(_) => (StatusCode::OK, Json(json!({"status": "ready"}))),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "unavailable", "reason": e.to_string()})),
-        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready: storage does not answer");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"status": "unavailable"})),
+            )
+        }
     }
 }
 
 /// Prometheus exposition; the delivery counts are read from storage at each scrape.
-pub async fn metrics(State(state): State<AppState>) -> Response {
+pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(e) = state.admin.check(&headers) {
+        return e.into_response();
+    }
     let Some(render) = &state.metrics else {
         return (StatusCode::NOT_FOUND, "metrics are disabled").into_response();
     };

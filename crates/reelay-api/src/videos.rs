@@ -1,7 +1,8 @@
 //! Finished videos, served with Range support at the `video_url` given to clients.
 //!
-//! No API key is needed: like a CDN link, the URL itself (a random generation id) is the
-//! capability, so it works in a browser's `<video>` tag.
+//! No API key is needed, so a URL works in a browser's `<video>` tag: like a CDN link, the URL
+//! carries a capability ([`reelay_core::capability`]) that the generation id alone does not
+//! give. A wrong capability answers exactly like an unknown video.
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
@@ -24,13 +25,14 @@ fn no_video() -> ApiError {
 
 pub async fn serve(
     State(state): State<AppState>,
-    Path(file): Path<String>,
+    Path((id, file)): Path<(String, String)>,
     request: Request<Body>,
 ) -> Result<Response, ApiError> {
-    let id: GenerationId = file
-        .strip_suffix(".mp4")
-        .and_then(|id| id.parse().ok())
-        .ok_or_else(no_video)?;
+    let id: GenerationId = id.parse().map_err(|_| no_video())?;
+    let capability = file.strip_suffix(".mp4").ok_or_else(no_video)?;
+    if !state.video_key.verify(id, capability) {
+        return Err(no_video());
+    }
     let Some(generation) = state.store.generation(id).await? else {
         return Err(no_video());
     };

@@ -3,15 +3,14 @@
 use std::net::IpAddr;
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::State;
 use reelay_store::OutboxListener;
 use reelay_webhooks::timestamp;
-use serde::Serialize;
-use serde_json::Value;
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::auth::Caller;
+use crate::body::{JsonBody, SMALL_BODY};
 use crate::{ApiError, AppState};
 
 #[derive(Serialize)]
@@ -79,60 +78,56 @@ pub struct RedeliveredView {
     redelivered: u64,
 }
 
+/// The bulk redelivery filter: generations that ended in `[since, until)`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RedeliverFilter {
+    since: Option<String>,
+    until: Option<String>,
+}
+
 /// Starts a new round for every failed delivery whose generation ended in `[since, until)`.
 pub async fn redeliver_failed(
     State(state): State<AppState>,
     Caller(account): Caller,
-    body: Bytes,
+    JsonBody(body): JsonBody<SMALL_BODY>,
 ) -> Result<Json<RedeliveredView>, ApiError> {
-    let json: Value = if body.is_empty() {
-        Value::Object(Default::default())
+    let filter: RedeliverFilter = if body.is_empty() {
+        RedeliverFilter {
+            since: None,
+            until: None,
+        }
     } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::invalid("body", format!("is not valid JSON: {e}")))?
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::invalid(
+                "body",
+                format!("must be a JSON object with since and until: {e}"),
+            )
+        })?
     };
     let now = OffsetDateTime::now_utc();
     let mut errors = Vec::new();
-    let mut when = |field: &str, default: Option<OffsetDateTime>| match json.get(field) {
-        None | Some(Value::Null) => {
-            if default.is_none() {
-                errors.push(field_error(field, "is required"));
-            }
-            default
-        }
-        Some(Value::String(text)) => parse_time(text).or_else(|| {
+    let mut when = |field: &str, value: Option<&str>| match value {
+        None => None,
+        Some(text) => parse_time(text).or_else(|| {
             errors.push(field_error(
                 field,
                 "must be a time like 2025-12-06T21:43:03.374000 (UTC) or RFC 3339",
             ));
             None
         }),
-        Some(_) => {
-            errors.push(field_error(field, "must be a string"));
-            None
-        }
     };
-    let since = when("since", None);
-    let until = when("until", Some(now));
-    if let Some(obj) = json.as_object() {
-        for key in obj
-            .keys()
-            .filter(|k| !["since", "until"].contains(&k.as_str()))
-        {
-            errors.push(field_error(key, "unknown field; send since and until"));
-        }
-    } else {
-        errors.push(field_error("body", "must be a JSON object"));
+    let since = when("since", filter.since.as_deref());
+    let until = when("until", filter.until.as_deref());
+    if filter.since.is_none() {
+        errors.push(field_error("since", "is required"));
     }
-    let (Some(since), Some(until)) = (since, until) else {
+    let (Some(since), true) = (since, errors.is_empty()) else {
         return Err(ApiError::invalid_fields(errors));
     };
-    if !errors.is_empty() {
-        return Err(ApiError::invalid_fields(errors));
-    }
     let redelivered = state
         .store
-        .redeliver_failed(account, since, until, now)
+        .redeliver_failed(account, since, until.unwrap_or(now), now)
         .await?;
     if redelivered > 0 {
         state.dispatcher.look();

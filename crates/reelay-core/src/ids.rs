@@ -13,7 +13,10 @@ macro_rules! uuid_id {
 
         impl $name {
             /// A new id: a UUIDv7, time-ordered (so new rows land at the end of indexes instead
-            /// of on random pages) with 74 random bits (so it cannot be guessed).
+            /// of on random pages). It is unique, not secret: the `uuid` crate fills the bits
+            /// after the millisecond with a counter seeded at random, so ids made in the same
+            /// millisecond differ in far fewer than 74 random bits. Never use one as a
+            /// capability (see [`crate::capability`]).
             pub fn random() -> Self {
                 Self(Uuid::now_v7())
             }
@@ -35,7 +38,7 @@ macro_rules! uuid_id {
 }
 
 uuid_id!(
-    /// A generation (a task). Its random bits make it work as an unguessable video URL.
+    /// A generation (a task).
     GenerationId
 );
 uuid_id!(

@@ -2,6 +2,7 @@
 //! requests are valid. Every other crate speaks these types.
 
 pub mod apikey;
+pub mod capability;
 pub mod destination;
 pub mod failure;
 pub mod generation;

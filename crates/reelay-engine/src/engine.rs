@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use reelay_core::capability::VideoKey;
 use reelay_core::moderation::Moderator;
 use reelay_core::pricing::Prices;
 use reelay_core::request::GenerateRequest;
@@ -34,6 +35,8 @@ pub struct EngineConfig {
     pub poll_interval: Duration,
     /// Base of `video_url`, like `https://reelay.example.com`.
     pub public_url: String,
+    /// Makes the unguessable part of each `video_url`.
+    pub video_key: VideoKey,
     pub moderator: Moderator,
     pub prices: Prices,
     /// A generation not finished this long after its creation fails with TIMEOUT.
@@ -123,8 +126,9 @@ impl Engine {
     /// The absolute URL a finished generation's video is served at.
     pub fn video_url(&self, id: GenerationId) -> String {
         format!(
-            "{}/videos/{id}.mp4",
-            self.inner.config.public_url.trim_end_matches('/')
+            "{}{}",
+            self.inner.config.public_url.trim_end_matches('/'),
+            self.inner.config.video_key.path(id)
         )
     }
 

@@ -82,6 +82,23 @@ pub struct Config {
     pub master_key: Option<String>,
     /// Price per model, like `{"veo-3-fast" = "0.25"}`; unlisted models keep the default.
     pub prices: BTreeMap<String, String>,
+    /// Guards `/metrics`: `Authorization: Bearer <token>`. Unset, `/metrics` is refused
+    /// (in `dev` it is open on loopback).
+    pub admin_token: Option<String>,
+    /// Creates per second allowed to one API key; 0 turns the limit off.
+    pub create_rate_limit: u32,
+    /// Creates one API key may make in a burst above the rate; 0 means twice the rate.
+    pub create_rate_burst: u32,
+    #[serde(with = "humantime_serde")]
+    pub http_header_read_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub http_idle_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub http_body_read_timeout: Duration,
+    pub http_max_connections: usize,
+    pub http_max_requests_in_flight: usize,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for Config {
@@ -107,6 +124,15 @@ impl Default for Config {
             webhook_per_destination: 64,
             master_key: None,
             prices: BTreeMap::new(),
+            admin_token: None,
+            create_rate_limit: 0,
+            create_rate_burst: 0,
+            http_header_read_timeout: Duration::from_secs(10),
+            http_idle_timeout: Duration::from_secs(60),
+            http_body_read_timeout: Duration::from_secs(30),
+            http_max_connections: 4096,
+            http_max_requests_in_flight: 1024,
+            shutdown_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -148,6 +174,12 @@ impl Config {
             .context("reading the configuration (reelay.toml, REELAY_* variables, flags)")?;
         config.prices()?;
         config.retry_policy()?;
+        if config.admin_token.as_ref().is_some_and(|t| t.len() < 16) {
+            bail!("admin_token must be at least 16 characters long (try `openssl rand -hex 32`)");
+        }
+        if config.http_max_connections == 0 || config.http_max_requests_in_flight == 0 {
+            bail!("http_max_connections and http_max_requests_in_flight must be at least 1");
+        }
         Ok(config)
     }
 
@@ -204,8 +236,10 @@ impl Config {
             .iter()
             .map(|(model, price)| (model.to_string(), price.to_string()))
             .collect();
-        if effective.master_key.is_some() {
-            effective.master_key = Some("(set, masked)".into());
+        for secret in [&mut effective.master_key, &mut effective.admin_token] {
+            if secret.is_some() {
+                *secret = Some("(set, masked)".into());
+            }
         }
         let value = serde_json::to_value(effective)?;
         if let serde_json::Value::Object(fields) = value {

@@ -4,6 +4,7 @@
 mod admin;
 mod client;
 mod config;
+mod front_door;
 mod listen;
 mod server;
 
@@ -141,7 +142,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 print!("{}", config.to_toml()?);
                 return Ok(());
             }
-            server::serve(config, async |_, _, _| Ok(())).await
+            server::serve(config, server::Mode::Production, async |_, _, _| Ok(())).await
         }
         Command::Dev(args) => {
             let mut overrides = serde_json::to_value(&args)?;
@@ -156,11 +157,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let credits = account.is_none().then_some(DEV_CREDITS);
             let key = admin::create_key(&store, account, DEV_ACCOUNT, credits).await?;
             drop(store);
-            server::serve(config, async move |config, url, keyring| {
-                let secrets = keyring.show(key.account.id).await?;
-                print_dev_greeting(config, url, &key, &secrets.current.to_string());
-                Ok(())
-            })
+            server::serve(
+                config,
+                server::Mode::Dev,
+                async move |config, url, keyring| {
+                    let secrets = keyring.show(key.account.id).await?;
+                    print_dev_greeting(config, url, &key, &secrets.current.to_string());
+                    Ok(())
+                },
+            )
             .await
         }
         Command::Keys(command) => keys(&cli.config, command).await,

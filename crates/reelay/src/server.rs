@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use reelay_api::AppState;
+use reelay_api::{AdminAccess, AppState, CreateLimiter};
+use reelay_core::capability::VideoKey;
 use reelay_core::destination::DestinationPolicy;
 use reelay_core::moderation::Moderator;
 use reelay_delivery::{Dispatcher, DispatcherConfig, Keyring, MasterKey, Sender, SenderConfig};
@@ -18,6 +19,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, GeneratorKind};
+use crate::front_door;
 
 /// How long a claim on a generation holds without a heartbeat.
 const LEASE: Duration = Duration::from_secs(30);
@@ -120,15 +122,46 @@ fn metrics_renderer() -> anyhow::Result<Arc<dyn Fn() -> String + Send + Sync>> {
     Ok(Arc::new(move || handle.render()))
 }
 
+/// Which command runs the server: `dev` relaxes what only a developer's own machine may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Production,
+    Dev,
+}
+
+/// Who may read `/metrics`: the admin token's holders; in `dev` on loopback without a token,
+/// anyone local.
+fn admin_access(config: &Config, mode: Mode) -> AdminAccess {
+    match &config.admin_token {
+        Some(token) => AdminAccess::token(token),
+        None if mode == Mode::Dev && config.listen.ip().is_loopback() => AdminAccess::Open,
+        None => AdminAccess::Closed,
+    }
+}
+
+fn front_door_limits(config: &Config) -> front_door::Limits {
+    let mut limits = front_door::Limits {
+        header_read_timeout: config.http_header_read_timeout,
+        idle_timeout: config.http_idle_timeout,
+        max_connections: config.http_max_connections,
+        max_requests_in_flight: config.http_max_requests_in_flight,
+        shutdown_timeout: config.shutdown_timeout,
+    };
+    front_door::fit_to_fd_limit(&mut limits, config.webhook_max_in_flight);
+    limits
+}
+
 /// A bound server, ready to run. `greet` lets `dev` print its greeting once the address is
 /// known.
 pub async fn serve(
     config: Config,
+    mode: Mode,
     greet: impl AsyncFnOnce(&Config, &str, &Keyring) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let store = open_store(&config)?;
     let _lock = lock_data_dir(&config)?;
     let master = master_key(&config)?;
+    let video_key = VideoKey::new(master.derive("video-url"));
     let released = store.release_all_leases().await?;
     if released > 0 {
         tracing::info!(
@@ -200,6 +233,7 @@ pub async fn serve(
             lease: LEASE,
             poll_interval: POLL_INTERVAL,
             public_url: public_url.clone(),
+            video_key: video_key.clone(),
             moderator: moderator(&config)?,
             prices: config.prices()?,
             generation_timeout: config.generation_timeout,
@@ -214,7 +248,13 @@ pub async fn serve(
         dispatcher: dispatcher.clone(),
         egress_ips: config.webhook_source_ips.clone(),
         metrics: Some(metrics_renderer()?),
+        admin: admin_access(&config, mode),
+        create_limiter: CreateLimiter::new(config.create_rate_limit, config.create_rate_burst)
+            .map(Arc::new),
+        body_read_timeout: config.http_body_read_timeout,
+        video_key,
     });
+    let limits = front_door_limits(&config);
 
     let shutdown = CancellationToken::new();
     let engine_task = tokio::spawn(engine.run(shutdown.clone()));
@@ -229,8 +269,7 @@ pub async fn serve(
         tracing::info!("shutting down");
         stop.cancel();
     });
-    let server =
-        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let server = front_door::serve(listener, app, limits, shutdown.clone());
     let (mut engine_task, mut dispatcher_task) = (engine_task, dispatcher_task);
     // A background loop that ends while no shutdown was asked for has failed: stop the whole
     // process rather than keep answering requests that nothing will process, so a supervisor
