@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+/// The admin token the bench's server is started with, to read its `/metrics`.
+const BENCH_ADMIN_TOKEN: &str = "reelay-bench-admin-token";
+
 /// Where the data lives: SQLite in the scenario's temporary directory, or `--database-url`.
 #[derive(Debug, Clone)]
 pub enum Backend {
@@ -115,6 +118,7 @@ impl Setup {
             ("REELAY_GENERATOR".into(), "instant".into()),
             ("REELAY_ALLOW_INSECURE_CALLBACKS".into(), "true".into()),
             ("REELAY_RENDER_CONCURRENCY".into(), "256".into()),
+            ("REELAY_ADMIN_TOKEN".into(), BENCH_ADMIN_TOKEN.into()),
             ("RUST_LOG".into(), "warn".into()),
         ];
         if let Some(url) = backend.url() {
@@ -286,6 +290,7 @@ impl Reelay {
         let text = self
             .client
             .get(format!("{}/metrics", self.url))
+            .bearer_auth(BENCH_ADMIN_TOKEN)
             .send()
             .await?
             .error_for_status()?

@@ -75,11 +75,25 @@ async fn completed_generation_serves_a_valid_mp4_with_ranges() {
         "no queue position once done: {g}"
     );
     let video_url = g["video_url"].as_str().expect("video_url").to_string();
-    assert_eq!(
-        video_url,
-        format!("{}/videos/{id}.mp4", s.url),
-        "video_url is absolute, on the public URL derived from the listen address"
+    let capability = video_url
+        .strip_prefix(&format!("{}/videos/{id}/", s.url))
+        .and_then(|rest| rest.strip_suffix(".mp4"))
+        .unwrap_or_else(|| {
+            panic!("video_url is absolute, on the public URL, with a capability: {video_url}")
+        });
+    assert!(
+        capability.len() >= 22,
+        "the capability carries at least 128 bits: {video_url}"
     );
+    // The generation id alone, or with another capability, opens nothing.
+    for guess in [
+        format!("/videos/{id}.mp4"),
+        format!("/videos/{id}/AAAAAAAAAAAAAAAAAAAAAA.mp4"),
+        format!("/videos/{id}/{}.mp4", &capability[..21]),
+    ] {
+        let r = s.get_noauth(&guess).await;
+        assert_eq!(r.status, 404, "{guess} must not serve the video: {r}");
+    }
     assert!(
         g["completed_at"].as_str().unwrap() >= g["created_at"].as_str().unwrap(),
         "completed_at >= created_at: {g}"

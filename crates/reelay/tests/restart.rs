@@ -64,7 +64,7 @@ async fn kill9_while_processing_then_restart_completes_everything() {
             .wait_for_status(&a.api_key, id, "completed", deadline)
             .await;
         assert_generation_shape(&g, "after restart");
-        let r = send(s.http.get(format!("{}/videos/{id}.mp4", s.url))).await;
+        let r = send(s.http.get(g["video_url"].as_str().expect("video_url"))).await;
         assert_eq!(r.status, 200, "video of {id} after restart");
         assert_eq!(&r.bytes[4..8], b"ftyp", "video of {id} is an MP4");
     }

@@ -1240,7 +1240,12 @@ async fn two_hundred_dead_endpoints_do_not_delay_a_healthy_one() {
 async fn metrics_and_ip_ranges_after_deliveries() {
     let rx = Receiver::start().await;
     let gone = Receiver::with_plan(Plan::always(Reply::status(410))).await;
-    let s = TestServer::start(&env(&[("REELAY_WEBHOOK_SOURCE_IPS", "127.0.0.1")])).await;
+    let admin = "metrics-admin-token-0123456789";
+    let s = TestServer::start(&env(&[
+        ("REELAY_WEBHOOK_SOURCE_IPS", "127.0.0.1"),
+        ("REELAY_ADMIN_TOKEN", admin),
+    ]))
+    .await;
     let a = s.create_account("metrics", "10").await;
 
     let r = s.get(&a.api_key, "/v1/webhooks/ip-ranges").await;
@@ -1266,7 +1271,7 @@ async fn metrics_and_ip_ranges_after_deliveries() {
     );
     wait_webhook_state(&s, &a.api_key, &bad, "failed", ARRIVAL).await;
 
-    let m = s.get_noauth("/metrics").await;
+    let m = s.get(admin, "/metrics").await;
     assert_eq!(m.status, 200, "GET /metrics -> {}", m.status);
     let text = m.text();
     let show = || {

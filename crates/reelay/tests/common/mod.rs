@@ -39,6 +39,8 @@ pub struct TestServer {
     log_dir: TempDir,
     env: Vec<(String, String)>,
     starts: usize,
+    /// The open-file limit (soft and hard) the server runs under; the inherited one when None.
+    open_file_limit: Option<u64>,
     pub http: reqwest::Client,
 }
 
@@ -86,6 +88,16 @@ impl TestServer {
     /// Starts `reelay serve` with `REELAY_DATA_DIR=<tempdir>`, `REELAY_LISTEN=127.0.0.1:0` and
     /// the given extra environment, and waits until `/healthz` answers 200.
     pub async fn start(extra_env: &[(&str, &str)]) -> TestServer {
+        Self::start_with(extra_env, None).await
+    }
+
+    /// Like [`TestServer::start`], with the server's open-file limit (soft and hard) set to
+    /// `limit`, as on a host with the common default of 1024.
+    pub async fn start_with_open_file_limit(extra_env: &[(&str, &str)], limit: u64) -> TestServer {
+        Self::start_with(extra_env, Some(limit)).await
+    }
+
+    async fn start_with(extra_env: &[(&str, &str)], open_file_limit: Option<u64>) -> TestServer {
         let data_dir = tempfile::Builder::new()
             .prefix("reelay-test-data")
             .tempdir()
@@ -110,6 +122,7 @@ impl TestServer {
             log_dir,
             env,
             starts: 0,
+            open_file_limit,
             http,
         };
         server.spawn().await;
@@ -154,6 +167,13 @@ impl TestServer {
         let stderr = File::create(self.stderr_path(n)).expect("create stderr log");
         let mut cmd = self.command();
         cmd.arg("serve").stdout(stdout).stderr(stderr);
+        if let Some(limit) = self.open_file_limit {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || rlimit::setrlimit(rlimit::Resource::NOFILE, limit, limit));
+            }
+        }
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {} serve: {e}", bin()));
@@ -225,6 +245,37 @@ impl TestServer {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// The server process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("server running").id()
+    }
+
+    /// Everything the server has written to stderr (its log) since its last start.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.stderr_path(self.starts)).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits up to `deadline` for the process to exit; its status, or None
+    /// if it was still running at the deadline (it is then killed).
+    pub async fn terminate(&mut self, deadline: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+        let until = Instant::now() + deadline;
+        while Instant::now() < until {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
     }
 
     /// Kills the server with SIGKILL and starts it again on the same data directory and
