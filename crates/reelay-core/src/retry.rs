@@ -90,8 +90,8 @@ impl RetryPolicy {
         // (after the customer fixed DNS or the URL, or the operator the policy).
         if outcome == AttemptOutcome::BlockedDestination {
             return Next::GiveUp(
-                "blocked_destination: the callback URL is not a public address reelay may \
-                 call; not retried"
+                "blocked_destination: the SSRF guard refused the callback URL (the attempt's \
+                 error says why); not retried, a redelivery starts a new round"
                     .into(),
             );
         }
