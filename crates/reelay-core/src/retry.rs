@@ -85,6 +85,16 @@ impl RetryPolicy {
         if outcome == AttemptOutcome::Delivered {
             return Next::Delivered;
         }
+        // The guard refused the destination: the same URL would be refused again on every
+        // retry, so waiting only delays the customer's news. A redelivery starts a new round
+        // (after the customer fixed DNS or the URL, or the operator the policy).
+        if outcome == AttemptOutcome::BlockedDestination {
+            return Next::GiveUp(
+                "blocked_destination: the SSRF guard refused the callback URL (the attempt's \
+                 error says why); not retried, a redelivery starts a new round"
+                    .into(),
+            );
+        }
         if status == Some(410) {
             return Next::GiveUp(
                 "the endpoint answered 410 Gone: it asked for no more attempts".into(),
@@ -149,6 +159,22 @@ mod tests {
         assert_eq!(next(503, Some(S(5))), Next::RetryAfter(S(30)));
         assert_eq!(next(429, Some(S(86_400))), Next::RetryAfter(S(900)));
         assert_eq!(next(500, Some(S(120))), Next::RetryAfter(S(30)));
+    }
+
+    #[test]
+    fn a_blocked_destination_gives_up_at_once() {
+        let p = RetryPolicy::default();
+        for attempt in [1, 2, 5] {
+            assert!(matches!(
+                p.next(attempt, AttemptOutcome::BlockedDestination, None, None),
+                Next::GiveUp(r) if r.contains("blocked_destination")
+            ));
+        }
+        // Other failures without a status still retry.
+        assert!(matches!(
+            p.next(1, AttemptOutcome::ConnectError, None, None),
+            Next::RetryAfter(_)
+        ));
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use reelay_core::destination::redact;
 use reelay_core::retry::{AttemptOutcome, Next, RetryPolicy};
 use reelay_store::{
     AfterAttempt, AttemptRecord, DueDelivery, DueRef, OutboxListener, Store, StoreResult,
@@ -292,12 +293,14 @@ impl Dispatcher {
             AfterAttempt::RetryAt(_) => {}
         }
         let duration_ms = result.duration.as_millis() as u64;
+        // Never the URL as stored: its query string and user info may hold secrets.
+        let callback = redact(&d.url);
         if result.outcome == AttemptOutcome::Delivered {
-            tracing::info!(webhook_id = %d.event_id, generation = %d.generation_id,
+            tracing::info!(webhook_id = %d.event_id, generation = %d.generation_id, %callback,
                 attempt = number, outcome = result.outcome.as_str(), status = result.status,
                 duration_ms, "webhook delivered");
         } else {
-            tracing::warn!(webhook_id = %d.event_id, generation = %d.generation_id,
+            tracing::warn!(webhook_id = %d.event_id, generation = %d.generation_id, %callback,
                 attempt = number, outcome = result.outcome.as_str(), status = result.status,
                 duration_ms, error = result.error.as_deref().unwrap_or(""), next = ?next,
                 "webhook attempt failed");

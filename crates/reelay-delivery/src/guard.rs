@@ -8,9 +8,17 @@ use reelay_core::destination::DestinationPolicy;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
 /// The callback's host resolved only to addresses reelay refuses to call.
+///
+/// Its message, which the customer sees, names only the host: the addresses a name resolves
+/// to inside reelay's network, and which of them were refused, are the operator's to know
+/// (they map the network for whoever controls the name). Those are in `refused`, for the log.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Blocked(pub String);
+#[error("{host} resolves only to non-public addresses; reelay only calls public addresses")]
+pub struct Blocked {
+    pub host: String,
+    /// Each refused address with the policy's reason, for the operator log only.
+    pub refused: Vec<String>,
+}
 
 /// The callback's host could not be resolved.
 #[derive(Debug, thiserror::Error)]
@@ -37,20 +45,22 @@ impl Resolve for GuardedResolver {
                     cause: e.to_string(),
                 })?
                 .collect();
-            let mut refused = None;
+            let mut refused = Vec::new();
             let admitted: Vec<SocketAddr> = found
                 .into_iter()
                 .filter(|addr| match policy.admits(addr.ip()) {
                     Ok(()) => true,
                     Err(why) => {
-                        refused.get_or_insert(why);
+                        refused.push(why);
                         false
                     }
                 })
                 .collect();
             if admitted.is_empty() {
-                let why = refused.unwrap_or_else(|| "no addresses".into());
-                return Err(Box::new(Blocked(format!("{host} resolves to {why}"))) as _);
+                if refused.is_empty() {
+                    refused.push("the name has no addresses".into());
+                }
+                return Err(Box::new(Blocked { host, refused }) as _);
             }
             Ok(Box::new(admitted.into_iter()) as Addrs)
         })
@@ -74,12 +84,40 @@ mod tests {
     async fn names_resolving_to_loopback_are_refused_unless_insecure() {
         let strict = DestinationPolicy::default();
         let err = resolve(strict, "localhost").await.unwrap_err();
-        assert!(err.contains("loopback"), "{err}");
+        assert!(
+            err.contains("localhost resolves only to non-public"),
+            "{err}"
+        );
         let dev = DestinationPolicy {
             allow_insecure: true,
         };
         let addrs = resolve(dev, "localhost").await.unwrap();
         assert!(!addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback()));
+    }
+
+    #[tokio::test]
+    async fn the_customer_message_names_no_address_and_the_detail_names_each() {
+        let err = GuardedResolver {
+            policy: DestinationPolicy::default(),
+        }
+        .resolve(Name::from_str("localhost").unwrap())
+        .await
+        .err()
+        .expect("localhost is refused in strict mode");
+        let blocked = err.downcast_ref::<Blocked>().expect("a Blocked error");
+        let message = blocked.to_string();
+        assert!(
+            !message.contains("127.0.0.1")
+                && !message.contains("::1")
+                && !message.contains("loopback"),
+            "{message}"
+        );
+        assert!(!blocked.refused.is_empty());
+        assert!(
+            blocked.refused.iter().all(|why| why.contains("loopback")),
+            "{:?}",
+            blocked.refused
+        );
     }
 
     #[tokio::test]

@@ -2,8 +2,12 @@
 //!
 //! The client never follows redirects, never uses a proxy from the environment, resolves names
 //! through the guard, and reads at most [`READ_CAP`] of a response.
+//!
+//! Error texts never carry the callback URL (reqwest puts it in its errors; its query string
+//! often holds a token) nor an address a name resolved to: they are shown to the customer and
+//! logged as they are.
 
-use std::error::Error as _;
+use std::error::Error;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -100,7 +104,8 @@ impl Sender {
             duration: started.elapsed(),
         };
         // The URL was judged at creation; judge it again now (policies and literal addresses
-        // skip the resolver, so they are checked here).
+        // skip the resolver, so they are checked here). The message may name a literal
+        // address: the customer wrote it in the URL themselves.
         if let Err(why) = self.policy.check_url(d.url) {
             return done(
                 AttemptOutcome::BlockedDestination,
@@ -125,7 +130,7 @@ impl Sender {
         let mut response = match request.send().await {
             Ok(response) => response,
             Err(e) => {
-                let (outcome, message) = classify(&e);
+                let (outcome, message) = classify(e.without_url(), d.webhook_id);
                 return done(outcome, None, None, None, Some(message));
             }
         };
@@ -161,7 +166,7 @@ impl Sender {
                 code,
                 None,
                 body,
-                Some(e.to_string()),
+                Some(error_chain(&e.without_url())),
             );
         }
         let outcome = if status.is_success() {
@@ -182,22 +187,25 @@ impl Sender {
     }
 }
 
-/// Sorts a failed request into the outcome classes of the deliveries API.
-fn classify(e: &reqwest::Error) -> (AttemptOutcome, String) {
-    let mut source = e.source();
-    while let Some(cause) = source {
+/// Sorts a failed request into the outcome classes of the deliveries API. `e` must have had
+/// its URL removed ([`reqwest::Error::without_url`]): the text returned is customer-visible.
+fn classify(e: reqwest::Error, webhook_id: &str) -> (AttemptOutcome, String) {
+    for cause in causes(&e) {
         if let Some(blocked) = cause.downcast_ref::<Blocked>() {
+            // The operator learns which addresses were refused and why; the customer only
+            // that the name is not public.
+            tracing::warn!(webhook_id, host = %blocked.host, refused = ?blocked.refused,
+                "callback host resolves only to refused addresses");
             return (AttemptOutcome::BlockedDestination, blocked.to_string());
         }
         if let Some(dns) = cause.downcast_ref::<Unresolvable>() {
             return (AttemptOutcome::DnsError, dns.to_string());
         }
-        if cause.downcast_ref::<rustls::Error>().is_some() {
-            return (AttemptOutcome::TlsError, format!("TLS: {cause}"));
+        if let Some(tls) = cause.downcast_ref::<rustls::Error>() {
+            return (AttemptOutcome::TlsError, format!("TLS: {tls}"));
         }
-        source = cause.source();
     }
-    let chain = error_chain(e);
+    let chain = error_chain(&e);
     if e.is_timeout() {
         (AttemptOutcome::Timeout, chain)
     } else {
@@ -205,15 +213,39 @@ fn classify(e: &reqwest::Error) -> (AttemptOutcome, String) {
     }
 }
 
-fn error_chain(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
+/// The longest error chain followed; a guard against a cycle in a hand-written `source()`.
+const MAX_CHAIN: usize = 32;
+
+/// `e` and every error beneath it. An [`std::io::Error`] wrapping another error (as
+/// tokio-rustls wraps a [`rustls::Error`]) answers `source()` with the wrapped error's
+/// source, skipping the wrapped error itself, so the walk steps into it with `get_ref()`.
+fn causes<'a>(e: &'a (dyn Error + 'static)) -> Vec<&'a (dyn Error + 'static)> {
+    let mut found = Vec::new();
+    let mut next = Some(e);
+    while let Some(cause) = next.filter(|_| found.len() < MAX_CHAIN) {
+        found.push(cause);
+        next = match cause
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn Error + 'static)),
+            None => cause.source(),
+        };
     }
-    text
+    found
+}
+
+/// The error's messages joined with `: `, outermost first (each once).
+fn error_chain(e: &(dyn Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in causes(e) {
+        let text = cause.to_string();
+        // An io::Error wrapping an error prints that error's message too.
+        if parts.last() != Some(&text) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ")
 }
 
 /// `Retry-After` as seconds or an HTTP date.
@@ -234,6 +266,79 @@ fn parse_retry_after(value: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An error that wraps another as its source, as hyper-util's connect errors do.
+    #[derive(Debug)]
+    struct Outer(Box<dyn Error + Send + Sync>);
+
+    impl std::fmt::Display for Outer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("client error (Connect)")
+        }
+    }
+
+    impl Error for Outer {
+        fn source(&self) -> Option<&(dyn Error + 'static)> {
+            Some(&*self.0)
+        }
+    }
+
+    #[test]
+    fn the_walk_finds_a_rustls_error_inside_an_io_error() {
+        let tls = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, tls);
+        // What source() alone sees: the io::Error, then nothing (it skips what it wraps).
+        assert!(io.source().is_none());
+        let outer = Outer(Box::new(io));
+        let found = causes(&outer);
+        assert!(
+            found.iter().any(|c| matches!(
+                c.downcast_ref::<rustls::Error>(),
+                Some(rustls::Error::InvalidCertificate(_))
+            )),
+            "{found:?}"
+        );
+        let text = error_chain(&outer);
+        assert_eq!(
+            text.matches("invalid peer certificate").count(),
+            1,
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn errors_do_not_carry_the_url() {
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        }; // closed: connections are refused
+        let sender = Sender::new(&SenderConfig {
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+            policy: DestinationPolicy {
+                allow_insecure: true,
+            },
+            source_ips: Vec::new(),
+        })
+        .unwrap();
+        let url = format!("http://127.0.0.1:{port}/hook?token=SECRET123");
+        let result = sender
+            .send(Delivery {
+                url: &url,
+                webhook_id: "msg_1",
+                timestamp: 0,
+                signature: "v1,x",
+                body: "{}",
+            })
+            .await;
+        assert_eq!(result.outcome, AttemptOutcome::ConnectError, "{result:?}");
+        let error = result.error.unwrap_or_default();
+        assert!(!error.is_empty());
+        assert!(
+            !error.contains("SECRET123") && !error.contains("/hook"),
+            "{error}"
+        );
+    }
 
     #[test]
     fn retry_after_reads_seconds_and_dates() {

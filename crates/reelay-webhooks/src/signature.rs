@@ -149,10 +149,12 @@ impl Verifier {
         let signatures =
             header("webhook-signature").ok_or(VerifyError::MissingHeader("webhook-signature"))?;
         let ts: i64 = ts.trim().parse().map_err(|_| VerifyError::BadTimestamp)?;
-        if ts < now - self.tolerance_secs {
+        // Saturating: a clock or tolerance near the ends of i64 must not overflow (a panic in
+        // debug builds, a wrapped window that accepts anything in release builds).
+        if ts < now.saturating_sub(self.tolerance_secs) {
             return Err(VerifyError::TimestampTooOld);
         }
-        if ts > now + self.tolerance_secs {
+        if ts > now.saturating_add(self.tolerance_secs) {
             return Err(VerifyError::TimestampInFuture);
         }
         let candidates: Vec<Vec<u8>> = signatures
@@ -267,6 +269,127 @@ mod tests {
         for secret in [old, new] {
             let oracle = standardwebhooks::Webhook::new(&secret.to_string()).unwrap();
             assert!(oracle.verify(body, &map).is_ok());
+        }
+    }
+
+    #[test]
+    fn extreme_clocks_and_tolerances_do_not_overflow() {
+        let secret = Secret::from_bytes(vec![7; 32]);
+        let sig = secret.sign("msg_1", 0, b"{}");
+        let v = Verifier::new(secret.clone()).with_tolerance_secs(i64::MAX);
+        assert_eq!(v.verify(headers("msg_1", "0", &sig), b"{}", 1), Ok(()));
+        let v = Verifier::new(secret);
+        assert_eq!(
+            v.verify(headers("msg_1", "0", &sig), b"{}", i64::MIN),
+            Err(VerifyError::TimestampInFuture)
+        );
+        assert_eq!(
+            v.verify(headers("msg_1", "0", &sig), b"{}", i64::MAX),
+            Err(VerifyError::TimestampTooOld)
+        );
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Header values as a receiver might get them: anything, or close to well-formed.
+        fn signature_header() -> impl Strategy<Value = String> {
+            prop_oneof![
+                ".{0,120}",
+                "(v1,[A-Za-z0-9+/=]{0,60} ?){0,4}",
+                "(v[0-9],|,|v1)[ -~]{0,50}",
+            ]
+        }
+
+        fn timestamp_header() -> impl Strategy<Value = String> {
+            prop_oneof![
+                ".{0,24}",
+                any::<i64>().prop_map(|n| n.to_string()),
+                "[ +-]?[0-9]{0,21} ?",
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+            #[test]
+            fn arbitrary_headers_never_panic_and_never_verify(
+                id in ".{0,40}",
+                ts in timestamp_header(),
+                sig in signature_header(),
+                body in proptest::collection::vec(any::<u8>(), 0..64),
+                now in any::<i64>(),
+                tolerance in any::<i64>(),
+                secret in proptest::collection::vec(any::<u8>(), 1..40),
+            ) {
+                let v = Verifier::new(Secret::from_bytes(secret)).with_tolerance_secs(tolerance);
+                // Random bytes are not a signature of this secret (a 2^-256 chance aside).
+                prop_assert_ne!(v.verify(headers(&id, &ts, &sig), &body, now), Ok(()));
+                let _ = v.verify(|_| None, &body, now);
+                let _ = v.verify_event(headers(&id, &ts, &sig), &body, now);
+                let _ = Secret::parse(&sig);
+            }
+
+            #[test]
+            fn only_the_right_signature_verifies(
+                id in "msg_[a-zA-Z0-9]{1,24}",
+                ts in 0i64..4_000_000_000,
+                body in proptest::collection::vec(any::<u8>(), 0..128),
+                other_body in proptest::collection::vec(any::<u8>(), 0..128),
+                secret in proptest::collection::vec(any::<u8>(), 1..40),
+                other_secret in proptest::collection::vec(any::<u8>(), 1..40),
+                flip in any::<(usize, u8)>(),
+            ) {
+                let secret = Secret::from_bytes(secret);
+                let v = Verifier::new(secret.clone());
+                let stamp = ts.to_string();
+                let right = secret.sign(&id, ts, &body);
+                prop_assert_eq!(v.verify(headers(&id, &stamp, &right), &body, ts), Ok(()));
+
+                // Another body, id, timestamp or secret: the signature no longer fits.
+                if other_body != body {
+                    prop_assert_eq!(
+                        v.verify(headers(&id, &stamp, &right), &other_body, ts),
+                        Err(VerifyError::NoMatchingSignature)
+                    );
+                }
+                let other_id = format!("{id}x");
+                prop_assert_eq!(
+                    v.verify(headers(&other_id, &stamp, &right), &body, ts),
+                    Err(VerifyError::NoMatchingSignature)
+                );
+                let later = (ts + 1).to_string();
+                prop_assert_eq!(
+                    v.verify(headers(&id, &later, &right), &body, ts),
+                    Err(VerifyError::NoMatchingSignature)
+                );
+                let other_secret = Secret::from_bytes(other_secret);
+                if other_secret != secret {
+                    let wrong = other_secret.sign(&id, ts, &body);
+                    prop_assert_eq!(
+                        v.verify(headers(&id, &stamp, &wrong), &body, ts),
+                        Err(VerifyError::NoMatchingSignature)
+                    );
+                }
+
+                // One flipped bit anywhere in the tag.
+                let mut tag = STANDARD.decode(&right[3..]).unwrap();
+                let (at, bits) = flip;
+                let at = at % tag.len();
+                tag[at] ^= bits.max(1);
+                let tampered = format!("v1,{}", STANDARD.encode(&tag));
+                prop_assert_eq!(
+                    v.verify(headers(&id, &stamp, &tampered), &body, ts),
+                    Err(VerifyError::NoMatchingSignature)
+                );
+                // The right tag under another version label is not a v1 signature.
+                let relabelled = format!("v2,{}", &right[3..]);
+                prop_assert_eq!(
+                    v.verify(headers(&id, &stamp, &relabelled), &body, ts),
+                    Err(VerifyError::NoMatchingSignature)
+                );
+            }
         }
     }
 

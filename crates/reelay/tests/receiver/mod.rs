@@ -392,3 +392,70 @@ impl BlackholeListener {
         format!("http://{}{}", self.addr, path)
     }
 }
+
+/// An HTTPS receiver on 127.0.0.1 whose certificate is self-signed (made by rcgen for
+/// `localhost`), so no client that verifies certificates gets past the handshake. Counts the
+/// requests that do arrive (there should be none).
+pub struct SelfSignedTlsReceiver {
+    pub addr: SocketAddr,
+    requests: Arc<AtomicUsize>,
+    handle: axum_server::Handle<SocketAddr>,
+    task: JoinHandle<()>,
+}
+
+impl SelfSignedTlsReceiver {
+    pub async fn start() -> SelfSignedTlsReceiver {
+        // rustls needs a process-wide crypto provider; aws-lc-rs is the one reqwest already
+        // brings. Another test may have installed it first, which is fine.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
+            .expect("make a self-signed certificate");
+        let config = axum_server::tls_rustls::RustlsConfig::from_pem(
+            made.cert.pem().into_bytes(),
+            made.signing_key.serialize_pem().into_bytes(),
+        )
+        .await
+        .expect("TLS config from the self-signed certificate");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the TLS receiver");
+        listener
+            .set_nonblocking(true)
+            .expect("non-blocking listener");
+        let addr = listener.local_addr().expect("TLS receiver address");
+        let requests = Arc::new(AtomicUsize::new(0));
+        let count = requests.clone();
+        let app = Router::new().fallback(move || {
+            count.fetch_add(1, Ordering::SeqCst);
+            async { "ok" }
+        });
+        let handle = axum_server::Handle::new();
+        let server = axum_server::from_tcp_rustls(listener, config)
+            .expect("TLS server on the listener")
+            .handle(handle.clone());
+        let task = tokio::spawn(async move {
+            let _ = server.serve(app.into_make_service()).await;
+        });
+        SelfSignedTlsReceiver {
+            addr,
+            requests,
+            handle,
+            task,
+        }
+    }
+
+    /// `https://127.0.0.1:PORT{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("https://{}{}", self.addr, path)
+    }
+
+    /// Requests that got through the handshake.
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for SelfSignedTlsReceiver {
+    fn drop(&mut self) {
+        self.handle.shutdown();
+        self.task.abort();
+    }
+}
