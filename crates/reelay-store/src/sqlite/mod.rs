@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use reelay_core::apikey::KeyHash;
+use reelay_core::money::BalanceError;
 use reelay_core::{AccountId, Credits, GenerationId, GenerationStatus, KeyId};
 use rusqlite::{Connection, TransactionBehavior};
 use time::OffsetDateTime;
@@ -24,7 +25,10 @@ use readers::Readers;
 use writer::Writer;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/sqlite/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/sqlite/0001_init.sql"),
+    include_str!("../../migrations/sqlite/0002_signing_secrets_by_account.sql"),
+];
 
 pub(crate) fn backend(e: rusqlite::Error) -> StoreError {
     StoreError::Backend(e.to_string())
@@ -49,6 +53,7 @@ impl SqliteStore {
     /// Opens (creating if needed) the database file and brings its schema up to date.
     pub fn open(path: impl AsRef<Path>) -> StoreResult<Self> {
         let path = path.as_ref();
+        make_private(path)?;
         let mut conn = Connection::open(path).map_err(backend)?;
         conn.busy_timeout(Duration::from_secs(10))
             .map_err(backend)?;
@@ -71,6 +76,50 @@ impl SqliteStore {
             _alive: alive,
         })
     }
+}
+
+/// Creates the database file readable by its owner only (0600) before SQLite writes a byte of
+/// it, and tightens an existing one and any `-wal`/`-shm` beside it: they hold API-key hashes,
+/// sealed signing secrets, every prompt and callback URL. SQLite creates `-wal` and `-shm` with
+/// the database file's own mode, so they are private from their first byte too.
+#[cfg(unix)]
+fn make_private(path: &Path) -> StoreResult<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let failed = |what: &Path, e: std::io::Error| {
+        StoreError::Backend(format!("making {} private (0600): {e}", what.display()))
+    };
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| failed(path, e))?;
+    for file in [
+        path.to_owned(),
+        sibling(path, "-wal"),
+        sibling(path, "-shm"),
+    ] {
+        match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(failed(&file, e)),
+        }
+    }
+    Ok(())
+}
+
+/// `path` with `suffix` appended to its file name, as SQLite names its `-wal` and `-shm`.
+#[cfg(unix)]
+fn sibling(path: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    name.into()
+}
+
+#[cfg(not(unix))]
+fn make_private(_path: &Path) -> StoreResult<()> {
+    Ok(())
 }
 
 fn migrate(conn: &mut Connection) -> StoreResult<()> {
@@ -126,7 +175,7 @@ impl Store for SqliteStore {
         id: AccountId,
         amount: Credits,
         now: OffsetDateTime,
-    ) -> StoreResult<Credits> {
+    ) -> StoreResult<Result<Credits, BalanceError>> {
         self.writer
             .write(move |c| accounts::add_credits(c, id, amount, now))
             .await
@@ -365,12 +414,21 @@ impl Store for SqliteStore {
         account: AccountId,
         sealed: Vec<u8>,
         now: OffsetDateTime,
-        retire_current_at: Option<OffsetDateTime>,
     ) -> StoreResult<bool> {
         self.writer
-            .write(move |c| {
-                deliveries::add_signing_secret(c, account, sealed, now, retire_current_at)
-            })
+            .write(move |c| deliveries::add_signing_secret(c, account, sealed, now))
+            .await
+    }
+
+    async fn rotate_signing_secret(
+        &self,
+        account: AccountId,
+        sealed: Vec<u8>,
+        now: OffsetDateTime,
+        rotation: Rotation,
+    ) -> StoreResult<Rotated> {
+        self.writer
+            .write(move |c| deliveries::rotate_signing_secret(c, account, sealed, now, rotation))
             .await
     }
 }
