@@ -432,3 +432,110 @@ impl Store for SqliteStore {
             .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    const T0: OffsetDateTime = datetime!(2030-01-01 00:00:00 UTC);
+
+    #[cfg(unix)]
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).expect("stat").permissions().mode() & 0o777
+    }
+
+    /// The database and its `-wal`/`-shm` are private from creation, whatever the umask, and
+    /// an existing database left readable is tightened on open.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn data_files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("reelay.sqlite3");
+        let store = SqliteStore::open(&path).unwrap();
+        store
+            .create_account("alice", Credits::ZERO, T0)
+            .await
+            .unwrap();
+        for file in [path.clone(), sibling(&path, "-wal"), sibling(&path, "-shm")] {
+            assert_eq!(mode(&file), 0o600, "{}", file.display());
+        }
+        drop(store);
+
+        for file in [path.clone(), sibling(&path, "-wal"), sibling(&path, "-shm")] {
+            if file.exists() {
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+            }
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        store
+            .create_account("bob", Credits::ZERO, T0)
+            .await
+            .unwrap();
+        for file in [path.clone(), sibling(&path, "-wal"), sibling(&path, "-shm")] {
+            if file.exists() {
+                assert_eq!(mode(&file), 0o600, "{} after reopening", file.display());
+            }
+        }
+        assert_eq!(mode(&path), 0o600);
+    }
+
+    /// A database written before rotations retired older secrets may hold many still signing:
+    /// the read is bounded to the current and the newest rotated-out one, and the next
+    /// rotation retires the rest.
+    #[tokio::test]
+    async fn many_live_secrets_from_before_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("reelay.sqlite3");
+        let store = SqliteStore::open(&path).unwrap();
+        let alice = store
+            .create_account("alice", Credits::ZERO, T0)
+            .await
+            .unwrap();
+        let micros = rows::micros;
+        {
+            let c = Connection::open(&path).unwrap();
+            let later = micros(T0 + time::Duration::days(1));
+            for i in 0..100u8 {
+                c.execute(
+                    "INSERT INTO signing_secrets (account_id, sealed, created_at, retired_at) \
+                     VALUES (?1, ?2, ?3, ?4)",
+                    rusqlite::params![
+                        alice.id.to_string(),
+                        vec![i],
+                        micros(T0) + i64::from(i),
+                        (i < 99).then_some(later),
+                    ],
+                )
+                .unwrap();
+            }
+        }
+        let signing = store.signing_secrets(alice.id, T0).await.unwrap();
+        assert_eq!(
+            signing.iter().map(|s| s.sealed.clone()).collect::<Vec<_>>(),
+            [vec![99], vec![98]]
+        );
+        let now = T0 + time::Duration::minutes(10);
+        let rotation = Rotation {
+            overlap_until: now + time::Duration::days(1),
+            refuse_if_rotated_after: now - time::Duration::minutes(1),
+        };
+        assert_eq!(
+            store
+                .rotate_signing_secret(alice.id, vec![200], now, rotation)
+                .await,
+            Ok(Rotated::Done)
+        );
+        let c = Connection::open(&path).unwrap();
+        let live: i64 = c
+            .query_row(
+                "SELECT COUNT(*) FROM signing_secrets WHERE retired_at IS NULL OR retired_at > ?1",
+                [micros(now)],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(live, 2);
+    }
+}
