@@ -39,13 +39,20 @@ pub async fn secret(
     Ok(Json(state.dispatcher.keyring().show(account).await?.into()))
 }
 
+/// Rotates the signing secret; within a minute of the previous rotation, a 429 whose
+/// `Retry-After` says when it is allowed again.
 pub async fn rotate(
     State(state): State<AppState>,
     Caller(account): Caller,
 ) -> Result<Json<SecretView>, ApiError> {
-    Ok(Json(
-        state.dispatcher.keyring().rotate(account).await?.into(),
-    ))
+    use reelay_delivery::secrets::RotateError;
+    match state.dispatcher.keyring().rotate(account).await {
+        Ok(secrets) => Ok(Json(secrets.into())),
+        Err(e @ RotateError::TooSoon { retry_after }) => {
+            Err(ApiError::rate_limited(retry_after, e.to_string()))
+        }
+        Err(RotateError::Store(e)) => Err(e.into()),
+    }
 }
 
 #[derive(Serialize)]

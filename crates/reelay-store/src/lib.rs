@@ -9,6 +9,7 @@ pub mod sqlite;
 
 use async_trait::async_trait;
 use reelay_core::apikey::KeyHash;
+use reelay_core::money::BalanceError;
 use reelay_core::{AccountId, Credits, GenerationId, GenerationStatus, KeyId};
 use time::OffsetDateTime;
 
@@ -28,13 +29,16 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Account>;
     async fn account(&self, id: AccountId) -> StoreResult<Option<Account>>;
     async fn account_by_name(&self, name: &str) -> StoreResult<Option<Account>>;
-    /// Adds (or with a negative amount, removes) credits; returns the new balance.
+    /// Adds (or with a negative amount, removes) credits; returns the new balance, or, changing
+    /// nothing, why the balance cannot change so: it would become negative or exceed
+    /// [`Credits::MAX`] (counting what unfinished generations hold, see
+    /// [`Credits::balance_after`]), so no later refund can overflow either.
     async fn add_credits(
         &self,
         id: AccountId,
         amount: Credits,
         now: OffsetDateTime,
-    ) -> StoreResult<Credits>;
+    ) -> StoreResult<Result<Credits, BalanceError>>;
     async fn create_key(&self, key: NewKey, now: OffsetDateTime) -> StoreResult<ApiKeyInfo>;
     async fn list_keys(&self, account: Option<AccountId>) -> StoreResult<Vec<ApiKeyInfo>>;
     /// Returns false when the key does not exist or was already revoked.
@@ -157,19 +161,33 @@ pub trait Store: Send + Sync + 'static {
     async fn delivery_counts(&self, now: OffsetDateTime) -> StoreResult<DeliveryCounts>;
 
     // --- webhook signing secrets
-    /// The secrets that sign now: the current one first, then rotated-out ones not yet retired.
+    /// The secrets that sign now, at most two: the current one first, then the one it replaced
+    /// while its overlap lasts. (The read is bounded even on a database written before
+    /// rotations retired older secrets.)
     async fn signing_secrets(
         &self,
         account: AccountId,
         now: OffsetDateTime,
     ) -> StoreResult<Vec<SealedSecret>>;
-    /// Adds a current secret. Without `retire_current_at`, only when the account has none (and
-    /// returns false if another was added first); with it, the current one is retired then.
+    /// Adds the account's first current secret, only when it has none: returns false, changing
+    /// nothing, when it has one (another request may have added it first).
     async fn add_signing_secret(
         &self,
         account: AccountId,
         sealed: Vec<u8>,
         now: OffsetDateTime,
-        retire_current_at: Option<OffsetDateTime>,
     ) -> StoreResult<bool>;
+    /// Makes `sealed` the current secret, in one transaction: the one it replaces signs until
+    /// `rotation.overlap_until`, and every older one still signing stops at `now`, so at most
+    /// two ever sign. Refused, changing nothing, when the current secret was itself made by a
+    /// rotation after `rotation.refuse_if_rotated_after` (the rate limit, checked against the
+    /// stored secret so that it holds across processes). On an account without a secret, just
+    /// adds it.
+    async fn rotate_signing_secret(
+        &self,
+        account: AccountId,
+        sealed: Vec<u8>,
+        now: OffsetDateTime,
+        rotation: Rotation,
+    ) -> StoreResult<Rotated>;
 }

@@ -312,3 +312,22 @@ pub struct SealedSecret {
     /// `None` for the current secret; for a rotated-out one, when it stops signing.
     pub retired_at: Option<OffsetDateTime>,
 }
+
+/// A rotation of an account's signing secret. Storage keeps no clock: every instant is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rotation {
+    /// When the secret being rotated out stops signing: the overlap in which receivers move to
+    /// the new one.
+    pub overlap_until: OffsetDateTime,
+    /// The rate limit: refuse when the current secret was made by a rotation after this.
+    pub refuse_if_rotated_after: OffsetDateTime,
+}
+
+/// The answer to a rotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rotated {
+    /// The new secret is current.
+    Done,
+    /// Refused, nothing changed: the current secret was made by a rotation at `last_rotation`.
+    TooSoon { last_rotation: OffsetDateTime },
+}

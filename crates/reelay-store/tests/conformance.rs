@@ -18,6 +18,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures::future::join_all;
 use reelay_core::apikey::{IssuedKey, KeyHash};
+use reelay_core::money::BalanceError;
 use reelay_core::retry::AttemptOutcome;
 use reelay_core::{
     AccountId, AspectRatio, Credits, FailureCode, GenerationId, GenerationStatus, KeyId, Model,
@@ -25,8 +26,8 @@ use reelay_core::{
 use reelay_store::{
     Account, AfterAttempt, Attempt, AttemptRecord, Created, DeliveryCounts, DeliveryState,
     DueDelivery, DueRef, Event, Finished, Finisher, Generation, Idempotency, NewGeneration, NewKey,
-    Outcome, Redelivery, SealedSecret, Spec, SqliteStore, Stage, Store, StoreError, Video,
-    event_id,
+    Outcome, Redelivery, Rotated, Rotation, SealedSecret, Spec, SqliteStore, Stage, Store,
+    StoreError, Video, event_id,
 };
 use reelay_webhooks::GenerationEvent;
 use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
@@ -92,6 +93,7 @@ macro_rules! conformance_tests {
             queue_position_counts_older_pending,
             next_deadline_is_the_earliest_unfinished,
             ledger_balances_add_up,
+            credits_never_overflow,
             reopening_keeps_everything,
             finishing_writes_the_outbox_event,
             scan_due_walks_destinations,
@@ -103,6 +105,8 @@ macro_rules! conformance_tests {
             redeliver_failed_counts_one_accounts_window,
             delivery_counts_and_next_due,
             signing_secrets_rotate,
+            rotations_keep_at_most_two_signing,
+            rotations_are_rate_limited,
         );
     };
     (@suite $backend:ident, $make:expr; $($check:ident),* $(,)?) => {
@@ -344,30 +348,30 @@ async fn accounts_hold_credits(h: &dyn Harness) {
     // Adding and removing credits.
     assert_eq!(
         store.add_credits(alice.id, cr(50_000), at(1)).await,
-        Ok(cr(150_000))
+        Ok(Ok(cr(150_000)))
     );
     assert_eq!(
         store.add_credits(alice.id, cr(-30_000), at(2)).await,
-        Ok(cr(120_000))
+        Ok(Ok(cr(120_000)))
     );
     assert_eq!(balance(store, alice.id).await, 120_000);
 
     // Removing more than the balance is refused and changes nothing.
     assert_eq!(
         store.add_credits(alice.id, cr(-120_001), at(3)).await,
-        Err(StoreError::InsufficientCredits)
+        Ok(Err(BalanceError::Negative))
     );
     assert_eq!(balance(store, alice.id).await, 120_000);
     assert_eq!(
         store.add_credits(bob.id, cr(-1), at(3)).await,
-        Err(StoreError::InsufficientCredits)
+        Ok(Err(BalanceError::Negative))
     );
     assert_eq!(balance(store, bob.id).await, 0);
 
     // Removing exactly the balance leaves zero.
     assert_eq!(
         store.add_credits(alice.id, cr(-120_000), at(4)).await,
-        Ok(Credits::ZERO)
+        Ok(Ok(Credits::ZERO))
     );
     assert_eq!(balance(store, alice.id).await, 0);
 
@@ -538,7 +542,11 @@ async fn create_generation_refused_leaves_no_trace(h: &dyn Harness) {
     assert_eq!(store.claim("w1", 10, at(60), at(2)).await, Ok(vec![]));
 
     // One unit short after some spending, too.
-    store.add_credits(alice.id, cr(1), at(2)).await.unwrap();
+    store
+        .add_credits(alice.id, cr(1), at(2))
+        .await
+        .unwrap()
+        .unwrap();
     create(store, new_gen(alice.id, PRICE / 2, 3)).await;
     let new = new_gen(alice.id, PRICE / 2 + 1, 4);
     let id = new.id;
@@ -1560,7 +1568,7 @@ async fn ledger_balances_add_up(h: &dyn Harness) {
 
     assert_eq!(
         store.add_credits(alice.id, cr(20_000), at(0)).await,
-        Ok(cr(expected(20_000, 0, 0)))
+        Ok(Ok(cr(expected(20_000, 0, 0))))
     );
     credited += 20_000;
 
@@ -1654,7 +1662,7 @@ async fn ledger_balances_add_up(h: &dyn Harness) {
 
     assert_eq!(
         store.add_credits(alice.id, cr(-5_000), at(3_001)).await,
-        Ok(cr(expected(credited - 5_000, charged, refunded)))
+        Ok(Ok(cr(expected(credited - 5_000, charged, refunded))))
     );
     credited -= 5_000;
 
@@ -1667,6 +1675,97 @@ async fn ledger_balances_add_up(h: &dyn Harness) {
         50_000,
         "bob's were all refunded"
     );
+}
+
+/// Balances never pass [`Credits::MAX`] (SQLite would turn the sum into a float that nothing
+/// reads back), and what unfinished generations hold counts, so their refunds always fit.
+async fn credits_never_overflow(h: &dyn Harness) {
+    let store = h.open().await;
+    let store = store.as_ref();
+    let max = Credits::MAX.units();
+    let above = Ok(Err(BalanceError::AboveMaximum));
+    let alice = account(store, "alice", max - PRICE).await;
+
+    // Up to the maximum exactly; past it is refused and changes nothing.
+    assert_eq!(
+        store.add_credits(alice.id, cr(PRICE), at(1)).await,
+        Ok(Ok(Credits::MAX))
+    );
+    for amount in [1, PRICE, max] {
+        assert_eq!(
+            store.add_credits(alice.id, cr(amount), at(2)).await,
+            above,
+            "adding {amount}"
+        );
+        assert_eq!(balance(store, alice.id).await, max);
+    }
+
+    // A pending generation holds its price: credits added meanwhile leave room for its refund.
+    let g = create(store, new_gen(alice.id, PRICE, 3)).await;
+    assert_eq!(balance(store, alice.id).await, max - PRICE);
+    for amount in [1, PRICE] {
+        assert_eq!(
+            store.add_credits(alice.id, cr(amount), at(4)).await,
+            above,
+            "adding {amount} while {PRICE} is held"
+        );
+    }
+    assert_eq!(
+        store.add_credits(alice.id, cr(0), at(4)).await,
+        Ok(Ok(cr(max - PRICE)))
+    );
+    applied(
+        store
+            .finish(
+                g.id,
+                Finisher::Anyone,
+                Outcome::Failed(FailureCode::Cancelled),
+                at(5),
+            )
+            .await
+            .unwrap(),
+    );
+    assert_eq!(balance(store, alice.id).await, max, "refunded in full");
+
+    // A completed generation holds nothing any more.
+    let g = create(store, new_gen(alice.id, PRICE, 6)).await;
+    assert_eq!(
+        ids(&store.claim("w", 1, at(100), at(7)).await.unwrap()),
+        [g.id]
+    );
+    applied(
+        store
+            .finish(
+                g.id,
+                Finisher::LeaseHolder("w"),
+                Outcome::Completed(video("full")),
+                at(8),
+            )
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        store.add_credits(alice.id, cr(PRICE), at(9)).await,
+        Ok(Ok(Credits::MAX))
+    );
+
+    // The other way: never below zero, even by the most negative amount there is.
+    assert_eq!(
+        store
+            .add_credits(alice.id, Credits::from_units(i64::MIN), at(10))
+            .await,
+        Ok(Err(BalanceError::Negative))
+    );
+    assert_eq!(
+        store.add_credits(alice.id, cr(-max), at(11)).await,
+        Ok(Ok(Credits::ZERO))
+    );
+
+    // An account opened at the maximum.
+    let bob = account(store, "bob", max).await;
+    assert_eq!(bob.balance, Credits::MAX);
+    assert_eq!(store.add_credits(bob.id, cr(1), at(12)).await, above);
+    assert_eq!(balance(store, bob.id).await, max);
 }
 
 async fn reopening_keeps_everything(h: &dyn Harness) {
@@ -2836,6 +2935,22 @@ async fn attempt_once_leased(store: &dyn Store, event_id: &str, owner: &str, sec
 // ------------------------------------------------------------------------------------------
 // Webhook signing secrets.
 
+/// A rotation whose rotated-out secret signs until `overlap_until`, never refused.
+fn unlimited(overlap_until: i64) -> Rotation {
+    Rotation {
+        overlap_until: at(overlap_until),
+        refuse_if_rotated_after: at(1_000_000_000),
+    }
+}
+
+fn sealed_secret(sealed: &[u8], created: i64, retired: Option<i64>) -> SealedSecret {
+    SealedSecret {
+        sealed: sealed.to_vec(),
+        created_at: at(created),
+        retired_at: retired.map(at),
+    }
+}
+
 async fn signing_secrets_rotate(h: &dyn Harness) {
     let store = h.open().await;
     let store = store.as_ref();
@@ -2845,50 +2960,34 @@ async fn signing_secrets_rotate(h: &dyn Harness) {
     let s1: Vec<u8> = (0..=255u8).rev().chain([0, 0, 0xff]).collect();
     let s2 = vec![0u8; 48];
     let s3 = b"\xc3\x28sealed\x00three".to_vec();
-    let s4 = vec![0xfe; 1];
 
     assert_eq!(store.signing_secrets(alice.id, at(0)).await, Ok(vec![]));
     // The first current one.
     assert_eq!(
-        store
-            .add_signing_secret(alice.id, s1.clone(), at(1), None)
-            .await,
+        store.add_signing_secret(alice.id, s1.clone(), at(1)).await,
         Ok(true)
     );
-    // Only one current: a second without retiring is refused, nothing changes.
+    // Only one current: a second first one is refused, nothing changes.
     assert_eq!(
-        store
-            .add_signing_secret(alice.id, s2.clone(), at(2), None)
-            .await,
+        store.add_signing_secret(alice.id, s2.clone(), at(2)).await,
         Ok(false)
     );
-    let first = SealedSecret {
-        sealed: s1.clone(),
-        created_at: at(1),
-        retired_at: None,
-    };
+    let first = sealed_secret(&s1, 1, None);
     assert_eq!(
         store.signing_secrets(alice.id, at(3)).await,
         Ok(vec![first.clone()])
     );
     assert_eq!(store.signing_secrets(bob.id, at(3)).await, Ok(vec![]));
 
-    // Rotating: the new one current, the old one signing until it retires.
+    // Rotating: the new one current, the old one signing until its overlap ends.
     assert_eq!(
         store
-            .add_signing_secret(alice.id, s3.clone(), at(10), Some(at(100)))
+            .rotate_signing_secret(alice.id, s3.clone(), at(10), unlimited(100))
             .await,
-        Ok(true)
+        Ok(Rotated::Done)
     );
-    let current = SealedSecret {
-        sealed: s3.clone(),
-        created_at: at(10),
-        retired_at: None,
-    };
-    let retiring = SealedSecret {
-        retired_at: Some(at(100)),
-        ..first
-    };
+    let current = sealed_secret(&s3, 10, None);
+    let retiring = sealed_secret(&s1, 1, Some(100));
     for secs in [10, 50, 99] {
         assert_eq!(
             store.signing_secrets(alice.id, at(secs)).await,
@@ -2905,66 +3004,25 @@ async fn signing_secrets_rotate(h: &dyn Harness) {
     }
     // Still one current.
     assert_eq!(
-        store
-            .add_signing_secret(alice.id, s2.clone(), at(11), None)
-            .await,
+        store.add_signing_secret(alice.id, s2.clone(), at(11)).await,
         Ok(false)
-    );
-
-    // Rotating again: two retiring ones, after the current one.
-    assert_eq!(
-        store
-            .add_signing_secret(alice.id, s4.clone(), at(20), Some(at(200)))
-            .await,
-        Ok(true)
-    );
-    let listed = store.signing_secrets(alice.id, at(50)).await.unwrap();
-    assert_eq!(listed.len(), 3);
-    assert_eq!(
-        listed[0],
-        SealedSecret {
-            sealed: s4.clone(),
-            created_at: at(20),
-            retired_at: None
-        }
-    );
-    assert!(listed[1..].contains(&retiring));
-    assert!(listed[1..].contains(&SealedSecret {
-        retired_at: Some(at(200)),
-        ..current
-    }));
-    assert_eq!(
-        store
-            .signing_secrets(alice.id, at(150))
-            .await
-            .unwrap()
-            .len(),
-        2
-    );
-    assert_eq!(
-        store
-            .signing_secrets(alice.id, at(250))
-            .await
-            .unwrap()
-            .len(),
-        1
     );
 
     // Other accounts are their own; a rotation on none just adds the current one.
     assert_eq!(store.signing_secrets(bob.id, at(50)).await, Ok(vec![]));
     assert_eq!(
         store
-            .add_signing_secret(bob.id, s2.clone(), at(30), Some(at(300)))
+            .rotate_signing_secret(bob.id, s2.clone(), at(30), unlimited(300))
             .await,
-        Ok(true)
+        Ok(Rotated::Done)
     );
     assert_eq!(
         store.signing_secrets(bob.id, at(50)).await,
-        Ok(vec![SealedSecret {
-            sealed: s2.clone(),
-            created_at: at(30),
-            retired_at: None
-        }])
+        Ok(vec![sealed_secret(&s2, 30, None)])
+    );
+    assert_eq!(
+        store.signing_secrets(alice.id, at(50)).await,
+        Ok(vec![current.clone(), retiring.clone()])
     );
 
     // Concurrent first secrets: exactly one wins.
@@ -2974,7 +3032,7 @@ async fn signing_secrets_rotate(h: &dyn Harness) {
         let store = Arc::clone(&shared);
         async move {
             store
-                .add_signing_secret(carol.id, vec![i; 32], at(40), None)
+                .add_signing_secret(carol.id, vec![i; 32], at(40))
                 .await
                 .unwrap()
         }
@@ -2984,10 +3042,180 @@ async fn signing_secrets_rotate(h: &dyn Harness) {
     let winner = results.iter().position(|won| *won).unwrap() as u8;
     assert_eq!(
         store.signing_secrets(carol.id, at(41)).await,
-        Ok(vec![SealedSecret {
-            sealed: vec![winner; 32],
-            created_at: at(40),
-            retired_at: None
-        }])
+        Ok(vec![sealed_secret(&[winner; 32], 40, None)])
     );
+}
+
+/// However many rotations, exactly the current secret and the one it replaced sign: a
+/// rotation stops every older one at once, even one still inside its own overlap.
+async fn rotations_keep_at_most_two_signing(h: &dyn Harness) {
+    let store = h.open().await;
+    let store = store.as_ref();
+    let alice = account(store, "alice", 0).await;
+    let bob = account(store, "bob", 0).await;
+    let day = 86_400;
+    assert_eq!(
+        store.add_signing_secret(alice.id, vec![0], at(0)).await,
+        Ok(true)
+    );
+    assert_eq!(
+        store.add_signing_secret(bob.id, vec![0xb0], at(0)).await,
+        Ok(true)
+    );
+    for i in 1..=50u8 {
+        let secs = 10 * i64::from(i);
+        assert_eq!(
+            store
+                .rotate_signing_secret(alice.id, vec![i], at(secs), unlimited(secs + day))
+                .await,
+            Ok(Rotated::Done),
+            "rotation {i}"
+        );
+        let previous_created = if i == 1 { 0 } else { secs - 10 };
+        let expected = vec![
+            sealed_secret(&[i], secs, None),
+            sealed_secret(&[i - 1], previous_created, Some(secs + day)),
+        ];
+        // Right after it, and until the overlap ends, the very same two.
+        for probe in [secs, secs + 5, secs + day - 1] {
+            assert_eq!(
+                store.signing_secrets(alice.id, at(probe)).await,
+                Ok(expected.clone()),
+                "rotation {i}, at {probe}"
+            );
+        }
+    }
+    // The last overlap ends: only the current one.
+    assert_eq!(
+        store.signing_secrets(alice.id, at(500 + day)).await,
+        Ok(vec![sealed_secret(&[50], 500, None)])
+    );
+    // Another account's secret is untouched.
+    assert_eq!(
+        store.signing_secrets(bob.id, at(500)).await,
+        Ok(vec![sealed_secret(&[0xb0], 0, None)])
+    );
+
+    // Concurrent rotations (another handle, as another process would have) serialize: every
+    // one is made, and still just two sign.
+    let shared = h.open().await;
+    let results = join_all((0..8u8).map(|i| {
+        let store = Arc::clone(&shared);
+        async move {
+            store
+                .rotate_signing_secret(bob.id, vec![0xc0 + i], at(1_000), unlimited(1_000 + day))
+                .await
+        }
+    }))
+    .await;
+    assert!(
+        results.iter().all(|r| *r == Ok(Rotated::Done)),
+        "{results:?}"
+    );
+    let signing = store.signing_secrets(bob.id, at(1_001)).await.unwrap();
+    assert_eq!(signing.len(), 2, "{signing:?}");
+    assert_eq!(signing[0].retired_at, None);
+    assert_eq!(signing[1].retired_at, Some(at(1_000 + day)));
+    // Reopened, the same.
+    drop(shared);
+    let reopened = h.open().await;
+    assert_eq!(
+        reopened.signing_secrets(bob.id, at(1_001)).await,
+        Ok(signing)
+    );
+}
+
+/// The rate limit: a rotation is refused while the current secret was made by a rotation
+/// after the instant given, checked on the stored secret so that it holds across handles.
+async fn rotations_are_rate_limited(h: &dyn Harness) {
+    let store = h.open().await;
+    let store = store.as_ref();
+    let alice = account(store, "alice", 0).await;
+    let limited = |secs: i64| Rotation {
+        overlap_until: at(secs + 86_400),
+        refuse_if_rotated_after: at(secs - 60),
+    };
+    // The first secret is made on first use, not by a rotation: rotating it is never refused.
+    assert_eq!(
+        store.add_signing_secret(alice.id, vec![0], at(0)).await,
+        Ok(true)
+    );
+    assert_eq!(
+        store
+            .rotate_signing_secret(alice.id, vec![1], at(1), limited(1))
+            .await,
+        Ok(Rotated::Done)
+    );
+    let after_first = store.signing_secrets(alice.id, at(1)).await.unwrap();
+    assert_eq!(
+        after_first,
+        vec![
+            sealed_secret(&[1], 1, None),
+            sealed_secret(&[0], 0, Some(1 + 86_400))
+        ]
+    );
+    // Within 60 s of that rotation: refused, saying when it was, and nothing changes.
+    for secs in [1, 2, 60] {
+        assert_eq!(
+            store
+                .rotate_signing_secret(alice.id, vec![2], at(secs), limited(secs))
+                .await,
+            Ok(Rotated::TooSoon {
+                last_rotation: at(1)
+            }),
+            "at {secs}"
+        );
+        assert_eq!(
+            store.signing_secrets(alice.id, at(secs)).await,
+            Ok(after_first.clone())
+        );
+    }
+    // 60 s after it, allowed.
+    assert_eq!(
+        store
+            .rotate_signing_secret(alice.id, vec![3], at(61), limited(61))
+            .await,
+        Ok(Rotated::Done)
+    );
+
+    // Concurrent rotations through several handles: exactly one is made.
+    let bob = account(store, "bob", 0).await;
+    assert_eq!(
+        store.add_signing_secret(bob.id, vec![0], at(0)).await,
+        Ok(true)
+    );
+    assert_eq!(
+        store
+            .rotate_signing_secret(bob.id, vec![1], at(10), limited(10))
+            .await,
+        Ok(Rotated::Done)
+    );
+    let handles = join_all((0..4).map(|_| h.open())).await;
+    let results = join_all((0..8u8).map(|i| {
+        let store = Arc::clone(&handles[usize::from(i) % handles.len()]);
+        async move {
+            store
+                .rotate_signing_secret(bob.id, vec![0x10 + i], at(100), limited(100))
+                .await
+                .unwrap()
+        }
+    }))
+    .await;
+    let too_soon = Rotated::TooSoon {
+        last_rotation: at(100),
+    };
+    assert_eq!(
+        results.iter().filter(|r| **r == Rotated::Done).count(),
+        1,
+        "{results:?}"
+    );
+    assert!(
+        results
+            .iter()
+            .all(|r| *r == Rotated::Done || *r == too_soon),
+        "{results:?}"
+    );
+    let signing = store.signing_secrets(bob.id, at(100)).await.unwrap();
+    assert_eq!(signing.len(), 2);
+    assert_eq!(signing[1], sealed_secret(&[1], 10, Some(100 + 86_400)));
 }

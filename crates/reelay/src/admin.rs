@@ -3,6 +3,7 @@
 
 use anyhow::{Context, bail};
 use reelay_core::apikey::IssuedKey;
+use reelay_core::money::BalanceError;
 use reelay_core::{AccountId, Credits, KeyId};
 use reelay_store::{Account, ApiKeyInfo, NewKey, Store, StoreError};
 use reelay_webhooks::timestamp;
@@ -43,7 +44,7 @@ pub async fn create_key(
                 .await?
                 .with_context(|| format!("no account {id}"))?;
             if let Some(credits) = credits {
-                account.balance = store.add_credits(id, credits, now).await?;
+                account.balance = add_credits(store, id, credits).await?;
             }
             account
         }
@@ -93,6 +94,8 @@ pub async fn revoke_key(store: &dyn Store, id: KeyId) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Adds (or, negative, removes) credits. A change that would take the balance below zero or
+/// past the maximum is refused with why, and changes nothing.
 pub async fn add_credits(
     store: &dyn Store,
     account: AccountId,
@@ -102,11 +105,14 @@ pub async fn add_credits(
         .add_credits(account, amount, OffsetDateTime::now_utc())
         .await
     {
-        Ok(balance) => Ok(balance),
-        Err(StoreError::NotFound) => bail!("no account {account}"),
-        Err(StoreError::InsufficientCredits) => {
+        Ok(Ok(balance)) => Ok(balance),
+        Ok(Err(BalanceError::Negative)) => {
             bail!("removing {amount} would make the balance negative")
         }
+        Ok(Err(e @ BalanceError::AboveMaximum)) => {
+            bail!("cannot add {amount} credits to account {account}: {e}; nothing was changed")
+        }
+        Err(StoreError::NotFound) => bail!("no account {account}"),
         Err(e) => Err(e.into()),
     }
 }

@@ -1,6 +1,7 @@
 //! Accounts, their keys and their credits.
 
 use reelay_core::apikey::KeyHash;
+use reelay_core::money::BalanceError;
 use reelay_core::{AccountId, Credits, KeyId};
 use rusqlite::{Connection, OptionalExtension, params};
 use time::OffsetDateTime;
@@ -33,7 +34,9 @@ pub fn create(
     c.prepare_cached("INSERT INTO accounts (id, name, balance, created_at) VALUES (?1, ?2, 0, ?3)")
         .and_then(|mut s| s.execute(params![id.to_string(), name, micros(now)]))
         .map_err(backend)?;
-    let balance = add_credits(c, id, credits, now)?;
+    // From zero, only a negative amount could be refused, and that was refused above.
+    let balance = add_credits(c, id, credits, now)?
+        .map_err(|refused| StoreError::Backend(format!("opening balance: {refused}")))?;
     Ok(Account {
         id,
         name: name.to_owned(),
@@ -58,28 +61,25 @@ pub fn by_name(c: &Connection, name: &str) -> StoreResult<Option<Account>> {
     .map_err(backend)
 }
 
+/// Checked in Rust, not in SQL: SQLite turns an integer sum past i64 into a float, which
+/// the `balance >= 0` check lets through and nothing can read back. The read and the write
+/// share the writer's transaction, so no other change comes between them.
 pub fn add_credits(
     c: &Connection,
     id: AccountId,
     amount: Credits,
     now: OffsetDateTime,
-) -> StoreResult<Credits> {
-    let balance: Option<i64> = c
-        .prepare_cached(
-            "UPDATE accounts SET balance = balance + ?2 WHERE id = ?1 AND balance + ?2 >= 0 \
-             RETURNING balance",
-        )
-        .and_then(|mut s| {
-            s.query_row(params![id.to_string(), amount.units()], |r| r.get(0))
-                .optional()
-        })
-        .map_err(backend)?;
-    let Some(balance) = balance else {
-        return match get(c, id)? {
-            Some(_) => Err(StoreError::InsufficientCredits),
-            None => Err(StoreError::NotFound),
-        };
+) -> StoreResult<Result<Credits, BalanceError>> {
+    let Some(account) = get(c, id)? else {
+        return Err(StoreError::NotFound);
     };
+    let balance = match account.balance.balance_after(amount, held(c, id)?) {
+        Ok(balance) => balance,
+        Err(refused) => return Ok(Err(refused)),
+    };
+    c.prepare_cached("UPDATE accounts SET balance = ?2 WHERE id = ?1")
+        .and_then(|mut s| s.execute(params![id.to_string(), balance.units()]))
+        .map_err(backend)?;
     if amount != Credits::ZERO {
         c.prepare_cached(
             "INSERT INTO ledger (account_id, kind, amount, created_at) VALUES (?1, 'credit', ?2, ?3)",
@@ -87,7 +87,19 @@ pub fn add_credits(
         .and_then(|mut s| s.execute(params![id.to_string(), amount.units(), micros(now)]))
         .map_err(backend)?;
     }
-    Ok(Credits::from_units(balance))
+    Ok(Ok(balance))
+}
+
+/// What the account's unfinished generations were charged: each may still be refunded.
+/// (SQLite's SUM fails on overflow rather than rounding; the balance rule keeps it in range.)
+fn held(c: &Connection, id: AccountId) -> StoreResult<Credits> {
+    c.prepare_cached(
+        "SELECT COALESCE(SUM(price), 0) FROM generations \
+         WHERE account_id = ?1 AND status IN ('pending', 'processing')",
+    )
+    .and_then(|mut s| s.query_row([id.to_string()], |r| r.get(0)))
+    .map(Credits::from_units)
+    .map_err(backend)
 }
 
 const KEY_COLUMNS: &str = "id, account_id, name, shown_prefix, created_at, revoked_at";

@@ -329,6 +329,8 @@ pub fn counts(c: &Connection, now: OffsetDateTime) -> StoreResult<DeliveryCounts
     })
 }
 
+/// `LIMIT 2`: rotations leave at most two signing, and on a database written before they
+/// retired older secrets, the current one and the newest rotated-out one still are the two.
 pub fn signing_secrets(
     c: &Connection,
     account: AccountId,
@@ -337,7 +339,7 @@ pub fn signing_secrets(
     c.prepare_cached(
         "SELECT sealed, created_at, retired_at FROM signing_secrets \
          WHERE account_id = ?1 AND (retired_at IS NULL OR retired_at > ?2) \
-         ORDER BY retired_at IS NOT NULL, id DESC",
+         ORDER BY retired_at IS NOT NULL, id DESC LIMIT 2",
     )
     .and_then(|mut s| {
         s.query_map(params![account.to_string(), micros(now)], |r| {
@@ -357,21 +359,59 @@ pub fn add_signing_secret(
     account: AccountId,
     sealed: Vec<u8>,
     now: OffsetDateTime,
-    retire_current_at: Option<OffsetDateTime>,
 ) -> StoreResult<bool> {
-    let account = account.to_string();
-    if let Some(at) = retire_current_at {
-        c.prepare_cached(
-            "UPDATE signing_secrets SET retired_at = ?2 WHERE account_id = ?1 AND retired_at IS NULL",
-        )
-        .and_then(|mut s| s.execute(params![account, micros(at)]))
-        .map_err(backend)?;
-    }
     c.prepare_cached(
         "INSERT INTO signing_secrets (account_id, sealed, created_at) VALUES (?1, ?2, ?3) \
          ON CONFLICT DO NOTHING",
     )
-    .and_then(|mut s| s.execute(params![account, sealed, micros(now)]))
+    .and_then(|mut s| s.execute(params![account.to_string(), sealed, micros(now)]))
     .map(|n| n == 1)
     .map_err(backend)
+}
+
+/// One transaction on the writer: the rate-limit check, the retirements and the new secret
+/// cannot interleave with another rotation, from this process or any other.
+pub fn rotate_signing_secret(
+    c: &Connection,
+    account: AccountId,
+    sealed: Vec<u8>,
+    now: OffsetDateTime,
+    rotation: Rotation,
+) -> StoreResult<Rotated> {
+    let account = account.to_string();
+    // The current secret, and whether a rotation made it (an older secret exists) rather than
+    // first use: the first secret is made on demand, and rotating it at once is fine.
+    let current: Option<(i64, i64, bool)> = c
+        .prepare_cached(
+            "SELECT id, created_at, EXISTS (SELECT 1 FROM signing_secrets o \
+                 WHERE o.account_id = s.account_id AND o.id < s.id) \
+             FROM signing_secrets s WHERE account_id = ?1 AND retired_at IS NULL",
+        )
+        .and_then(|mut s| {
+            s.query_row([&account], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()
+        })
+        .map_err(backend)?;
+    if let Some((id, created_at, rotated)) = current {
+        if rotated && created_at > micros(rotation.refuse_if_rotated_after) {
+            return Ok(Rotated::TooSoon {
+                last_rotation: from_micros(created_at).map_err(backend)?,
+            });
+        }
+        // Older secrets still in their overlap stop now; the one rotated out gets its own.
+        c.prepare_cached(
+            "UPDATE signing_secrets SET retired_at = ?2 WHERE account_id = ?1 AND retired_at > ?2",
+        )
+        .and_then(|mut s| s.execute(params![account, micros(now)]))
+        .map_err(backend)?;
+        c.prepare_cached("UPDATE signing_secrets SET retired_at = ?2 WHERE id = ?1")
+            .and_then(|mut s| s.execute(params![id, micros(rotation.overlap_until)]))
+            .map_err(backend)?;
+    }
+    c.prepare_cached(
+        "INSERT INTO signing_secrets (account_id, sealed, created_at) VALUES (?1, ?2, ?3)",
+    )
+    .and_then(|mut s| s.execute(params![account, sealed, micros(now)]))
+    .map_err(backend)?;
+    Ok(Rotated::Done)
 }

@@ -57,6 +57,10 @@ pub fn create(c: &Connection, new: NewGeneration) -> StoreResult<Created> {
         }
     }
 
+    // Prices are never negative, so the subtraction stays between 0 and the balance.
+    if new.price < Credits::ZERO {
+        return Err(StoreError::Backend(format!("negative price {}", new.price)));
+    }
     let charged = c
         .prepare_cached(
             "UPDATE accounts SET balance = balance - ?2 WHERE id = ?1 AND balance >= ?2",
@@ -296,9 +300,28 @@ pub fn finish(
             generation.price.units(),
             now,
         )?;
-        c.prepare_cached("UPDATE accounts SET balance = balance + ?2 WHERE id = ?1")
-            .and_then(|mut s| s.execute(params![account, generation.price.units()]))
+        // Checked: SQLite would turn an overflowing sum into a float. The balance rule
+        // (`Credits::balance_after`) keeps balance plus held charges in range, so this never
+        // fails unless that rule was bypassed; then the whole finish is undone, not corrupted.
+        let refunded = c
+            .prepare_cached(
+                "UPDATE accounts SET balance = balance + ?2 WHERE id = ?1 AND balance <= ?3 - ?2",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    account,
+                    generation.price.units(),
+                    Credits::MAX.units()
+                ])
+            })
             .map_err(backend)?;
+        if refunded != 1 {
+            return Err(StoreError::Backend(format!(
+                "refunding generation {id} would take account {account}'s balance past the \
+                 maximum of {} credits",
+                Credits::MAX
+            )));
+        }
     }
     write_event(c, &generation, now)?;
     Ok(Finished::Applied(generation))

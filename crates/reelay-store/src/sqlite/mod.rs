@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use reelay_core::apikey::KeyHash;
+use reelay_core::money::BalanceError;
 use reelay_core::{AccountId, Credits, GenerationId, GenerationStatus, KeyId};
 use rusqlite::{Connection, TransactionBehavior};
 use time::OffsetDateTime;
@@ -24,7 +25,10 @@ use readers::Readers;
 use writer::Writer;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/sqlite/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/sqlite/0001_init.sql"),
+    include_str!("../../migrations/sqlite/0002_signing_secrets_by_account.sql"),
+];
 
 pub(crate) fn backend(e: rusqlite::Error) -> StoreError {
     StoreError::Backend(e.to_string())
@@ -49,6 +53,7 @@ impl SqliteStore {
     /// Opens (creating if needed) the database file and brings its schema up to date.
     pub fn open(path: impl AsRef<Path>) -> StoreResult<Self> {
         let path = path.as_ref();
+        make_private(path)?;
         let mut conn = Connection::open(path).map_err(backend)?;
         conn.busy_timeout(Duration::from_secs(10))
             .map_err(backend)?;
@@ -71,6 +76,50 @@ impl SqliteStore {
             _alive: alive,
         })
     }
+}
+
+/// Creates the database file readable by its owner only (0600) before SQLite writes a byte of
+/// it, and tightens an existing one and any `-wal`/`-shm` beside it: they hold API-key hashes,
+/// sealed signing secrets, every prompt and callback URL. SQLite creates `-wal` and `-shm` with
+/// the database file's own mode, so they are private from their first byte too.
+#[cfg(unix)]
+fn make_private(path: &Path) -> StoreResult<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let failed = |what: &Path, e: std::io::Error| {
+        StoreError::Backend(format!("making {} private (0600): {e}", what.display()))
+    };
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| failed(path, e))?;
+    for file in [
+        path.to_owned(),
+        sibling(path, "-wal"),
+        sibling(path, "-shm"),
+    ] {
+        match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(failed(&file, e)),
+        }
+    }
+    Ok(())
+}
+
+/// `path` with `suffix` appended to its file name, as SQLite names its `-wal` and `-shm`.
+#[cfg(unix)]
+fn sibling(path: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    name.into()
+}
+
+#[cfg(not(unix))]
+fn make_private(_path: &Path) -> StoreResult<()> {
+    Ok(())
 }
 
 fn migrate(conn: &mut Connection) -> StoreResult<()> {
@@ -126,7 +175,7 @@ impl Store for SqliteStore {
         id: AccountId,
         amount: Credits,
         now: OffsetDateTime,
-    ) -> StoreResult<Credits> {
+    ) -> StoreResult<Result<Credits, BalanceError>> {
         self.writer
             .write(move |c| accounts::add_credits(c, id, amount, now))
             .await
@@ -365,12 +414,128 @@ impl Store for SqliteStore {
         account: AccountId,
         sealed: Vec<u8>,
         now: OffsetDateTime,
-        retire_current_at: Option<OffsetDateTime>,
     ) -> StoreResult<bool> {
         self.writer
-            .write(move |c| {
-                deliveries::add_signing_secret(c, account, sealed, now, retire_current_at)
-            })
+            .write(move |c| deliveries::add_signing_secret(c, account, sealed, now))
             .await
+    }
+
+    async fn rotate_signing_secret(
+        &self,
+        account: AccountId,
+        sealed: Vec<u8>,
+        now: OffsetDateTime,
+        rotation: Rotation,
+    ) -> StoreResult<Rotated> {
+        self.writer
+            .write(move |c| deliveries::rotate_signing_secret(c, account, sealed, now, rotation))
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    const T0: OffsetDateTime = datetime!(2030-01-01 00:00:00 UTC);
+
+    #[cfg(unix)]
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).expect("stat").permissions().mode() & 0o777
+    }
+
+    /// The database and its `-wal`/`-shm` are private from creation, whatever the umask, and
+    /// an existing database left readable is tightened on open.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn data_files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("reelay.sqlite3");
+        let store = SqliteStore::open(&path).unwrap();
+        store
+            .create_account("alice", Credits::ZERO, T0)
+            .await
+            .unwrap();
+        for file in [path.clone(), sibling(&path, "-wal"), sibling(&path, "-shm")] {
+            assert_eq!(mode(&file), 0o600, "{}", file.display());
+        }
+        drop(store);
+
+        for file in [path.clone(), sibling(&path, "-wal"), sibling(&path, "-shm")] {
+            if file.exists() {
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+            }
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        store
+            .create_account("bob", Credits::ZERO, T0)
+            .await
+            .unwrap();
+        for file in [path.clone(), sibling(&path, "-wal"), sibling(&path, "-shm")] {
+            if file.exists() {
+                assert_eq!(mode(&file), 0o600, "{} after reopening", file.display());
+            }
+        }
+        assert_eq!(mode(&path), 0o600);
+    }
+
+    /// A database written before rotations retired older secrets may hold many still signing:
+    /// the read is bounded to the current and the newest rotated-out one, and the next
+    /// rotation retires the rest.
+    #[tokio::test]
+    async fn many_live_secrets_from_before_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("reelay.sqlite3");
+        let store = SqliteStore::open(&path).unwrap();
+        let alice = store
+            .create_account("alice", Credits::ZERO, T0)
+            .await
+            .unwrap();
+        let micros = rows::micros;
+        {
+            let c = Connection::open(&path).unwrap();
+            let later = micros(T0 + time::Duration::days(1));
+            for i in 0..100u8 {
+                c.execute(
+                    "INSERT INTO signing_secrets (account_id, sealed, created_at, retired_at) \
+                     VALUES (?1, ?2, ?3, ?4)",
+                    rusqlite::params![
+                        alice.id.to_string(),
+                        vec![i],
+                        micros(T0) + i64::from(i),
+                        (i < 99).then_some(later),
+                    ],
+                )
+                .unwrap();
+            }
+        }
+        let signing = store.signing_secrets(alice.id, T0).await.unwrap();
+        assert_eq!(
+            signing.iter().map(|s| s.sealed.clone()).collect::<Vec<_>>(),
+            [vec![99], vec![98]]
+        );
+        let now = T0 + time::Duration::minutes(10);
+        let rotation = Rotation {
+            overlap_until: now + time::Duration::days(1),
+            refuse_if_rotated_after: now - time::Duration::minutes(1),
+        };
+        assert_eq!(
+            store
+                .rotate_signing_secret(alice.id, vec![200], now, rotation)
+                .await,
+            Ok(Rotated::Done)
+        );
+        let c = Connection::open(&path).unwrap();
+        let live: i64 = c
+            .query_row(
+                "SELECT COUNT(*) FROM signing_secrets WHERE retired_at IS NULL OR retired_at > ?1",
+                [micros(now)],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(live, 2);
     }
 }
