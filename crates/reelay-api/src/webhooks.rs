@@ -4,6 +4,7 @@ use std::net::IpAddr;
 
 use axum::Json;
 use axum::extract::State;
+use reelay_delivery::RotateError;
 use reelay_store::OutboxListener;
 use reelay_webhooks::timestamp;
 use serde::{Deserialize, Serialize};
@@ -45,7 +46,6 @@ pub async fn rotate(
     State(state): State<AppState>,
     Caller(account): Caller,
 ) -> Result<Json<SecretView>, ApiError> {
-    use reelay_delivery::secrets::RotateError;
     match state.dispatcher.keyring().rotate(account).await {
         Ok(secrets) => Ok(Json(secrets.into())),
         Err(e @ RotateError::TooSoon { retry_after }) => {

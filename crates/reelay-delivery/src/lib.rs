@@ -13,5 +13,5 @@ pub mod sender;
 
 pub use dispatcher::{Dispatcher, DispatcherConfig};
 pub use master_key::MasterKey;
-pub use secrets::{AccountSecrets, Keyring};
+pub use secrets::{AccountSecrets, Keyring, RotateError};
 pub use sender::{Sender, SenderConfig};
