@@ -101,6 +101,18 @@ async fn attack(url: &str, head: &str, body_bytes: usize, chunked: bool) -> (u16
     (status, body.unwrap_or_default())
 }
 
+/// Writes `request` as is and returns the first answer read back (its start, as text).
+async fn raw_exchange(url: &str, request: &str, expect: &str) -> String {
+    let mut stream = TcpStream::connect(host_port(url)).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(ANSWER_DEADLINE, stream.read(&mut answer))
+        .await
+        .unwrap_or_else(|_| panic!("no answer within {ANSWER_DEADLINE:?}: {expect}"))
+        .unwrap();
+    String::from_utf8_lossy(&answer[..n]).into_owned()
+}
+
 fn create_head(key: &str, framing: &str) -> String {
     format!(
         "POST /v1/veo/generate HTTP/1.1\r\nHost: reelay\r\nAuthorization: Bearer {key}\r\n\
@@ -147,19 +159,14 @@ async fn huge_bodies_are_refused_with_413_without_the_server_growing() {
 async fn a_declared_length_over_the_limit_is_answered_before_any_body_is_sent() {
     let s = TestServer::start(&[]).await;
     let a = s.create_account("headers-only", "1").await;
-    let mut stream = TcpStream::connect(host_port(&s.url)).await.unwrap();
     let head = create_head(&a.api_key, "Content-Length: 104857600");
-    stream
-        .write_all(format!("{head}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
     // No body follows: the answer must come from the headers alone.
-    let mut answer = vec![0u8; 4096];
-    let n = tokio::time::timeout(ANSWER_DEADLINE, stream.read(&mut answer))
-        .await
-        .expect("an answer without waiting for the 100 MiB body")
-        .unwrap();
-    let text = String::from_utf8_lossy(&answer[..n]);
+    let text = raw_exchange(
+        &s.url,
+        &format!("{head}\r\n\r\n"),
+        "an answer without waiting for the 100 MiB body",
+    )
+    .await;
     assert!(text.starts_with("HTTP/1.1 413"), "{text}");
     assert!(text.contains("PAYLOAD_TOO_LARGE"), "{text}");
 }
@@ -168,18 +175,13 @@ async fn a_declared_length_over_the_limit_is_answered_before_any_body_is_sent() 
 async fn a_body_that_never_arrives_times_out() {
     let s = TestServer::start(&[("REELAY_HTTP_BODY_READ_TIMEOUT", "1s")]).await;
     let a = s.create_account("slow-body", "1").await;
-    let mut stream = TcpStream::connect(host_port(&s.url)).await.unwrap();
     let head = create_head(&a.api_key, "Content-Length: 100");
-    stream
-        .write_all(format!("{head}\r\n\r\n{{\"prompt\":").as_bytes())
-        .await
-        .unwrap();
-    let mut answer = vec![0u8; 4096];
-    let n = tokio::time::timeout(ANSWER_DEADLINE, stream.read(&mut answer))
-        .await
-        .expect("an answer once the body read timeout passes")
-        .unwrap();
-    let text = String::from_utf8_lossy(&answer[..n]);
+    let text = raw_exchange(
+        &s.url,
+        &format!("{head}\r\n\r\n{{\"prompt\":"),
+        "an answer once the body read timeout passes",
+    )
+    .await;
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(text.contains("REQUEST_TIMEOUT"), "{text}");
     assert_eq!(s.list(&a.api_key, "").await["total"], 0);

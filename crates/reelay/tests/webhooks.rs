@@ -229,37 +229,6 @@ fn metric(text: &str, series: &str) -> Option<f64> {
     })
 }
 
-/// A name other than localhost that /etc/hosts maps to a loopback address.
-fn hosts_loopback_name() -> String {
-    let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
-    for line in hosts.lines() {
-        let line = line.split('#').next().unwrap_or("");
-        let mut parts = line.split_whitespace();
-        let Some(addr) = parts.next() else { continue };
-        let Ok(ip) = addr.parse::<std::net::IpAddr>() else {
-            continue;
-        };
-        if !ip.is_loopback() {
-            continue;
-        }
-        for name in parts {
-            let lower = name.to_ascii_lowercase();
-            let lower = lower.trim_end_matches('.');
-            if lower != "localhost"
-                && !lower.ends_with(".localhost")
-                && !lower.starts_with("ip6-")
-                && lower.parse::<std::net::IpAddr>().is_err()
-            {
-                return name.to_string();
-            }
-        }
-    }
-    panic!(
-        "/etc/hosts maps no name other than localhost to a loopback address; the send-time \
-         SSRF test needs one (e.g. `127.0.0.1 vm`).\n/etc/hosts:\n{hosts}"
-    );
-}
-
 // ============================================================================ payload
 
 #[tokio::test]
