@@ -117,7 +117,6 @@ impl Setup {
             ("REELAY_LISTEN".into(), "127.0.0.1:0".into()),
             ("REELAY_GENERATOR".into(), "instant".into()),
             ("REELAY_ALLOW_INSECURE_CALLBACKS".into(), "true".into()),
-            ("REELAY_RENDER_CONCURRENCY".into(), "256".into()),
             ("REELAY_ADMIN_TOKEN".into(), BENCH_ADMIN_TOKEN.into()),
             ("RUST_LOG".into(), "warn".into()),
         ];

@@ -27,8 +27,6 @@ const MIN_WATCHDOG_WAIT: Duration = Duration::from_millis(10);
 pub struct EngineConfig {
     /// This process's name on leases; unique per process.
     pub node_id: String,
-    /// Most generations running at once in this process.
-    pub concurrency: usize,
     /// How long a claim holds without a heartbeat; a crashed node's work returns after this.
     pub lease: Duration,
     /// How often to look for work that no wake-up announced (expired leases, other nodes).
@@ -68,8 +66,8 @@ impl Engine {
         Self {
             inner: Arc::new(Inner {
                 store,
+                slots: Arc::new(Semaphore::new(generator.concurrency().max(1))),
                 generator,
-                slots: Arc::new(Semaphore::new(config.concurrency.max(1))),
                 config,
                 work: Notify::new(),
                 running: Mutex::new(HashMap::new()),

@@ -43,6 +43,11 @@ pub trait Generator: Send + Sync + 'static {
 
     /// Removes a video whose result came too late to be kept.
     async fn discard(&self, _file: &str) {}
+
+    /// How many generations this generator runs at once in one process. The limit is the
+    /// generator's own: a CPU-bound renderer must not throttle a generator that does no work
+    /// here (or waits on another machine).
+    fn concurrency(&self) -> usize;
 }
 
 fn render_spec(g: &Generation) -> RenderSpec<'_> {
@@ -75,12 +80,18 @@ async fn write_atomically(path: PathBuf, bytes: Vec<u8>) -> std::io::Result<()> 
 pub struct BuiltinRenderer {
     videos_dir: PathBuf,
     delay: Duration,
+    concurrency: usize,
 }
 
 impl BuiltinRenderer {
-    /// `delay` is extra time spent before rendering, to behave like a real model.
-    pub fn new(videos_dir: PathBuf, delay: Duration) -> Self {
-        Self { videos_dir, delay }
+    /// `delay` is extra time spent before rendering, to behave like a real model;
+    /// `concurrency` is how many render at once (each encode takes a core).
+    pub fn new(videos_dir: PathBuf, delay: Duration, concurrency: usize) -> Self {
+        Self {
+            videos_dir,
+            delay,
+            concurrency: concurrency.max(1),
+        }
     }
 }
 
@@ -116,6 +127,10 @@ impl Generator for BuiltinRenderer {
     async fn discard(&self, file: &str) {
         let _ = tokio::fs::remove_file(self.videos_dir.join(file)).await;
     }
+
+    fn concurrency(&self) -> usize {
+        self.concurrency
+    }
 }
 
 /// For load tests only: completes at once; every generation shares one video.
@@ -150,4 +165,13 @@ impl Generator for InstantGenerator {
     async fn generate(&self, _: &Generation, _: &Progress) -> Result<String, GenerateError> {
         Ok(self.file.clone())
     }
+
+    /// It does no work, so the bound is only on generations held at once (each is a lease
+    /// and a heartbeat): enough that storage, not this limit, sets the pace.
+    fn concurrency(&self) -> usize {
+        INSTANT_CONCURRENCY
+    }
 }
+
+/// Generations the instant generator holds at once.
+const INSTANT_CONCURRENCY: usize = 256;

@@ -18,6 +18,10 @@ pub use model::*;
 pub use sqlite::SqliteStore;
 
 /// Everything reelay keeps. Implementations must pass `tests/conformance.rs`.
+/// The most pending generations a queue position counts, so that a status read costs the
+/// same in a backlog of any size; a position equal to it means "this many or more".
+pub const QUEUE_POSITION_CAP: u64 = 1_000;
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     // --- accounts, keys, credits
@@ -59,7 +63,8 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
         offset: u64,
     ) -> StoreResult<Page<Generation>>;
-    /// How many pending generations were created before this one (0 when not pending).
+    /// How many pending generations were created before this one (0 when not pending),
+    /// counted up to [`QUEUE_POSITION_CAP`]: past it the answer is the cap, read "at least".
     async fn queue_position(&self, generation: &Generation) -> StoreResult<u64>;
 
     // --- the lifecycle, as the engine drives it

@@ -60,6 +60,7 @@ pub struct Config {
     pub allow_insecure_callbacks: bool,
     #[serde(with = "humantime_serde")]
     pub render_delay: Duration,
+    /// Built-in renders at once in this process (each encode takes a core).
     pub render_concurrency: usize,
     pub generator: GeneratorKind,
     pub moderation_terms_file: Option<PathBuf>,

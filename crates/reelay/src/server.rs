@@ -191,6 +191,7 @@ pub async fn serve(
         GeneratorKind::Builtin => Arc::new(BuiltinRenderer::new(
             videos_dir.clone(),
             config.render_delay,
+            config.render_concurrency,
         )),
         GeneratorKind::Instant => {
             tracing::warn!(
@@ -229,7 +230,6 @@ pub async fn serve(
         generator,
         EngineConfig {
             node_id,
-            concurrency: config.render_concurrency,
             lease: LEASE,
             poll_interval: POLL_INTERVAL,
             public_url: public_url.clone(),
