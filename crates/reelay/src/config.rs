@@ -13,6 +13,8 @@ use reelay_core::retry::{Backoff, RetryPolicy};
 use reelay_core::{Credits, Model};
 use serde::{Deserialize, Serialize};
 
+use crate::front_door;
+
 /// Which generator produces the videos.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -104,6 +106,7 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
+        let door = front_door::Limits::default();
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("./reelay-data"),
@@ -128,12 +131,12 @@ impl Default for Config {
             admin_token: None,
             create_rate_limit: 0,
             create_rate_burst: 0,
-            http_header_read_timeout: Duration::from_secs(10),
-            http_idle_timeout: Duration::from_secs(60),
+            http_header_read_timeout: door.header_read_timeout,
+            http_idle_timeout: door.idle_timeout,
             http_body_read_timeout: Duration::from_secs(30),
-            http_max_connections: 4096,
-            http_max_requests_in_flight: 1024,
-            shutdown_timeout: Duration::from_secs(10),
+            http_max_connections: door.max_connections,
+            http_max_requests_in_flight: door.max_requests_in_flight,
+            shutdown_timeout: door.shutdown_timeout,
         }
     }
 }

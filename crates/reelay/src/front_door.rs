@@ -49,6 +49,19 @@ pub struct Limits {
     pub shutdown_timeout: Duration,
 }
 
+impl Default for Limits {
+    /// The server's defaults (`REELAY_HTTP_*`).
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 4096,
+            max_requests_in_flight: 1024,
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
 /// Raises this process's open-file limit to its hard limit and fits the connection cap under
 /// it, so the cap (not the kernel's EMFILE) is what refuses connections.
 pub fn fit_to_fd_limit(limits: &mut Limits, outbound: usize) {

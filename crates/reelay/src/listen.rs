@@ -69,7 +69,14 @@ pub async fn listen(args: ListenArgs) -> anyhow::Result<()> {
         "listening for webhooks on http://{}/ (use it as callback_url)",
         listener.local_addr()?
     );
-    axum::serve(listener, app).await?;
+    // The same front door as the server: a receiver on a shared machine gets the same limits.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let on_signal = stop.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        on_signal.cancel();
+    });
+    crate::front_door::serve(listener, app, crate::front_door::Limits::default(), stop).await?;
     Ok(())
 }
 
