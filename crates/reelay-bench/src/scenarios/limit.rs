@@ -1,9 +1,21 @@
-//! `limit`: the load generator's client POSTing webhook-sized bodies straight to the
-//! receiver, same concurrency, no reelay: the ceiling every other figure is compared with.
+//! `limit`: a client POSTing webhook-sized bodies straight to the receiver, same concurrency, no
+//! reelay: the ceiling every other figure is compared with.
+//!
+//! Measured with two clients: the load generator's own (reqwest, which every other scenario
+//! uses) and hyper's client used directly (connections reused, Nagle off), the fastest this
+//! machine can build. The ceiling is the faster of the two, so `limit_ratio` is never flattered
+//! by a slow client.
 
+use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 
 use super::Ctx;
 use crate::load::closed_loop;
@@ -12,22 +24,26 @@ use crate::receiver::Receiver;
 use crate::report::Row;
 use crate::stats::rate;
 
+fn webhook_body(i: u64) -> String {
+    format!(
+        r#"{{"generation_id":"limit-{i}","status":"completed","prompt":"benchmark prompt number {i}","video_url":"http://127.0.0.1:8080/videos/limit-{i}.mp4","created_at":"2025-12-06T21:43:03.374000","completed_at":"2025-12-06T21:43:03.375000","seed":319790131,"error":null}}"#
+    )
+}
+
 pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
     let receiver = Receiver::start(0)?;
-    let duration = ctx.pick(Duration::from_secs(2), Duration::from_secs(10));
-    let url: std::sync::Arc<str> = receiver.url(0).into();
+    let url: Arc<str> = receiver.url(0).into();
+
     let client = ctx.client.clone();
-    let post = move |i: u64| {
-        let (client, url) = (client.clone(), url.clone());
+    let reqwest_url = url.clone();
+    let with_reqwest = move |i: u64| {
+        let (client, url) = (client.clone(), reqwest_url.clone());
         async move {
-            let body = format!(
-                r#"{{"generation_id":"limit-{i}","status":"completed","prompt":"benchmark prompt number {i}","video_url":"http://127.0.0.1:8080/videos/limit-{i}.mp4","created_at":"2025-12-06T21:43:03.374000","completed_at":"2025-12-06T21:43:03.375000","seed":319790131,"error":null}}"#
-            );
             let response = client
                 .post(&*url)
                 .header("content-type", "application/json")
                 .header("webhook-id", format!("msg_limit_{i}"))
-                .body(body)
+                .body(webhook_body(i))
                 .send()
                 .await?;
             if !response.status().is_success() {
@@ -37,18 +53,57 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
             Ok(())
         }
     };
-    // Warm the connection pool, then measure.
+
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let hyper_client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(connector);
+    let uri: hyper::Uri = url.parse()?;
+    let with_hyper = move |i: u64| {
+        let (client, uri) = (hyper_client.clone(), uri.clone());
+        async move {
+            let request = hyper::Request::post(uri)
+                .header("content-type", "application/json")
+                .header("webhook-id", format!("msg_limit_{i}"))
+                .body(Full::new(Bytes::from(webhook_body(i))))?;
+            let response = client.request(request).await?;
+            if !response.status().is_success() {
+                bail!("receiver answered {}", response.status());
+            }
+            response.into_body().collect().await?;
+            Ok(())
+        }
+    };
+
+    let mut rows = vec![
+        measure(ctx, "hyper", with_hyper).await?,
+        measure(ctx, "reqwest", with_reqwest).await?,
+    ];
+    for row in &mut rows {
+        row.duplicates = Some(receiver.recorder.duplicates());
+    }
+    Ok(rows)
+}
+
+/// Warms the client's pool, then runs it closed-loop for the scenario's duration.
+async fn measure<F, Fut>(ctx: &Ctx, client: &str, post: F) -> anyhow::Result<Row>
+where
+    F: Fn(u64) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let duration = ctx.pick(Duration::from_secs(2), Duration::from_secs(10));
+    let warm = post.clone();
     closed_loop(
         ctx.concurrency as u64 * 4,
         ctx.concurrency,
         Instant::now() + Duration::from_secs(5),
-        {
-            let post = post.clone();
-            move |i| post(u64::MAX / 2 + i)
-        },
+        move |i| warm(u64::MAX / 2 + i),
     )
     .await;
-    progress!("limit: {} clients for {duration:?}", ctx.concurrency);
+    progress!(
+        "limit: {} {client} clients for {duration:?}",
+        ctx.concurrency
+    );
     let out = closed_loop(
         100_000_000,
         ctx.concurrency,
@@ -57,12 +112,10 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
     )
     .await;
     out.check("limit")?;
-    let raw = rate(out.results.len() as u64, out.elapsed());
-    let mut row = ctx.row("limit", &format!("c={}", ctx.concurrency));
+    let mut row = ctx.row("limit", &format!("c={} {client}", ctx.concurrency));
     row.backend = "-".into();
     row.events = Some(out.results.len() as u64);
-    row.raw_requests_per_s = raw;
+    row.raw_requests_per_s = rate(out.results.len() as u64, out.elapsed());
     row.lost = Some(out.failures);
-    row.duplicates = Some(receiver.recorder.duplicates());
-    Ok(vec![row])
+    Ok(row)
 }
