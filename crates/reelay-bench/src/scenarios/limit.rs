@@ -42,7 +42,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
             let response = client
                 .post(&*url)
                 .header("content-type", "application/json")
-                .header("webhook-id", format!("msg_limit_{i}"))
+                .header("webhook-id", format!("msg_limit_reqwest_{i}"))
                 .body(webhook_body(i))
                 .send()
                 .await?;
@@ -64,7 +64,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
         async move {
             let request = hyper::Request::post(uri)
                 .header("content-type", "application/json")
-                .header("webhook-id", format!("msg_limit_{i}"))
+                .header("webhook-id", format!("msg_limit_hyper_{i}"))
                 .body(Full::new(Bytes::from(webhook_body(i))))?;
             let response = client.request(request).await?;
             if !response.status().is_success() {
