@@ -18,32 +18,6 @@ use serde_json::{Value, json};
 /// Upper bound for a webhook attempt that should happen at once to be recorded.
 const ARRIVAL: Duration = Duration::from_secs(30);
 
-/// Creates a generation with `callback_url`; returns its id.
-async fn create_with_callback(s: &TestServer, key: &str, url: &str) -> String {
-    let b = s
-        .generate_ok(key, &json!({ "prompt": PROMPT, "callback_url": url }))
-        .await;
-    b["generation_id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no generation_id in {b}"))
-        .to_string()
-}
-
-async fn deliveries(s: &TestServer, key: &str, id: &str) -> Value {
-    let r = s
-        .get(key, &format!("/v1/veo/generations/{id}/deliveries"))
-        .await;
-    assert_eq!(r.status, 200, "GET deliveries of {id} -> {r}");
-    r.body
-}
-
-fn attempts(d: &Value) -> Vec<Value> {
-    d["attempts"]
-        .as_array()
-        .unwrap_or_else(|| panic!("deliveries without an attempts array: {d}"))
-        .clone()
-}
-
 /// Polls the deliveries API until `done(attempts)` holds; returns them.
 async fn wait_attempts(
     s: &TestServer,
@@ -56,29 +30,13 @@ async fn wait_attempts(
     loop {
         let d = deliveries(s, key, id).await;
         let list = attempts(&d);
-        if done(&list) {
-            return list;
+        if done(list) {
+            return list.clone();
         }
         assert!(
             Instant::now() < deadline,
             "{id}: not {what} within {ARRIVAL:?}: {d}"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Polls the generation until `webhook.state == state`; returns the generation.
-async fn wait_webhook_state(s: &TestServer, key: &str, id: &str, state: &str) -> Value {
-    let deadline = Instant::now() + ARRIVAL;
-    loop {
-        let g = s.generation(key, id).await;
-        if g["webhook"]["state"] == state {
-            return g;
-        }
-        if Instant::now() > deadline {
-            let d = deliveries(s, key, id).await;
-            panic!("webhook of {id} not {state} within {ARRIVAL:?}: {g}\ndeliveries: {d}");
-        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -157,16 +115,16 @@ async fn a_blocked_destination_is_tried_once_and_its_error_names_no_address() {
     .await;
     let a = s.create_account("blocked", "10").await;
     let url = format!("https://{name}:{}/hook", trap.addr.port());
-    let id = create_with_callback(&s, &a.api_key, &url).await;
+    let id = create_with_callback(&s, &a.api_key, PROMPT, &url).await;
 
-    let g = wait_webhook_state(&s, &a.api_key, &id, "failed").await;
+    let g = wait_webhook_state(&s, &a.api_key, &id, "failed", ARRIVAL).await;
     assert_eq!(g["webhook"]["attempts"], 1, "no retry after a block: {g}");
     let reason = g["webhook"]["failure_reason"].as_str().unwrap_or("");
     assert!(
         reason.contains("blocked_destination"),
         "failure_reason names blocked_destination: {g}"
     );
-    let list = attempts(&deliveries(&s, &a.api_key, &id).await);
+    let list = attempts(&deliveries(&s, &a.api_key, &id).await).clone();
     assert_eq!(list.len(), 1, "exactly one attempt: {list:?}");
     assert_eq!(list[0]["outcome"], "blocked_destination", "{list:?}");
     let error = list[0]["error"].as_str().unwrap_or("");
@@ -187,7 +145,7 @@ async fn a_blocked_destination_is_tried_once_and_its_error_names_no_address() {
     assert!((200..300).contains(&r.status), "redeliver -> {r}");
     let list = wait_attempts(&s, &a.api_key, &id, "a second attempt", |l| l.len() >= 2).await;
     assert_eq!(list[1]["outcome"], "blocked_destination", "{list:?}");
-    wait_webhook_state(&s, &a.api_key, &id, "failed").await;
+    wait_webhook_state(&s, &a.api_key, &id, "failed", ARRIVAL).await;
     assert_eq!(
         attempts(&deliveries(&s, &a.api_key, &id).await).len(),
         2,
@@ -212,10 +170,10 @@ async fn a_self_signed_receiver_is_a_tls_error() {
     ])
     .await;
     let a = s.create_account("tls", "10").await;
-    let id = create_with_callback(&s, &a.api_key, &rx.url("/hook")).await;
+    let id = create_with_callback(&s, &a.api_key, PROMPT, &rx.url("/hook")).await;
 
-    wait_webhook_state(&s, &a.api_key, &id, "failed").await;
-    let list = attempts(&deliveries(&s, &a.api_key, &id).await);
+    wait_webhook_state(&s, &a.api_key, &id, "failed", ARRIVAL).await;
+    let list = attempts(&deliveries(&s, &a.api_key, &id).await).clone();
     assert_eq!(list.len(), 1, "{list:?}");
     assert_eq!(
         list[0]["outcome"], "tls_error",
@@ -318,10 +276,10 @@ async fn callback_query_strings_never_reach_the_log() {
     let server = LoggedServer::replace(&mut s).await;
     let a = s.create_account("redact", "10").await;
     let url = format!("http://127.0.0.1:{dead}/hook?token=SECRET123");
-    let id = create_with_callback(&s, &a.api_key, &url).await;
+    let id = create_with_callback(&s, &a.api_key, PROMPT, &url).await;
 
-    wait_webhook_state(&s, &a.api_key, &id, "failed").await;
-    let list = attempts(&deliveries(&s, &a.api_key, &id).await);
+    wait_webhook_state(&s, &a.api_key, &id, "failed", ARRIVAL).await;
+    let list = attempts(&deliveries(&s, &a.api_key, &id).await).clone();
     assert_eq!(list.len(), 1, "{list:?}");
     assert_eq!(list[0]["outcome"], "connect_error", "{list:?}");
     let error = list[0]["error"].as_str().unwrap_or("");

@@ -38,55 +38,6 @@ fn unix_now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
-/// Creates a generation with `callback_url`; returns its id.
-async fn create_with_callback(s: &TestServer, key: &str, prompt: &str, url: &str) -> String {
-    let b = s
-        .generate_ok(key, &json!({ "prompt": prompt, "callback_url": url }))
-        .await;
-    b["generation_id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no generation_id in {b}"))
-        .to_string()
-}
-
-async fn deliveries(s: &TestServer, key: &str, id: &str) -> Value {
-    let r = s
-        .get(key, &format!("/v1/veo/generations/{id}/deliveries"))
-        .await;
-    assert_eq!(r.status, 200, "GET deliveries of {id} -> {r}");
-    r.body
-}
-
-/// Polls the generation until `webhook.state == state`; returns the generation.
-async fn wait_webhook_state(
-    s: &TestServer,
-    key: &str,
-    id: &str,
-    state: &str,
-    timeout: Duration,
-) -> Value {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let g = s.generation(key, id).await;
-        if g["webhook"]["state"] == state {
-            return g;
-        }
-        if Instant::now() > deadline {
-            let d = deliveries(s, key, id).await;
-            panic!(
-                "webhook of {id} not {state} within {timeout:?}; generation: {g}\ndeliveries: {d}"
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn attempts(d: &Value) -> &Vec<Value> {
-    d["attempts"]
-        .as_array()
-        .unwrap_or_else(|| panic!("deliveries without an attempts array: {d}"))
-}
-
 /// The webhook body reconstructed from `GET /v1/veo/generations/{id}`: compact JSON, the
 /// seed's keys in the seed's order, `error` written `{"message":CODE,"details":{}}`.
 fn expected_body(g: &Value) -> String {
