@@ -1,6 +1,8 @@
 //! `pipeline`: generations created through the API with a callback, the instant generator,
 //! webhooks to the receiver. Saturation (closed loop), then fixed rates (open loop) with
-//! latency from create sent to webhook arrival.
+//! latency from create sent to webhook arrival, each on a fresh server; then the same fixed rate
+//! right after a burst on one server, as in production; then two bursts ten times apart in
+//! size, whose drain rates should match if a backlog costs nothing per step.
 
 use std::time::{Duration, Instant};
 
@@ -17,13 +19,29 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
     // A fresh reelay for each phase: a backlog left by saturation must not slow the next.
     let run = ctx.start(&[]).await?;
     warm_up(ctx, &run).await?;
-    let mut rows = vec![saturation(ctx, &run).await?];
+    let count = ctx.pick(10_000, 200_000);
+    let within = ctx.pick(Duration::from_secs(5), Duration::from_secs(60));
+    let mut rows = vec![saturation(ctx, &run, count, within, "saturation").await?];
     drop(run);
     let seconds = ctx.pick(3, 20);
     for r in RATES {
         let run = ctx.start(&[]).await?;
         warm_up(ctx, &run).await?;
         rows.push(fixed_rate(ctx, &run, "pipeline", r, seconds).await?);
+    }
+    // Production does not get a fresh server after a burst.
+    let run = ctx.start(&[]).await?;
+    warm_up(ctx, &run).await?;
+    let burst = ctx.pick(10_000, 50_000);
+    saturation(ctx, &run, burst, within, "burst").await?;
+    let mut after = fixed_rate(ctx, &run, "pipeline", 1000, seconds).await?;
+    after.variant = format!("rate=1000/s after {burst}");
+    rows.push(after);
+    drop(run);
+    for burst in [ctx.pick(1_000, 5_000), ctx.pick(10_000, 50_000)] {
+        let run = ctx.start(&[]).await?;
+        warm_up(ctx, &run).await?;
+        rows.push(saturation(ctx, &run, burst, within, &format!("burst={burst}")).await?);
     }
     Ok(rows)
 }
@@ -58,12 +76,18 @@ async fn creates_closed(
     .await
 }
 
-async fn saturation(ctx: &Ctx, run: &Running) -> anyhow::Result<Row> {
+/// Up to `count` creates, `ctx.concurrency` in flight, for at most `within`; webhooks/s is
+/// delivered ÷ (last arrival − first create sent).
+async fn saturation(
+    ctx: &Ctx,
+    run: &Running,
+    count: u64,
+    within: Duration,
+    variant: &str,
+) -> anyhow::Result<Row> {
     let receiver = Receiver::start(0)?;
-    let count = ctx.pick(10_000, 200_000);
-    let within = ctx.pick(Duration::from_secs(5), Duration::from_secs(60));
     progress!(
-        "pipeline saturation: up to {count} creates, {} in flight, for at most {within:?}",
+        "pipeline {variant}: up to {count} creates, {} in flight, for at most {within:?}",
         ctx.concurrency
     );
     let cpu = CpuMeter::start(&run.reelay, &ctx.backend);
@@ -77,7 +101,7 @@ async fn saturation(ctx: &Ctx, run: &Running) -> anyhow::Result<Row> {
     .await;
     let d = Delivered::of(&out.results, &receiver.recorder);
     let (cpu, db_cpu) = cpu.per_1k(d.count());
-    let mut row = ctx.row("pipeline", "saturation");
+    let mut row = ctx.row("pipeline", variant);
     row.events = Some(out.results.len() as u64);
     row.creates_per_s = rate(out.results.len() as u64, out.elapsed());
     row.webhooks_per_s = d.rate();
