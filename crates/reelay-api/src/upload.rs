@@ -43,11 +43,7 @@ fn too_large(cap: u64) -> ApiError {
 }
 
 fn invalid_video(why: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "INVALID_VIDEO",
-        format!("the body is not an MP4: {why}"),
-    )
+    ApiError::invalid("body", format!("the body is not an MP4: {why}")).with_detail("INVALID_VIDEO")
 }
 
 /// Streams `body` to `path` (at most `cap` bytes, each chunk within `chunk_timeout`) and checks
