@@ -596,4 +596,58 @@ mod tests {
             "queue position steps: {small_position} with 1,000 pending, {big_position} with 100,000"
         );
     }
+
+    /// The same for a claim filtered by model: it walks each model's own index, so neither the
+    /// backlog of its model nor that of another model makes it cost more.
+    #[test]
+    fn claim_by_model_does_not_grow_with_the_backlog() {
+        use reelay_core::Model;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queue.sqlite3");
+        drop(super::super::SqliteStore::open(&path).unwrap());
+        let c = Connection::open(&path).unwrap();
+        let now = from_micros(5_000_000).unwrap();
+        let lease = from_micros(60_000_000).unwrap();
+        let measure = |c: &Connection| {
+            let claimed = claim_models(
+                c,
+                "node",
+                64,
+                &[Model::Veo3Fast, Model::Veo3Quality],
+                lease,
+                now,
+            )
+            .unwrap();
+            assert_eq!(claimed.len(), 64);
+            assert!(
+                claimed
+                    .windows(2)
+                    .all(|w| w[0].created_at <= w[1].created_at)
+            );
+            let (pending, sorts) = cost(c, OLDEST_PENDING_OF_MODEL);
+            assert_eq!(sorts, 0, "read in index order, not sorted");
+            let (lapsed, _) = cost(c, LAPSED_LEASES_OF_MODEL);
+            // Another model's backlog: nothing to claim, nothing walked.
+            assert!(
+                claim_models(c, "node", 64, &[Model::Veo3Quality], lease, now)
+                    .unwrap()
+                    .is_empty()
+            );
+            let (other, _) = cost(c, OLDEST_PENDING_OF_MODEL);
+            cost(c, LAPSED_LEASES_OF_MODEL);
+            (pending + lapsed, other)
+        };
+        backlog(&c, 0, 1_000);
+        let (small, small_other) = measure(&c);
+        backlog(&c, 1_000, 99_000);
+        let (big, big_other) = measure(&c);
+        assert!(
+            big <= small + small / 10,
+            "claim steps: {small} with 1,000 pending, {big} with 100,000"
+        );
+        assert!(
+            big_other <= small_other + 2,
+            "other-model steps: {small_other} with 1,000 pending, {big_other} with 100,000"
+        );
+    }
 }
