@@ -402,3 +402,32 @@ async fn tokens_keys_models_and_moderation() {
     let r = claim(&s, &any, json!({})).await;
     assert_error(&r, 401, "UNAUTHORIZED", "revoked worker token");
 }
+
+#[tokio::test]
+async fn long_polls_past_the_cap_are_refused() {
+    let s = TestServer::start(&[EXTERNAL, ("REELAY_WORKER_MAX_POLLS", "1")]).await;
+    let w = worker(&s, "gpu", None).await;
+    // A claim that does not wait is never refused.
+    claim_n(&s, &w, 0, json!({"wait_seconds": 0})).await;
+    // One long-poll waits; a second one meanwhile is refused. (Which of the two arrives first
+    // is up to the scheduler: retry until the second came while the first was waiting.)
+    for _ in 0..20 {
+        let rb = s
+            .req(Method::POST, "/v1/worker/claim", Some(&w))
+            .json(&json!({"wait_seconds": 3}));
+        let long = tokio::spawn(send(rb));
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let probe = claim(&s, &w, json!({"wait_seconds": 1})).await;
+        let long = long.await.unwrap();
+        if probe.status == 503 {
+            assert_error(&probe, 503, "BUSY", "second long-poll");
+            assert_eq!(
+                long.status, 200,
+                "the first long-poll ends normally: {long}"
+            );
+            assert_eq!(long.body["jobs"], json!([]));
+            return;
+        }
+    }
+    panic!("no long-poll was refused in 20 tries with a cap of 1");
+}
