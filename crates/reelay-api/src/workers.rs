@@ -208,9 +208,8 @@ pub async fn upload_video(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let temp_path = state
-        .videos_dir
-        .join(format!(".upload-{}.part", uuid::Uuid::new_v4().simple()));
+    let upload_id = uuid::Uuid::new_v4().simple();
+    let temp_path = state.videos_dir.join(format!(".upload-{upload_id}.part"));
     let temp = upload::receive(
         request.into_body(),
         temp_path,
@@ -219,8 +218,9 @@ pub async fn upload_video(
         state.body_read_timeout,
     )
     .await?;
-    // Named by the lease, so a stale upload can never overwrite the video a generation kept.
-    let file = format!("{}-{}.mp4", lease.generation, lease.owner);
+    // A name of its own per upload: neither a stale nor a repeated upload can overwrite the
+    // video a generation kept.
+    let file = format!("{}-{upload_id}.mp4", lease.generation);
     let path: PathBuf = state.videos_dir.join(&file);
     temp.keep_as(&path).await.map_err(|e| {
         tracing::error!(error = %e, "moving an upload into place failed");
@@ -233,7 +233,8 @@ pub async fn upload_video(
     match state.engine.worker_complete(&lease, video).await {
         Ok((g, true)) => Ok(result_view(&g)),
         Ok((g, false)) => {
-            remove_unless_kept(&g, &path).await;
+            // A repeat: the first video stands.
+            let _ = tokio::fs::remove_file(&path).await;
             Ok(result_view(&g))
         }
         Err(e) => {
@@ -241,17 +242,6 @@ pub async fn upload_video(
             Err(e.into())
         }
     }
-}
-
-/// A repeated upload by the lease that completed the job: drops the new copy unless it is the
-/// very file the generation kept (same lease, same name).
-async fn remove_unless_kept(g: &Generation, path: &std::path::Path) {
-    if let Stage::Completed { video, .. } = &g.stage
-        && path.file_name().and_then(|n| n.to_str()) == Some(video.file.as_str())
-    {
-        return;
-    }
-    let _ = tokio::fs::remove_file(path).await;
 }
 
 #[derive(Deserialize)]

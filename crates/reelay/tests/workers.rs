@@ -150,8 +150,17 @@ async fn a_worker_claims_heartbeats_and_uploads_a_real_mp4() {
     assert_eq!(served.status(), 200);
     assert_eq!(served.bytes().await.unwrap().to_vec(), mp4);
 
-    // Repeating the upload, or completing by URL, with the same lease is harmless.
-    let again = upload(&s, &w, &lease, mp4.clone()).await;
+    // Repeating the upload (even with other bytes), or completing by URL, with the same lease
+    // is harmless: the first video stands.
+    let other = reelay_render::render_mp4(&reelay_render::RenderSpec {
+        prompt: "another video",
+        seed: 8,
+        aspect_ratio: reelay_render::AspectRatio::Landscape16x9,
+        watermark_text: None,
+    })
+    .unwrap();
+    assert_ne!(other, mp4);
+    let again = upload(&s, &w, &lease, other).await;
     assert_eq!(again.status, 200, "{again}");
     assert_eq!(again.body, r.body);
     let by_url = job_call(
