@@ -52,6 +52,12 @@ impl ApiError {
         )
     }
 
+    /// The same error under another machine-readable code (a 422 keeps its `errors`).
+    pub fn with_detail(mut self, detail: &'static str) -> Self {
+        self.detail = detail;
+        self
+    }
+
     /// A 422 naming one field.
     pub fn invalid(field: &str, message: impl Into<String>) -> Self {
         Self::invalid_fields(vec![FieldError {

@@ -8,8 +8,11 @@ mod error;
 mod generations;
 mod ops;
 mod rate_limit;
+mod upload;
 mod videos;
 mod webhooks;
+mod worker_auth;
+mod workers;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -17,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use reelay_core::capability::VideoKey;
 use reelay_core::destination::DestinationPolicy;
 use reelay_delivery::Dispatcher;
@@ -48,6 +51,8 @@ pub struct AppState {
     pub body_read_timeout: Duration,
     /// Checks the capability in video URLs.
     pub video_key: VideoKey,
+    /// The largest video a worker may upload.
+    pub worker_max_video_bytes: u64,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -70,6 +75,20 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/webhooks/redeliver", post(webhooks::redeliver_failed))
         .route("/v1/data/balance", get(account::balance))
         .route("/v1/account", get(account::account))
+        .route("/v1/worker/claim", post(workers::claim))
+        .route(
+            "/v1/worker/jobs/{lease_id}/heartbeat",
+            post(workers::heartbeat),
+        )
+        .route(
+            "/v1/worker/jobs/{lease_id}/video",
+            put(workers::upload_video),
+        )
+        .route(
+            "/v1/worker/jobs/{lease_id}/complete",
+            post(workers::complete),
+        )
+        .route("/v1/worker/jobs/{lease_id}/fail", post(workers::fail))
         .route("/videos/{id}/{file}", get(videos::serve))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))

@@ -38,9 +38,14 @@ pub struct IssuedKey {
 
 impl IssuedKey {
     pub fn generate() -> Self {
+        Self::generate_with_prefix(PREFIX)
+    }
+
+    /// The same 256 random bits behind another prefix (worker tokens use `rlw_`).
+    pub fn generate_with_prefix(prefix: &str) -> Self {
         let mut bytes = [0u8; 32];
         rand::rng().fill_bytes(&mut bytes);
-        let secret = format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes));
+        let secret = format!("{prefix}{}", URL_SAFE_NO_PAD.encode(bytes));
         Self {
             id: KeyId::random(),
             hash: KeyHash::of(&secret),

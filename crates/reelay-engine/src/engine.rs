@@ -41,6 +41,10 @@ pub struct EngineConfig {
     pub generation_timeout: Duration,
     /// Told whenever a generation ends, so its webhook goes out without waiting for a poll.
     pub outbox: Arc<dyn OutboxListener>,
+    /// How long an external worker's lease holds without a heartbeat.
+    pub worker_lease: Duration,
+    /// The most worker long-polls waiting at once; past it a claim is refused (busy).
+    pub max_worker_polls: usize,
 }
 
 /// How long an idempotency key is remembered.
@@ -49,14 +53,18 @@ pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
 /// A handle to the engine; cheap to clone.
 #[derive(Clone)]
 pub struct Engine {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    store: Arc<dyn Store>,
+pub(crate) struct Inner {
+    pub(crate) store: Arc<dyn Store>,
     generator: Arc<dyn Generator>,
-    config: EngineConfig,
+    pub(crate) config: EngineConfig,
     work: Notify,
+    /// Wakes every waiting worker long-poll (they all look; the store hands each job once).
+    pub(crate) worker_work: Notify,
+    /// One permit per worker long-poll allowed to wait.
+    pub(crate) worker_polls: Arc<Semaphore>,
     slots: Arc<Semaphore>,
     running: Mutex<HashMap<GenerationId, CancellationToken>>,
 }
@@ -68,8 +76,10 @@ impl Engine {
                 store,
                 slots: Arc::new(Semaphore::new(generator.concurrency().max(1))),
                 generator,
-                config,
                 work: Notify::new(),
+                worker_work: Notify::new(),
+                worker_polls: Arc::new(Semaphore::new(config.max_worker_polls.max(1))),
+                config,
                 running: Mutex::new(HashMap::new()),
             }),
         }
@@ -119,6 +129,7 @@ impl Engine {
     /// Says that new work may be waiting, so it starts without waiting for a poll.
     pub fn wake(&self) {
         self.inner.work.notify_one();
+        self.inner.worker_work.notify_waiters();
     }
 
     /// The absolute URL a finished generation's video is served at.
@@ -159,6 +170,10 @@ impl Engine {
 
     async fn claim_loop(self, shutdown: CancellationToken) {
         let inner = &self.inner;
+        if !inner.generator.runs_here() {
+            // External workers claim through the API; only the watchdog runs here.
+            return shutdown.cancelled().await;
+        }
         loop {
             let free = inner.slots.available_permits();
             let mut claimed = 0;
@@ -311,7 +326,7 @@ impl Engine {
 
 impl Inner {
     /// Hands the webhook a just-ended generation owes (if any) to the outbox's listener.
-    fn ended(&self, generation: &Generation) {
+    pub(crate) fn ended(&self, generation: &Generation) {
         self.config
             .outbox
             .due(DueRef::of(generation).into_iter().collect());

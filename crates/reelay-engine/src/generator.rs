@@ -48,6 +48,12 @@ pub trait Generator: Send + Sync + 'static {
     /// generator's own: a CPU-bound renderer must not throttle a generator that does no work
     /// here (or waits on another machine).
     fn concurrency(&self) -> usize;
+
+    /// Whether the engine claims and runs generations in this process. False for external
+    /// workers, which claim over HTTP instead.
+    fn runs_here(&self) -> bool {
+        true
+    }
 }
 
 fn render_spec(g: &Generation) -> RenderSpec<'_> {
@@ -175,3 +181,24 @@ impl Generator for InstantGenerator {
 
 /// Generations the instant generator holds at once.
 const INSTANT_CONCURRENCY: usize = 256;
+
+/// `REELAY_GENERATOR=external`: no generation runs in this process; workers claim them over
+/// HTTP (see `docs/workers.md`). The engine still runs the time-limit watchdog and cancels.
+pub struct ExternalWorkers;
+
+#[async_trait]
+impl Generator for ExternalWorkers {
+    async fn generate(&self, _: &Generation, _: &Progress) -> Result<String, GenerateError> {
+        Err(GenerateError(
+            "external workers generate; this process does not".into(),
+        ))
+    }
+
+    fn concurrency(&self) -> usize {
+        1
+    }
+
+    fn runs_here(&self) -> bool {
+        false
+    }
+}

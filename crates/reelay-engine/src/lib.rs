@@ -4,6 +4,9 @@
 
 mod engine;
 pub mod generator;
+pub mod workers;
 
 pub use engine::{Engine, EngineConfig};
-pub use generator::{BuiltinRenderer, GenerateError, Generator, InstantGenerator, Progress};
+pub use generator::{
+    BuiltinRenderer, ExternalWorkers, GenerateError, Generator, InstantGenerator, Progress,
+};

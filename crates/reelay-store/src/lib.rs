@@ -101,6 +101,28 @@ pub trait Store: Send + Sync + 'static {
     /// database after a crash, when no other node can hold a lease.
     async fn release_all_leases(&self) -> StoreResult<u64>;
 
+    // --- external workers
+    /// Like [`Store::claim`], but only generations of `models` (none when it is empty);
+    /// as bounded as `claim`, whatever the backlog of other models.
+    async fn claim_models(
+        &self,
+        owner: &str,
+        limit: usize,
+        models: Vec<reelay_core::Model>,
+        lease_until: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> StoreResult<Vec<Generation>>;
+    /// The lease that held a generation when it ended (None while unfinished, or when it ended
+    /// outside any lease).
+    async fn ended_lease(&self, id: GenerationId) -> StoreResult<Option<String>>;
+    async fn create_worker(&self, new: NewWorker, now: OffsetDateTime) -> StoreResult<WorkerInfo>;
+    /// Every worker token, revoked ones too, oldest first.
+    async fn list_workers(&self) -> StoreResult<Vec<WorkerInfo>>;
+    /// Returns false when the token does not exist or was already revoked.
+    async fn revoke_worker(&self, id: &str, now: OffsetDateTime) -> StoreResult<bool>;
+    /// A live (not revoked) worker token. Never looks at API keys.
+    async fn authenticate_worker(&self, hash: KeyHash) -> StoreResult<Option<WorkerInfo>>;
+
     // --- the outbox and webhook deliveries
     async fn event_for(&self, generation: GenerationId) -> StoreResult<Option<Event>>;
     /// Due deliveries to one destination, oldest due first.

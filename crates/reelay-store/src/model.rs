@@ -331,3 +331,25 @@ pub enum Rotated {
     /// Refused, nothing changed: the current secret was made by a rotation at `last_rotation`.
     TooSoon { last_rotation: OffsetDateTime },
 }
+
+/// A worker token as listed: never its secret, only the first characters of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerInfo {
+    pub id: String,
+    pub name: String,
+    /// The models this worker may claim; empty means every model.
+    pub models: Vec<reelay_core::Model>,
+    pub shown_prefix: String,
+    pub created_at: OffsetDateTime,
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+/// A worker token to store: its hash, never its secret.
+#[derive(Debug, Clone)]
+pub struct NewWorker {
+    pub id: String,
+    pub name: String,
+    pub models: Vec<reelay_core::Model>,
+    pub shown_prefix: String,
+    pub hash: reelay_core::apikey::KeyHash,
+}

@@ -26,8 +26,8 @@ use reelay_core::{
 use reelay_store::{
     Account, AfterAttempt, Attempt, AttemptRecord, Created, DeliveryCounts, DeliveryState,
     DueDelivery, DueRef, Event, Finished, Finisher, Generation, Idempotency, NewGeneration, NewKey,
-    Outcome, Redelivery, Rotated, Rotation, SealedSecret, Spec, SqliteStore, Stage, Store,
-    StoreError, Video, event_id,
+    NewWorker, Outcome, Redelivery, Rotated, Rotation, SealedSecret, Spec, SqliteStore, Stage,
+    Store, StoreError, Video, event_id,
 };
 use reelay_webhooks::GenerationEvent;
 use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
@@ -107,6 +107,9 @@ macro_rules! conformance_tests {
             signing_secrets_rotate,
             rotations_keep_at_most_two_signing,
             rotations_are_rate_limited,
+            worker_tokens_are_not_api_keys,
+            claim_models_filters_and_keeps_order,
+            ended_lease_names_the_holder_at_the_end,
         );
     };
     (@suite $backend:ident, $make:expr; $($check:ident),* $(,)?) => {
@@ -3218,4 +3221,191 @@ async fn rotations_are_rate_limited(h: &dyn Harness) {
     let signing = store.signing_secrets(bob.id, at(100)).await.unwrap();
     assert_eq!(signing.len(), 2);
     assert_eq!(signing[1], sealed_secret(&[1], 10, Some(100 + 86_400)));
+}
+
+// ------------------------------------------------------------------------------------------
+// External workers.
+
+async fn worker_tokens_are_not_api_keys(h: &dyn Harness) {
+    let store = h.open().await;
+    let store = store.as_ref();
+    let alice = account(store, "alice", 0).await;
+    let api = IssuedKey::generate();
+    store
+        .create_key(
+            NewKey {
+                id: api.id,
+                account_id: alice.id,
+                name: "ci".into(),
+                shown_prefix: api.shown_prefix.clone(),
+                hash: api.hash,
+            },
+            at(1),
+        )
+        .await
+        .unwrap();
+    let worker_hash = KeyHash::of("rlw_a-worker-secret");
+    let info = store
+        .create_worker(
+            NewWorker {
+                id: "w-1".into(),
+                name: "gpu-box".into(),
+                models: vec![Model::Veo3Quality],
+                shown_prefix: "rlw_a-worke".into(),
+                hash: worker_hash,
+            },
+            at(2),
+        )
+        .await
+        .unwrap();
+    assert_eq!(info.models, [Model::Veo3Quality]);
+    assert_eq!(info.created_at, at(2));
+    store
+        .create_worker(
+            NewWorker {
+                id: "w-2".into(),
+                name: "any".into(),
+                models: vec![],
+                shown_prefix: "rlw_other".into(),
+                hash: KeyHash::of("rlw_other"),
+            },
+            at(3),
+        )
+        .await
+        .unwrap();
+
+    // Each kind authenticates only as itself.
+    assert_eq!(
+        store.authenticate_worker(worker_hash).await.unwrap(),
+        Some(info.clone())
+    );
+    assert_eq!(store.authenticate_worker(api.hash).await, Ok(None));
+    assert_eq!(store.authenticate(worker_hash).await, Ok(None));
+    assert_eq!(store.authenticate(api.hash).await, Ok(Some(alice.id)));
+
+    let listed = store.list_workers().await.unwrap();
+    assert_eq!(
+        listed.iter().map(|w| w.id.as_str()).collect::<Vec<_>>(),
+        ["w-1", "w-2"]
+    );
+    assert_eq!(listed[1].models, []);
+
+    assert_eq!(store.revoke_worker("w-1", at(4)).await, Ok(true));
+    assert_eq!(store.revoke_worker("w-1", at(5)).await, Ok(false));
+    assert_eq!(store.revoke_worker("nope", at(5)).await, Ok(false));
+    assert_eq!(store.authenticate_worker(worker_hash).await, Ok(None));
+    let listed = store.list_workers().await.unwrap();
+    assert_eq!(listed[0].revoked_at, Some(at(4)));
+    drop(listed);
+    // Survives a reopen.
+    let again = h.open().await;
+    assert_eq!(again.list_workers().await.unwrap().len(), 2);
+}
+
+async fn claim_models_filters_and_keeps_order(h: &dyn Harness) {
+    let store = h.open().await;
+    let store = store.as_ref();
+    let alice = account(store, "alice", 100 * PRICE).await;
+    let with_model = |secs: i64, model: Model| {
+        let mut new = new_gen(alice.id, PRICE, secs);
+        new.spec.model = model;
+        new
+    };
+    let q1 = create(store, with_model(0, Model::Veo3Quality)).await;
+    let f1 = create(store, with_model(1, Model::Veo3Fast)).await;
+    let q2 = create(store, with_model(2, Model::Veo3Quality)).await;
+    let f2 = create(store, with_model(3, Model::Veo3Fast)).await;
+
+    // No models: nothing.
+    assert_eq!(
+        store.claim_models("w0", 4, vec![], at(30), at(5)).await,
+        Ok(vec![])
+    );
+    // One model: only its generations, oldest first.
+    let fast = store
+        .claim_models("w1", 4, vec![Model::Veo3Fast], at(30), at(5))
+        .await
+        .unwrap();
+    assert_eq!(ids(&fast), [f1.id, f2.id]);
+    assert!(fast.iter().all(|g| g.spec.model == Model::Veo3Fast));
+    // Both models, bounded by the limit, oldest first across models.
+    let both = store
+        .claim_models(
+            "w2",
+            1,
+            vec![Model::Veo3Fast, Model::Veo3Quality],
+            at(30),
+            at(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ids(&both), [q1.id]);
+    // A lapsed lease of the model comes back, to another owner, ahead of younger work.
+    let again = store
+        .claim_models(
+            "w3",
+            4,
+            vec![Model::Veo3Fast, Model::Veo3Quality],
+            at(100),
+            at(60),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ids(&again), [q1.id, f1.id, q2.id, f2.id]);
+    assert_eq!(store.heartbeat(f1.id, "w1", at(200), 10).await, Ok(false));
+    assert_eq!(store.heartbeat(f1.id, "w3", at(200), 10).await, Ok(true));
+}
+
+async fn ended_lease_names_the_holder_at_the_end(h: &dyn Harness) {
+    let store = h.open().await;
+    let store = store.as_ref();
+    let alice = account(store, "alice", 10 * PRICE).await;
+    let done = create(store, new_gen(alice.id, PRICE, 0)).await;
+    let cancelled = create(store, new_gen(alice.id, PRICE, 1)).await;
+    let never = create(store, new_gen(alice.id, PRICE, 2)).await;
+
+    store.claim("lease-a", 2, at(30), at(5)).await.unwrap();
+    assert_eq!(store.ended_lease(done.id).await, Ok(None), "still running");
+    applied(
+        store
+            .finish(
+                done.id,
+                Finisher::LeaseHolder("lease-a"),
+                Outcome::Completed(video("a")),
+                at(6),
+            )
+            .await
+            .unwrap(),
+    );
+    assert_eq!(store.ended_lease(done.id).await, Ok(Some("lease-a".into())));
+    // Ended by someone else while the lease held it: the lease is still the one named.
+    applied(
+        store
+            .finish(
+                cancelled.id,
+                Finisher::Anyone,
+                Outcome::Failed(FailureCode::Cancelled),
+                at(7),
+            )
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        store.ended_lease(cancelled.id).await,
+        Ok(Some("lease-a".into()))
+    );
+    // Ended while pending: no lease.
+    applied(
+        store
+            .finish(
+                never.id,
+                Finisher::Anyone,
+                Outcome::Failed(FailureCode::Cancelled),
+                at(8),
+            )
+            .await
+            .unwrap(),
+    );
+    assert_eq!(store.ended_lease(never.id).await, Ok(None));
+    assert_eq!(store.ended_lease(GenerationId::random()).await, Ok(None));
 }

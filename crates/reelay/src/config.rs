@@ -23,6 +23,8 @@ pub enum GeneratorKind {
     Builtin,
     /// Completes at once with one shared video: for load tests only.
     Instant,
+    /// Runs nothing here: external workers claim generations over HTTP (`docs/workers.md`).
+    External,
 }
 
 /// Reads addresses from a list or from one comma-separated string (as the environment has it).
@@ -102,6 +104,13 @@ pub struct Config {
     pub http_max_requests_in_flight: usize,
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// How long an external worker's lease holds without a heartbeat.
+    #[serde(with = "humantime_serde")]
+    pub worker_lease: Duration,
+    /// The largest MP4 a worker may upload, in bytes.
+    pub worker_max_video_bytes: u64,
+    /// The most worker long-polls waiting at once; past it a claim answers 503.
+    pub worker_max_polls: usize,
 }
 
 impl Default for Config {
@@ -137,6 +146,9 @@ impl Default for Config {
             http_max_connections: door.max_connections,
             http_max_requests_in_flight: door.max_requests_in_flight,
             shutdown_timeout: door.shutdown_timeout,
+            worker_lease: Duration::from_secs(30),
+            worker_max_video_bytes: 512 * 1024 * 1024,
+            worker_max_polls: 256,
         }
     }
 }

@@ -7,6 +7,7 @@ mod config;
 mod front_door;
 mod listen;
 mod server;
+mod workers_admin;
 
 use std::net::SocketAddr;
 
@@ -44,6 +45,9 @@ enum Command {
     /// Manage account credits
     #[command(subcommand)]
     Credits(CreditsCommand),
+    /// Create, list and revoke external workers' tokens
+    #[command(subcommand)]
+    Workers(workers_admin::WorkersCommand),
     /// Receive webhooks locally: verify, print, optionally forward
     Listen(listen::ListenArgs),
     /// Create a generation through the API
@@ -169,6 +173,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await
         }
         Command::Keys(command) => keys(&cli.config, command).await,
+        Command::Workers(command) => {
+            let store = server::open_store(&Config::load(&cli.config, json!({}))?)?;
+            workers_admin::run(&store, command).await
+        }
         Command::Credits(CreditsCommand::Add {
             account,
             amount,

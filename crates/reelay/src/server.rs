@@ -12,7 +12,9 @@ use reelay_core::capability::VideoKey;
 use reelay_core::destination::DestinationPolicy;
 use reelay_core::moderation::Moderator;
 use reelay_delivery::{Dispatcher, DispatcherConfig, Keyring, MasterKey, Sender, SenderConfig};
-use reelay_engine::{BuiltinRenderer, Engine, EngineConfig, Generator, InstantGenerator};
+use reelay_engine::{
+    BuiltinRenderer, Engine, EngineConfig, ExternalWorkers, Generator, InstantGenerator,
+};
 use reelay_store::{SqliteStore, Store};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
@@ -199,6 +201,10 @@ pub async fn serve(
             );
             Arc::new(InstantGenerator::prepare(videos_dir.clone()).await?)
         }
+        GeneratorKind::External => {
+            tracing::info!("generations are made by external workers (/v1/worker/…)");
+            Arc::new(ExternalWorkers)
+        }
     };
     let store: Arc<dyn Store> = Arc::new(store);
     let sender = Sender::new(&SenderConfig {
@@ -238,6 +244,8 @@ pub async fn serve(
             prices: config.prices()?,
             generation_timeout: config.generation_timeout,
             outbox: Arc::new(dispatcher.clone()),
+            worker_lease: config.worker_lease,
+            max_worker_polls: config.worker_max_polls,
         },
     );
     let app = reelay_api::router(AppState {
@@ -253,6 +261,7 @@ pub async fn serve(
             .map(Arc::new),
         body_read_timeout: config.http_body_read_timeout,
         video_key,
+        worker_max_video_bytes: config.worker_max_video_bytes,
     });
     let limits = front_door_limits(&config);
 

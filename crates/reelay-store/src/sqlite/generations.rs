@@ -233,7 +233,20 @@ pub fn claim(
             .map_err(backend)?;
         candidates.extend(found);
     }
+    take(c, owner, limit, candidates, lease_until, now)
+}
+
+/// Takes the oldest `limit` of `candidates` under `owner`'s lease.
+fn take(
+    c: &Connection,
+    owner: &str,
+    limit: usize,
+    mut candidates: Vec<(i64, String)>,
+    lease_until: OffsetDateTime,
+    now: OffsetDateTime,
+) -> StoreResult<Vec<Generation>> {
     candidates.sort_unstable();
+    candidates.dedup();
     candidates.truncate(limit);
     let mut take = c
         .prepare_cached(&format!(
@@ -252,6 +265,45 @@ pub fn claim(
             .map_err(backend)
         })
         .collect()
+}
+
+/// The oldest pending generations of one model, from the per-model pending index.
+const OLDEST_PENDING_OF_MODEL: &str = "SELECT created_at, id FROM generations \
+     INDEXED BY generations_pending_by_model \
+     WHERE status = 'pending' AND model = ?3 AND deadline_at > ?1 ORDER BY created_at LIMIT ?2";
+
+/// Lapsed leases of one model, from the per-model lease index.
+const LAPSED_LEASES_OF_MODEL: &str = "SELECT created_at, id FROM generations \
+     INDEXED BY generations_leases_by_model \
+     WHERE status = 'processing' AND model = ?3 AND lease_until < ?1 AND deadline_at > ?1 \
+     ORDER BY lease_until LIMIT ?2";
+
+/// Like [`claim`], restricted to `models`: two index walks per model, each bounded by `limit`,
+/// so the cost is O(models · limit · log n) whatever the backlog of other models.
+pub fn claim_models(
+    c: &Connection,
+    owner: &str,
+    limit: usize,
+    models: &[reelay_core::Model],
+    lease_until: OffsetDateTime,
+    now: OffsetDateTime,
+) -> StoreResult<Vec<Generation>> {
+    let mut candidates: Vec<(i64, String)> = Vec::with_capacity(limit * 2 * models.len());
+    for model in models {
+        for sql in [OLDEST_PENDING_OF_MODEL, LAPSED_LEASES_OF_MODEL] {
+            let found = c
+                .prepare_cached(sql)
+                .and_then(|mut s| {
+                    s.query_map(params![micros(now), limit as i64, model.as_str()], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .map_err(backend)?;
+            candidates.extend(found);
+        }
+    }
+    take(c, owner, limit, candidates, lease_until, now)
 }
 
 pub fn heartbeat(
@@ -293,6 +345,7 @@ pub fn finish(
             "UPDATE generations SET status = ?2, completed_at = ?3, failure_code = ?4, \
                  video_file = ?5, video_url = ?6, \
                  progress_pct = CASE WHEN ?2 = 'completed' THEN 100 ELSE progress_pct END, \
+                 ended_lease = COALESCE(?7, lease_owner), \
                  lease_owner = NULL, lease_until = NULL \
              WHERE id = ?1 AND status IN ('pending', 'processing') \
                  AND (?7 IS NULL OR (status = 'processing' AND lease_owner = ?7)) \
@@ -541,6 +594,60 @@ mod tests {
         assert!(
             big_position <= small_position * 2,
             "queue position steps: {small_position} with 1,000 pending, {big_position} with 100,000"
+        );
+    }
+
+    /// The same for a claim filtered by model: it walks each model's own index, so neither the
+    /// backlog of its model nor that of another model makes it cost more.
+    #[test]
+    fn claim_by_model_does_not_grow_with_the_backlog() {
+        use reelay_core::Model;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queue.sqlite3");
+        drop(super::super::SqliteStore::open(&path).unwrap());
+        let c = Connection::open(&path).unwrap();
+        let now = from_micros(5_000_000).unwrap();
+        let lease = from_micros(60_000_000).unwrap();
+        let measure = |c: &Connection| {
+            let claimed = claim_models(
+                c,
+                "node",
+                64,
+                &[Model::Veo3Fast, Model::Veo3Quality],
+                lease,
+                now,
+            )
+            .unwrap();
+            assert_eq!(claimed.len(), 64);
+            assert!(
+                claimed
+                    .windows(2)
+                    .all(|w| w[0].created_at <= w[1].created_at)
+            );
+            let (pending, sorts) = cost(c, OLDEST_PENDING_OF_MODEL);
+            assert_eq!(sorts, 0, "read in index order, not sorted");
+            let (lapsed, _) = cost(c, LAPSED_LEASES_OF_MODEL);
+            // Another model's backlog: nothing to claim, nothing walked.
+            assert!(
+                claim_models(c, "node", 64, &[Model::Veo3Quality], lease, now)
+                    .unwrap()
+                    .is_empty()
+            );
+            let (other, _) = cost(c, OLDEST_PENDING_OF_MODEL);
+            cost(c, LAPSED_LEASES_OF_MODEL);
+            (pending + lapsed, other)
+        };
+        backlog(&c, 0, 1_000);
+        let (small, small_other) = measure(&c);
+        backlog(&c, 1_000, 99_000);
+        let (big, big_other) = measure(&c);
+        assert!(
+            big <= small + small / 10,
+            "claim steps: {small} with 1,000 pending, {big} with 100,000"
+        );
+        assert!(
+            big_other <= small_other + 2,
+            "other-model steps: {small_other} with 1,000 pending, {big_other} with 100,000"
         );
     }
 }

@@ -7,6 +7,7 @@ mod deliveries;
 mod generations;
 mod readers;
 mod rows;
+mod workers;
 mod writer;
 
 use std::path::Path;
@@ -28,6 +29,7 @@ use writer::Writer;
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_init.sql"),
     include_str!("../../migrations/sqlite/0002_signing_secrets_by_account.sql"),
+    include_str!("../../migrations/sqlite/0003_workers.sql"),
 ];
 
 pub(crate) fn backend(e: rusqlite::Error) -> StoreError {
@@ -290,6 +292,48 @@ impl Store for SqliteStore {
 
     async fn release_all_leases(&self) -> StoreResult<u64> {
         self.writer.write(generations::release_all_leases).await
+    }
+
+    async fn claim_models(
+        &self,
+        owner: &str,
+        limit: usize,
+        models: Vec<reelay_core::Model>,
+        lease_until: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> StoreResult<Vec<Generation>> {
+        let owner = owner.to_owned();
+        self.writer
+            .write(move |c| generations::claim_models(c, &owner, limit, &models, lease_until, now))
+            .await
+    }
+
+    async fn ended_lease(&self, id: GenerationId) -> StoreResult<Option<String>> {
+        self.readers
+            .read(move |c| workers::ended_lease(c, id))
+            .await
+    }
+
+    async fn create_worker(&self, new: NewWorker, now: OffsetDateTime) -> StoreResult<WorkerInfo> {
+        self.writer
+            .write(move |c| workers::create(c, new, now))
+            .await
+    }
+
+    async fn list_workers(&self) -> StoreResult<Vec<WorkerInfo>> {
+        self.readers.read(workers::list).await
+    }
+
+    async fn revoke_worker(&self, id: &str, now: OffsetDateTime) -> StoreResult<bool> {
+        let id = id.to_owned();
+        self.writer
+            .write(move |c| workers::revoke(c, &id, now))
+            .await
+    }
+
+    async fn authenticate_worker(&self, hash: KeyHash) -> StoreResult<Option<WorkerInfo>> {
+        self.readers
+            .read_point(move |c| workers::authenticate(c, hash))
     }
 
     async fn event_for(&self, generation: GenerationId) -> StoreResult<Option<Event>> {
