@@ -7,8 +7,6 @@
 mod common;
 mod receiver;
 
-use std::path::PathBuf;
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -185,81 +183,6 @@ async fn a_self_signed_receiver_is_a_tls_error() {
 
 // ============================================================================ log redaction
 
-/// A `reelay serve` on a TestServer's data directory and settings, started by hand so the
-/// test can read its stderr log. Killed when dropped.
-struct LoggedServer {
-    child: Child,
-    stderr: PathBuf,
-    _logs: tempfile::TempDir,
-}
-
-impl LoggedServer {
-    /// Kills `s`'s own process and starts one of these in its place (`s.url` follows).
-    async fn replace(s: &mut TestServer) -> LoggedServer {
-        s.kill9();
-        let logs = tempfile::tempdir().expect("log dir");
-        let out = logs.path().join("stdout.log");
-        let err = logs.path().join("stderr.log");
-        let mut cmd = s.command();
-        cmd.env("RUST_LOG", "info")
-            .arg("serve")
-            .stdout(std::fs::File::create(&out).expect("stdout log"))
-            .stderr(std::fs::File::create(&err).expect("stderr log"));
-        let mut child = cmd.spawn().expect("spawn reelay serve");
-        let deadline = Instant::now() + START_DEADLINE;
-        s.url = loop {
-            let text = std::fs::read_to_string(&out).unwrap_or_default();
-            if let Some(url) = text.lines().find_map(|l| {
-                let rest = &l[l.find("listening on ")? + "listening on ".len()..];
-                Some(
-                    rest.split_whitespace()
-                        .next()?
-                        .trim_end_matches('/')
-                        .to_string(),
-                )
-            }) {
-                break url;
-            }
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                panic!(
-                    "reelay serve exited ({status}): {}",
-                    std::fs::read_to_string(&err).unwrap_or_default()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "reelay serve printed no address within {START_DEADLINE:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        loop {
-            if let Ok(r) = s.http.get(format!("{}/healthz", s.url)).send().await
-                && r.status().as_u16() == 200
-            {
-                break;
-            }
-            assert!(Instant::now() < deadline, "/healthz not 200");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        LoggedServer {
-            child,
-            stderr: err,
-            _logs: logs,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-}
-
-impl Drop for LoggedServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test]
 async fn callback_query_strings_never_reach_the_log() {
     // A port nothing listens on: each attempt is refused at once.
@@ -267,13 +190,13 @@ async fn callback_query_strings_never_reach_the_log() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         listener.local_addr().expect("address").port()
     };
-    let mut s = TestServer::start(&[
+    let s = TestServer::start(&[
         ("REELAY_ALLOW_INSECURE_CALLBACKS", "true"),
         ("REELAY_GENERATOR", "instant"),
         ("REELAY_WEBHOOK_MAX_ATTEMPTS", "1"),
+        ("RUST_LOG", "info"),
     ])
     .await;
-    let server = LoggedServer::replace(&mut s).await;
     let a = s.create_account("redact", "10").await;
     let url = format!("http://127.0.0.1:{dead}/hook?token=SECRET123");
     let id = create_with_callback(&s, &a.api_key, PROMPT, &url).await;
@@ -291,7 +214,7 @@ async fn callback_query_strings_never_reach_the_log() {
     // The failure is logged (with the redacted URL), the secret never.
     let deadline = Instant::now() + ARRIVAL;
     let log = loop {
-        let log = server.log();
+        let log = s.log();
         if log.contains("webhook attempt failed") {
             break log;
         }
