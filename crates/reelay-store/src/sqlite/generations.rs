@@ -220,20 +220,25 @@ pub fn claim(
     lease_until: OffsetDateTime,
     now: OffsetDateTime,
 ) -> StoreResult<Vec<Generation>> {
-    let mut candidates: Vec<(i64, String)> = Vec::with_capacity(limit * 2);
+    let mut found = Vec::with_capacity(limit * 2);
     for sql in [OLDEST_PENDING, LAPSED_LEASES] {
-        let found = c
-            .prepare_cached(sql)
-            .and_then(|mut s| {
-                s.query_map(params![micros(now), limit as i64], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .map_err(backend)?;
-        candidates.extend(found);
+        found.extend(candidates(c, sql, params![micros(now), limit as i64])?);
     }
-    take(c, owner, limit, candidates, lease_until, now)
+    take(c, owner, limit, found, lease_until, now)
+}
+
+/// One bounded index walk of a claim: `(created_at, id)` of each row it finds.
+fn candidates(
+    c: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> StoreResult<Vec<(i64, String)>> {
+    c.prepare_cached(sql)
+        .and_then(|mut s| {
+            s.query_map(params, |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+        })
+        .map_err(backend)
 }
 
 /// Takes the oldest `limit` of `candidates` under `owner`'s lease.
@@ -288,22 +293,14 @@ pub fn claim_models(
     lease_until: OffsetDateTime,
     now: OffsetDateTime,
 ) -> StoreResult<Vec<Generation>> {
-    let mut candidates: Vec<(i64, String)> = Vec::with_capacity(limit * 2 * models.len());
+    let mut found = Vec::with_capacity(limit * 2 * models.len());
     for model in models {
         for sql in [OLDEST_PENDING_OF_MODEL, LAPSED_LEASES_OF_MODEL] {
-            let found = c
-                .prepare_cached(sql)
-                .and_then(|mut s| {
-                    s.query_map(params![micros(now), limit as i64, model.as_str()], |r| {
-                        Ok((r.get(0)?, r.get(1)?))
-                    })?
-                    .collect::<rusqlite::Result<Vec<_>>>()
-                })
-                .map_err(backend)?;
-            candidates.extend(found);
+            let params = params![micros(now), limit as i64, model.as_str()];
+            found.extend(candidates(c, sql, params)?);
         }
     }
-    take(c, owner, limit, candidates, lease_until, now)
+    take(c, owner, limit, found, lease_until, now)
 }
 
 pub fn heartbeat(
@@ -541,6 +538,15 @@ mod tests {
         .unwrap();
     }
 
+    /// A migrated, empty database, opened directly.
+    fn queue_db() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queue.sqlite3");
+        drop(super::super::SqliteStore::open(&path).unwrap());
+        let c = Connection::open(&path).unwrap();
+        (dir, c)
+    }
+
     /// Virtual-machine steps and sorts the statement ran since the last look.
     fn cost(c: &Connection, sql: &str) -> (i32, i32) {
         let s = c.prepare_cached(sql).unwrap();
@@ -555,10 +561,7 @@ mod tests {
     /// with 100,000 pending as with 1,000 (counted in SQLite's own steps, not in time).
     #[test]
     fn claim_and_queue_position_do_not_grow_with_the_backlog() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("queue.sqlite3");
-        drop(super::super::SqliteStore::open(&path).unwrap());
-        let c = Connection::open(&path).unwrap();
+        let (_dir, c) = queue_db();
         let now = from_micros(5_000_000).unwrap();
         let lease = from_micros(60_000_000).unwrap();
         let measure = |c: &Connection| {
@@ -602,10 +605,7 @@ mod tests {
     #[test]
     fn claim_by_model_does_not_grow_with_the_backlog() {
         use reelay_core::Model;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("queue.sqlite3");
-        drop(super::super::SqliteStore::open(&path).unwrap());
-        let c = Connection::open(&path).unwrap();
+        let (_dir, c) = queue_db();
         let now = from_micros(5_000_000).unwrap();
         let lease = from_micros(60_000_000).unwrap();
         let measure = |c: &Connection| {
