@@ -12,7 +12,7 @@ use reelay_core::request::GenerateRequest;
 use reelay_core::{AccountId, FailureCode, GenerationId};
 use reelay_store::{
     Created, DueRef, Finished, Finisher, Generation, Idempotency, NewGeneration, OutboxListener,
-    Outcome, Spec, Store, StoreResult, Video,
+    Outcome, Spec, Stage, Store, StoreResult, Video,
 };
 use time::OffsetDateTime;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -45,6 +45,8 @@ pub struct EngineConfig {
     pub worker_lease: Duration,
     /// The most worker long-polls waiting at once; past it a claim is refused (busy).
     pub max_worker_polls: usize,
+    /// After this many lost leases a claim fails the generation with TASK_FAILED (at least 1).
+    pub max_lost_leases: u32,
 }
 
 /// How long an idempotency key is remembered.
@@ -218,12 +220,9 @@ impl Engine {
             .expect("running map")
             .insert(g.id, stop.clone());
 
-        let outcome = match inner.config.moderator.check(&g.spec.prompt) {
-            Err(blocked) => {
-                tracing::info!(generation = %g.id, rule = %blocked.rule, "prompt refused by moderation");
-                Some(Outcome::Failed(FailureCode::UnsafeContent))
-            }
-            Ok(()) => self.generate(&g, &stop).await,
+        let outcome = match inner.refusal(&g) {
+            Some(code) => Some(Outcome::Failed(code)),
+            None => self.generate(&g, &stop).await,
         };
         if let Some(outcome) = outcome {
             let file = match &outcome {
@@ -325,6 +324,27 @@ impl Engine {
 }
 
 impl Inner {
+    /// Why a just-claimed generation must fail instead of being worked on, if it must: its
+    /// prompt is refused by moderation (UNSAFE_CONTENT), or it has lost too many leases to be
+    /// handed out again (TASK_FAILED, refunded) — a job that kills or stalls every worker that
+    /// takes it must not go round forever.
+    pub(crate) fn refusal(&self, g: &Generation) -> Option<FailureCode> {
+        if let Err(blocked) = self.config.moderator.check(&g.spec.prompt) {
+            tracing::info!(generation = %g.id, rule = %blocked.rule, "prompt refused by moderation");
+            return Some(FailureCode::UnsafeContent);
+        }
+        let lost = match g.stage {
+            Stage::Processing { claims, .. } => claims.saturating_sub(1),
+            _ => 0,
+        };
+        if lost >= self.config.max_lost_leases.max(1) {
+            tracing::warn!(generation = %g.id, lost_leases = lost,
+                "the generation lost its lease too many times; failing it");
+            return Some(FailureCode::TaskFailed);
+        }
+        None
+    }
+
     /// Hands the webhook a just-ended generation owes (if any) to the outbox's listener.
     pub(crate) fn ended(&self, generation: &Generation) {
         self.config

@@ -142,14 +142,13 @@ impl Engine {
             .await?;
         let mut jobs = Vec::with_capacity(claimed.len());
         for g in claimed {
-            if let Err(blocked) = inner.config.moderator.check(&g.spec.prompt) {
-                tracing::info!(generation = %g.id, rule = %blocked.rule, "prompt refused by moderation");
+            if let Some(code) = inner.refusal(&g) {
                 let refused = inner
                     .store
                     .finish(
                         g.id,
                         Finisher::LeaseHolder(&owner),
-                        Outcome::Failed(FailureCode::UnsafeContent),
+                        Outcome::Failed(code),
                         OffsetDateTime::now_utc(),
                     )
                     .await?;

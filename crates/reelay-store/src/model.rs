@@ -50,6 +50,9 @@ pub enum Stage {
     Processing {
         started_at: OffsetDateTime,
         progress_pct: u8,
+        /// How many times the generation has been claimed, this claim included: every claim
+        /// before this one lost its lease.
+        claims: u32,
     },
     Completed {
         started_at: Option<OffsetDateTime>,

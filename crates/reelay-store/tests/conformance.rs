@@ -755,7 +755,8 @@ async fn claim_heartbeat_finish_lifecycle(h: &dyn Harness) {
             g.stage,
             Stage::Processing {
                 started_at: at(10),
-                progress_pct: 0
+                progress_pct: 0,
+                claims: 1
             }
         );
         assert_eq!(&get(store, g.id).await, g);
@@ -771,7 +772,8 @@ async fn claim_heartbeat_finish_lifecycle(h: &dyn Harness) {
         get(store, g1.id).await.stage,
         Stage::Processing {
             started_at: at(10),
-            progress_pct: 40
+            progress_pct: 40,
+            claims: 1
         }
     );
     assert_eq!(store.heartbeat(g1.id, "w2", at(70), 50).await, Ok(false));
@@ -1196,7 +1198,8 @@ async fn expired_lease_is_claimable_by_another_owner(h: &dyn Harness) {
         taken[0].stage,
         Stage::Processing {
             started_at: at(60),
-            progress_pct: 0
+            progress_pct: 0,
+            claims: 2
         }
     );
     // The old owner has lost it.
@@ -1273,6 +1276,15 @@ async fn release_all_leases_returns_processing_to_pending(h: &dyn Harness) {
     // Back in the queue in creation order, lease still far in the future or not.
     let again = store.claim("w2", 10, at(100), at(7)).await.unwrap();
     assert_eq!(ids(&again), [g2.id, g3.id, g4.id]);
+    // A released lease counts as lost: g2 and g3 are on their second claim, g4 on its first.
+    let claims: Vec<_> = again
+        .iter()
+        .map(|g| match g.stage {
+            Stage::Processing { claims, .. } => claims,
+            _ => panic!("claimed but not processing: {g:?}"),
+        })
+        .collect();
+    assert_eq!(claims, [2, 2, 1]);
     assert_eq!(store.release_all_leases().await, Ok(3));
     assert_eq!(store.release_all_leases().await, Ok(0));
 }

@@ -111,6 +111,9 @@ pub struct Config {
     pub worker_max_video_bytes: u64,
     /// The most worker long-polls waiting at once; past it a claim answers 503.
     pub worker_max_polls: usize,
+    /// After this many lost leases (its worker died or stalled, or the server restarted) a
+    /// generation fails with TASK_FAILED (refunded) instead of being handed out again.
+    pub max_lost_leases: u32,
 }
 
 impl Default for Config {
@@ -149,6 +152,7 @@ impl Default for Config {
             worker_lease: Duration::from_secs(30),
             worker_max_video_bytes: 512 * 1024 * 1024,
             worker_max_polls: 256,
+            max_lost_leases: 3,
         }
     }
 }

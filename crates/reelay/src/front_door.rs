@@ -25,6 +25,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use crate::lingering::Lingering;
+
 /// File descriptors kept back from client connections: the database, the log, and a floor for
 /// outbound webhook connections (which also get up to a quarter of the limit).
 const RESERVED_FDS: u64 = 256;
@@ -132,7 +134,8 @@ pub async fn serve(
                 handle(app.clone(), entry.clone(), request)
             })
         };
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let connection =
+            graceful.watch(http.serve_connection(TokioIo::new(Lingering::new(stream)), service));
         tokio::spawn(async move {
             tokio::select! {
                 _ = connection => {}

@@ -1,14 +1,17 @@
 //! The `reelay` binary: the server (`serve`, `dev`), administration (`keys`, `credits`) and
-//! client tools (`generate`, `listen`).
+//! client tools (`generate`, `listen`), and the reference worker (`worker`).
 
 mod admin;
 mod client;
 mod config;
 mod front_door;
+mod lingering;
 mod listen;
 mod server;
+mod worker;
 mod workers_admin;
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 
 use anyhow::Context;
@@ -50,6 +53,8 @@ enum Command {
     Workers(workers_admin::WorkersCommand),
     /// Receive webhooks locally: verify, print, optionally forward
     Listen(listen::ListenArgs),
+    /// Run jobs for a server with external workers: on the built-in renderer or a Cog model
+    Worker(worker::WorkerArgs),
     /// Create a generation through the API
     Generate {
         #[command(flatten)]
@@ -124,13 +129,17 @@ const DEV_CREDITS: Credits = Credits::from_units(100 * 10_000);
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    let serving = matches!(cli.command, Command::Serve(_) | Command::Dev(_));
+    let serving = matches!(
+        cli.command,
+        Command::Serve(_) | Command::Dev(_) | Command::Worker(_)
+    );
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| if serving { "info" } else { "warn" }.into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     if let Err(e) = run(cli).await {
         eprintln!("error: {e:#}");
@@ -196,6 +205,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Generate { client, args } => client::generate(client, args).await,
         Command::Listen(args) => listen::listen(args).await,
+        Command::Worker(args) => worker::run(args).await,
     }
 }
 

@@ -246,6 +246,7 @@ pub async fn serve(
             outbox: Arc::new(dispatcher.clone()),
             worker_lease: config.worker_lease,
             max_worker_polls: config.worker_max_polls,
+            max_lost_leases: config.max_lost_leases,
         },
     );
     let app = reelay_api::router(AppState {

@@ -440,3 +440,52 @@ async fn long_polls_past_the_cap_are_refused() {
     }
     panic!("no long-poll was refused in 20 tries with a cap of 1");
 }
+
+#[tokio::test]
+async fn a_job_that_keeps_losing_its_lease_fails_refunded_once() {
+    let s = TestServer::start(&[
+        EXTERNAL,
+        ("REELAY_WORKER_LEASE", "1s"),
+        ("REELAY_MAX_LOST_LEASES", "2"),
+    ])
+    .await;
+    let a = s.create_account("alice", "10").await;
+    let w = worker(&s, "crashy", None).await;
+    let id = s.create_generation(&a.api_key, PROMPT).await;
+    assert_eq!(s.balance(&a.api_key).await, "9.7500");
+
+    // Two workers take it and vanish without a heartbeat; each time it comes back.
+    let first = claim_n(&s, &w, 1, json!({"wait_seconds": 10})).await;
+    let second = claim_n(&s, &w, 1, json!({"wait_seconds": 30})).await;
+    assert_eq!(second[0]["generation_id"], id.as_str());
+    // After the second lost lease it is not handed out again: it fails, refunded.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        claim_n(&s, &w, 0, json!({"wait_seconds": 2})).await;
+        if s.generation(&a.api_key, &id).await["status"] == "failed" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still not failed after its leases lapsed twice"
+        );
+    }
+    let g = s.generation(&a.api_key, &id).await;
+    assert_eq!(g["error"]["message"], "TASK_FAILED", "{g}");
+    assert_eq!(s.balance(&a.api_key).await, "10.0000", "refunded");
+    // Neither lost lease can bring a result in, and nothing is refunded twice.
+    for job in [&first[0], &second[0]] {
+        let r = upload(&s, &w, &lease_of(job), real_mp4()).await;
+        assert_error(&r, 409, "LEASE_LOST", "late upload");
+        let r = job_call(
+            &s,
+            &w,
+            &lease_of(job),
+            "fail",
+            json!({"code": "TASK_FAILED", "message": "x"}),
+        )
+        .await;
+        assert_error(&r, 409, "LEASE_LOST", "late fail");
+    }
+    assert_eq!(s.balance(&a.api_key).await, "10.0000", "refunded once");
+}

@@ -256,7 +256,7 @@ fn take(
     let mut take = c
         .prepare_cached(&format!(
             "UPDATE generations SET status = 'processing', started_at = ?1, progress_pct = 0, \
-                 lease_owner = ?2, lease_until = ?3 \
+                 lease_owner = ?2, lease_until = ?3, claims = claims + 1 \
              WHERE id = ?4 RETURNING {GENERATION_COLUMNS}"
         ))
         .map_err(backend)?;

@@ -40,7 +40,7 @@ pub fn opt_time(row: &Row<'_>, idx: usize) -> rusqlite::Result<Option<OffsetDate
 /// The generation columns, in the order [`generation`] reads them.
 pub const GENERATION_COLUMNS: &str = "id, account_id, status, prompt, model, aspect_ratio, seed, \
     watermark_text, callback_url, price, created_at, deadline_at, started_at, completed_at, \
-    progress_pct, failure_code, video_file, video_url";
+    progress_pct, failure_code, video_file, video_url, claims";
 
 pub fn generation(row: &Row<'_>) -> rusqlite::Result<Generation> {
     let status: GenerationStatus = parsed(row, 2)?;
@@ -51,6 +51,7 @@ pub fn generation(row: &Row<'_>) -> rusqlite::Result<Generation> {
         GenerationStatus::Processing => Stage::Processing {
             started_at: started_at.ok_or_else(|| corrupt(12, "processing without a start"))?,
             progress_pct: row.get(14)?,
+            claims: row.get(18)?,
         },
         GenerationStatus::Completed => Stage::Completed {
             started_at,

@@ -1,0 +1,5 @@
+-- How many times each generation has been claimed. A claim of a generation still unfinished
+-- means every earlier lease on it was lost (its holder died or stopped heartbeating, or the
+-- server restarted), so the engine fails a job that keeps losing its leases instead of handing
+-- a poison pill out forever.
+ALTER TABLE generations ADD COLUMN claims INTEGER NOT NULL DEFAULT 0;
