@@ -11,14 +11,17 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
@@ -169,10 +172,19 @@ async fn handle(
     let Some(busy) = entry.table().begin(&entry) else {
         return Ok(overloaded());
     };
-    let response = app
-        .oneshot(request.map(Body::new))
+    let (request, body_read) = track_body(request);
+    let mut response = app
+        .oneshot(request)
         .await
         .unwrap_or_else(|never| match never {});
+    if !body_read.load(Ordering::Acquire) {
+        // Answered before the body was read (a 413 on its declared length, a 401): hyper
+        // closes such a connection after the answer, so say so, or the client would send its
+        // next request down a connection that is closing.
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     // The connection counts as busy until the whole body is written (a video download can
     // outlast its handler by minutes), so it is neither swept nor evicted meanwhile.
     Ok(response.map(|body| {
@@ -181,6 +193,48 @@ async fn handle(
             frame
         }))
     }))
+}
+
+/// The request with a body that records when it has been read to its end (a request without
+/// a body counts as read).
+fn track_body(request: Request<Incoming>) -> (Request<Body>, Arc<AtomicBool>) {
+    let (parts, inner) = request.into_parts();
+    let read = Arc::new(AtomicBool::new(inner.is_end_stream()));
+    let tracked = Tracked {
+        inner,
+        read: read.clone(),
+    };
+    (Request::from_parts(parts, Body::new(tracked)), read)
+}
+
+/// A request body that sets `read` once it has given its last frame.
+struct Tracked {
+    inner: Incoming,
+    read: Arc<AtomicBool>,
+}
+
+impl HttpBody for Tracked {
+    type Data = <Incoming as HttpBody>::Data;
+    type Error = <Incoming as HttpBody>::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let frame = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(frame, Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.read.store(true, Ordering::Release);
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 fn overloaded() -> Response<Body> {
