@@ -9,6 +9,7 @@ use reelay_core::request::parse_generate;
 use reelay_core::{GenerationId, GenerationStatus};
 use reelay_store::{
     DeliveryState, DueRef, Event, Finished, Generation, OutboxListener, Redelivery, Stage,
+    failure_details,
 };
 use reelay_webhooks::timestamp;
 use serde::Serialize;
@@ -375,9 +376,12 @@ impl GenerationView {
             Stage::Pending => (None, None, 0),
             Stage::Processing { progress_pct, .. } => (None, None, *progress_pct),
             Stage::Completed { video, .. } => (Some(video.url.clone()), None, 100),
-            Stage::Failed { code, .. } => (
+            Stage::Failed { code, reason, .. } => (
                 None,
-                Some(json!({"message": code.as_str(), "details": {}})),
+                Some(json!({
+                    "message": code.as_str(),
+                    "details": failure_details(reason.as_deref()),
+                })),
                 0,
             ),
         };

@@ -11,8 +11,8 @@ use reelay_core::pricing::Prices;
 use reelay_core::request::GenerateRequest;
 use reelay_core::{AccountId, FailureCode, GenerationId};
 use reelay_store::{
-    Created, DueRef, Finished, Finisher, Generation, Idempotency, NewGeneration, OutboxListener,
-    Outcome, Spec, Stage, Store, StoreResult, Video,
+    Created, DueRef, Failure, Finished, Finisher, Generation, Idempotency, NewGeneration,
+    OutboxListener, Outcome, Spec, Stage, Store, StoreResult, Video,
 };
 use time::OffsetDateTime;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -151,7 +151,7 @@ impl Engine {
             .finish(
                 id,
                 Finisher::Anyone,
-                Outcome::Failed(FailureCode::Cancelled),
+                Outcome::Failed(FailureCode::Cancelled.into()),
                 OffsetDateTime::now_utc(),
             )
             .await?;
@@ -221,7 +221,7 @@ impl Engine {
             .insert(g.id, stop.clone());
 
         let outcome = match inner.refusal(&g) {
-            Some(code) => Some(Outcome::Failed(code)),
+            Some(failure) => Some(Outcome::Failed(failure)),
             None => self.generate(&g, &stop).await,
         };
         if let Some(outcome) = outcome {
@@ -282,7 +282,7 @@ impl Engine {
                 Ok(file) => Outcome::Completed(Video { file, url: self.video_url(g.id) }),
                 Err(e) => {
                     tracing::warn!(generation = %g.id, error = %e, "generator failed");
-                    Outcome::Failed(FailureCode::TaskFailed)
+                    Outcome::Failed(FailureCode::TaskFailed.into())
                 }
             }),
             _ = heartbeat => {
@@ -328,10 +328,10 @@ impl Inner {
     /// prompt is refused by moderation (UNSAFE_CONTENT), or it has lost too many leases to be
     /// handed out again (TASK_FAILED, refunded) — a job that kills or stalls every worker that
     /// takes it must not go round forever.
-    pub(crate) fn refusal(&self, g: &Generation) -> Option<FailureCode> {
+    pub(crate) fn refusal(&self, g: &Generation) -> Option<Failure> {
         if let Err(blocked) = self.config.moderator.check(&g.spec.prompt) {
             tracing::info!(generation = %g.id, rule = %blocked.rule, "prompt refused by moderation");
-            return Some(FailureCode::UnsafeContent);
+            return Some(FailureCode::UnsafeContent.into());
         }
         let lost = match g.stage {
             Stage::Processing { claims, .. } => claims.saturating_sub(1),
@@ -340,7 +340,12 @@ impl Inner {
         if lost >= self.config.max_lost_leases.max(1) {
             tracing::warn!(generation = %g.id, lost_leases = lost,
                 "the generation lost its lease too many times; failing it");
-            return Some(FailureCode::TaskFailed);
+            return Some(Failure {
+                code: FailureCode::TaskFailed,
+                reason: Some(format!(
+                    "the task was interrupted {lost} times (its worker stopped or the server restarted)"
+                )),
+            });
         }
         None
     }

@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use reelay_core::{FailureCode, GenerationId, Model};
-use reelay_store::{Finished, Finisher, Generation, Outcome, Stage, StoreError, Video};
+use reelay_store::{Failure, Finished, Finisher, Generation, Outcome, Stage, StoreError, Video};
 use time::OffsetDateTime;
 
 use crate::Engine;
@@ -67,6 +67,23 @@ impl Lease {
     fn id(&self) -> String {
         format!("{}.{}", self.generation, self.owner)
     }
+}
+
+/// The longest failure reason kept from a worker, in characters.
+pub const REASON_MAX_CHARS: usize = 1000;
+
+/// A worker's failure message as the customer sees it: trimmed, cut to
+/// [`REASON_MAX_CHARS`], none when empty.
+fn reason(message: &str) -> Option<String> {
+    let message = message.trim();
+    if message.is_empty() {
+        return None;
+    }
+    let mut cut: String = message.chars().take(REASON_MAX_CHARS).collect();
+    if cut.len() < message.len() {
+        cut.push('…');
+    }
+    Some(cut)
 }
 
 fn new_owner() -> String {
@@ -142,13 +159,13 @@ impl Engine {
             .await?;
         let mut jobs = Vec::with_capacity(claimed.len());
         for g in claimed {
-            if let Some(code) = inner.refusal(&g) {
+            if let Some(failure) = inner.refusal(&g) {
                 let refused = inner
                     .store
                     .finish(
                         g.id,
                         Finisher::LeaseHolder(&owner),
-                        Outcome::Failed(code),
+                        Outcome::Failed(failure),
                         OffsetDateTime::now_utc(),
                     )
                     .await?;
@@ -226,7 +243,8 @@ impl Engine {
         }
     }
 
-    /// Fails the generation with one of the codes a worker may report.
+    /// Fails the generation with one of the codes a worker may report; `message` (cut to
+    /// [`REASON_MAX_CHARS`]) is shown to the customer as the failure's reason.
     pub async fn worker_fail(
         &self,
         lease: &Lease,
@@ -234,7 +252,11 @@ impl Engine {
         message: &str,
     ) -> Result<Generation, WorkerError> {
         tracing::info!(generation = %lease.generation, code = code.as_str(), message, "a worker failed its job");
-        match self.finish_leased(lease, Outcome::Failed(code)).await? {
+        let failure = Failure {
+            code,
+            reason: reason(message),
+        };
+        match self.finish_leased(lease, Outcome::Failed(failure)).await? {
             Finished::Applied(done) => Ok(done),
             Finished::Refused(_) => match self.ended_under(lease).await? {
                 Some(g) if matches!(g.stage, Stage::Failed { code: c, .. } if c == code) => Ok(g),

@@ -63,6 +63,8 @@ pub enum Stage {
         started_at: Option<OffsetDateTime>,
         completed_at: OffsetDateTime,
         code: FailureCode,
+        /// What the worker said of the failure, shown to the customer in `error.details`.
+        reason: Option<String>,
     },
 }
 
@@ -141,7 +143,29 @@ pub struct Created {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Completed(Video),
-    Failed(FailureCode),
+    Failed(Failure),
+}
+
+/// A failure: its code, and what the worker said of it when that is worth showing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub code: FailureCode,
+    pub reason: Option<String>,
+}
+
+/// The `details` of a failure's `error`, in the API and the webhook alike: its reason, when a
+/// worker gave one.
+pub fn failure_details(reason: Option<&str>) -> serde_json::Map<String, serde_json::Value> {
+    reason
+        .map(|r| ("reason".to_owned(), serde_json::Value::from(r)))
+        .into_iter()
+        .collect()
+}
+
+impl From<FailureCode> for Failure {
+    fn from(code: FailureCode) -> Self {
+        Self { code, reason: None }
+    }
 }
 
 /// Who may end a generation: the worker holding its lease, or anyone (cancel, time limit).

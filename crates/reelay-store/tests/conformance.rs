@@ -25,9 +25,9 @@ use reelay_core::{
 };
 use reelay_store::{
     Account, AfterAttempt, Attempt, AttemptRecord, Created, DeliveryCounts, DeliveryState,
-    DueDelivery, DueRef, Event, Finished, Finisher, Generation, Idempotency, NewGeneration, NewKey,
-    NewWorker, Outcome, Redelivery, Rotated, Rotation, SealedSecret, Spec, SqliteStore, Stage,
-    Store, StoreError, Video, event_id,
+    DueDelivery, DueRef, Event, Failure, Finished, Finisher, Generation, Idempotency,
+    NewGeneration, NewKey, NewWorker, Outcome, Redelivery, Rotated, Rotation, SealedSecret, Spec,
+    SqliteStore, Stage, Store, StoreError, Video, event_id,
 };
 use reelay_webhooks::GenerationEvent;
 use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
@@ -855,7 +855,7 @@ async fn claim_heartbeat_finish_lifecycle(h: &dyn Harness) {
             .finish(
                 g1.id,
                 Finisher::Anyone,
-                Outcome::Failed(FailureCode::Cancelled),
+                Outcome::Failed(FailureCode::Cancelled.into()),
                 at(66),
             )
             .await
@@ -902,7 +902,7 @@ async fn finish_requires_the_lease_holder(h: &dyn Harness) {
             .finish(
                 g.id,
                 Finisher::LeaseHolder("w1"),
-                Outcome::Failed(FailureCode::TaskFailed),
+                Outcome::Failed(FailureCode::TaskFailed.into()),
                 at(5),
             )
             .await
@@ -919,7 +919,7 @@ async fn finish_requires_the_lease_holder(h: &dyn Harness) {
             .finish(
                 GenerationId::random(),
                 Finisher::Anyone,
-                Outcome::Failed(FailureCode::Cancelled),
+                Outcome::Failed(FailureCode::Cancelled.into()),
                 at(6),
             )
             .await,
@@ -927,6 +927,37 @@ async fn finish_requires_the_lease_holder(h: &dyn Harness) {
     );
     assert_eq!(store.generation(GenerationId::random()).await, Ok(None));
     assert_eq!(store.event_for(GenerationId::random()).await, Ok(None));
+
+    // The holder fails it with a reason: kept on the generation and in its event's details.
+    let claimed = store.claim("w1", 1, at(100), at(7)).await.unwrap();
+    assert_eq!(ids(&claimed), [g.id]);
+    let reason = "the model ran out of GPU memory";
+    let failure = Failure {
+        code: FailureCode::TaskFailed,
+        reason: Some(reason.into()),
+    };
+    let failed = applied(
+        store
+            .finish(
+                g.id,
+                Finisher::LeaseHolder("w1"),
+                Outcome::Failed(failure),
+                at(8),
+            )
+            .await
+            .unwrap(),
+    );
+    assert!(
+        matches!(&failed.stage, Stage::Failed { reason: Some(r), .. } if r == reason),
+        "{failed:?}"
+    );
+    assert_eq!(get(store, g.id).await, failed);
+    let (_, json) = event_of(store, &failed).await;
+    assert_eq!(
+        json["error"]["details"],
+        serde_json::json!({ "reason": reason })
+    );
+    assert_eq!(balance(store, alice.id).await, 10 * PRICE, "refunded");
 }
 
 async fn failures_refund_by_code(h: &dyn Harness) {
@@ -942,7 +973,7 @@ async fn failures_refund_by_code(h: &dyn Harness) {
             .finish(
                 g.id,
                 Finisher::Anyone,
-                Outcome::Failed(FailureCode::Cancelled),
+                Outcome::Failed(FailureCode::Cancelled.into()),
                 at(5),
             )
             .await
@@ -953,7 +984,8 @@ async fn failures_refund_by_code(h: &dyn Harness) {
         Stage::Failed {
             started_at: None,
             completed_at: at(5),
-            code: FailureCode::Cancelled
+            code: FailureCode::Cancelled,
+            reason: None
         }
     );
     assert_eq!(get(store, g.id).await, cancelled);
@@ -965,7 +997,7 @@ async fn failures_refund_by_code(h: &dyn Harness) {
             .finish(
                 g.id,
                 Finisher::Anyone,
-                Outcome::Failed(FailureCode::Cancelled),
+                Outcome::Failed(FailureCode::Cancelled.into()),
                 at(6),
             )
             .await
@@ -980,7 +1012,7 @@ async fn failures_refund_by_code(h: &dyn Harness) {
             .finish(
                 g.id,
                 Finisher::Anyone,
-                Outcome::Failed(FailureCode::UnsafeContent),
+                Outcome::Failed(FailureCode::UnsafeContent.into()),
                 at(7),
             )
             .await
@@ -1006,7 +1038,7 @@ async fn failures_refund_by_code(h: &dyn Harness) {
             };
             let failed = applied(
                 store
-                    .finish(g.id, by, Outcome::Failed(code), at(secs))
+                    .finish(g.id, by, Outcome::Failed(code.into()), at(secs))
                     .await
                     .unwrap(),
             );
@@ -1041,7 +1073,7 @@ async fn concurrent_finishes_refund_once(h: &dyn Harness) {
                 .finish(
                     g.id,
                     Finisher::Anyone,
-                    Outcome::Failed(FailureCode::Cancelled),
+                    Outcome::Failed(FailureCode::Cancelled.into()),
                     at(2 + i),
                 )
                 .await
@@ -1052,7 +1084,7 @@ async fn concurrent_finishes_refund_once(h: &dyn Harness) {
                 .finish(
                     g.id,
                     Finisher::LeaseHolder("w1"),
-                    Outcome::Failed(FailureCode::TaskFailed),
+                    Outcome::Failed(FailureCode::TaskFailed.into()),
                     at(2 + i),
                 )
                 .await
@@ -1100,7 +1132,7 @@ async fn expire_times_out_and_refunds_once(h: &dyn Harness) {
             .finish(
                 done.id,
                 Finisher::Anyone,
-                Outcome::Failed(FailureCode::Cancelled),
+                Outcome::Failed(FailureCode::Cancelled.into()),
                 at(20),
             )
             .await
@@ -1122,7 +1154,8 @@ async fn expire_times_out_and_refunds_once(h: &dyn Harness) {
         Stage::Failed {
             started_at: Some(at(10)),
             completed_at: at(700),
-            code: FailureCode::Timeout
+            code: FailureCode::Timeout,
+            reason: None
         }
     );
     let timed_out_pending = get(store, pending.id).await;
@@ -1131,7 +1164,8 @@ async fn expire_times_out_and_refunds_once(h: &dyn Harness) {
         Stage::Failed {
             started_at: None,
             completed_at: at(700),
-            code: FailureCode::Timeout
+            code: FailureCode::Timeout,
+            reason: None
         }
     );
     assert_failed_event(store, &timed_out_processing, FailureCode::Timeout).await;
@@ -1361,7 +1395,7 @@ async fn list_generations_newest_first_per_account(h: &dyn Harness) {
             .finish(
                 a[1].id,
                 Finisher::Anyone,
-                Outcome::Failed(FailureCode::Cancelled),
+                Outcome::Failed(FailureCode::Cancelled.into()),
                 at(62),
             )
             .await
@@ -1488,7 +1522,7 @@ async fn queue_position_counts_older_pending(h: &dyn Harness) {
             .finish(
                 b1.id,
                 Finisher::Anyone,
-                Outcome::Failed(FailureCode::Cancelled),
+                Outcome::Failed(FailureCode::Cancelled.into()),
                 at(11),
             )
             .await
@@ -1529,7 +1563,7 @@ async fn next_deadline_is_the_earliest_unfinished(h: &dyn Harness) {
             .finish(
                 g2.id,
                 Finisher::Anyone,
-                Outcome::Failed(FailureCode::Cancelled),
+                Outcome::Failed(FailureCode::Cancelled.into()),
                 at(130),
             )
             .await
@@ -1559,7 +1593,7 @@ async fn next_deadline_is_the_earliest_unfinished(h: &dyn Harness) {
             .finish(
                 g3.id,
                 Finisher::Anyone,
-                Outcome::Failed(FailureCode::Maintenance),
+                Outcome::Failed(FailureCode::Maintenance.into()),
                 at(160),
             )
             .await
@@ -1609,9 +1643,9 @@ async fn ledger_balances_add_up(h: &dyn Harness) {
         Err(StoreError::InsufficientCredits)
     );
 
-    let fail = |id, by, code, secs| async move {
+    let fail = |id, by, code: FailureCode, secs| async move {
         store
-            .finish(id, by, Outcome::Failed(code), at(secs))
+            .finish(id, by, Outcome::Failed(code.into()), at(secs))
             .await
             .unwrap()
     };
@@ -1734,7 +1768,7 @@ async fn credits_never_overflow(h: &dyn Harness) {
             .finish(
                 g.id,
                 Finisher::Anyone,
-                Outcome::Failed(FailureCode::Cancelled),
+                Outcome::Failed(FailureCode::Cancelled.into()),
                 at(5),
             )
             .await
@@ -1840,7 +1874,7 @@ async fn reopening_keeps_everything(h: &dyn Harness) {
             .finish(
                 failed.id,
                 Finisher::Anyone,
-                Outcome::Failed(FailureCode::Cancelled),
+                Outcome::Failed(FailureCode::Cancelled.into()),
                 at(7),
             )
             .await
@@ -3396,7 +3430,7 @@ async fn ended_lease_names_the_holder_at_the_end(h: &dyn Harness) {
             .finish(
                 cancelled.id,
                 Finisher::Anyone,
-                Outcome::Failed(FailureCode::Cancelled),
+                Outcome::Failed(FailureCode::Cancelled.into()),
                 at(7),
             )
             .await
@@ -3412,7 +3446,7 @@ async fn ended_lease_names_the_holder_at_the_end(h: &dyn Harness) {
             .finish(
                 never.id,
                 Finisher::Anyone,
-                Outcome::Failed(FailureCode::Cancelled),
+                Outcome::Failed(FailureCode::Cancelled.into()),
                 at(8),
             )
             .await

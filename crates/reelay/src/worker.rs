@@ -1,5 +1,6 @@
 //! `reelay worker`: the command line of the reference worker (the `reelay-worker` crate).
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::bail;
@@ -33,13 +34,17 @@ pub struct WorkerArgs {
     /// (fields: prompt, seed, aspect_ratio, watermark_text; INPUT empty to never send one)
     #[arg(long, value_delimiter = ',', value_name = "FIELD=INPUT")]
     input_map: Vec<String>,
+    /// With --cog: where this worker receives the model server's progress webhooks (the
+    /// model server must reach it; a random loopback port by default)
+    #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
+    cog_webhook_listen: SocketAddr,
 }
 
 pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let backend = match (&args.cog, args.builtin) {
         (Some(url), false) => {
             let map = InputMap::parse(&args.input_map)?;
-            Backend::Cog(Cog::connect(url, map).await?)
+            Backend::Cog(Cog::connect(url, map, args.cog_webhook_listen).await?)
         }
         (None, true) => {
             if !args.input_map.is_empty() {

@@ -333,16 +333,16 @@ pub fn finish(
     outcome: Outcome,
     now: OffsetDateTime,
 ) -> StoreResult<Finished> {
-    let (status, code, video) = match &outcome {
-        Outcome::Completed(video) => ("completed", None, Some(video)),
-        Outcome::Failed(code) => ("failed", Some(*code), None),
+    let (status, code, reason, video) = match &outcome {
+        Outcome::Completed(video) => ("completed", None, None, Some(video)),
+        Outcome::Failed(f) => ("failed", Some(f.code), f.reason.as_deref(), None),
     };
     let updated = c
         .prepare_cached(&format!(
             "UPDATE generations SET status = ?2, completed_at = ?3, failure_code = ?4, \
                  video_file = ?5, video_url = ?6, \
                  progress_pct = CASE WHEN ?2 = 'completed' THEN 100 ELSE progress_pct END, \
-                 ended_lease = COALESCE(?7, lease_owner), \
+                 ended_lease = COALESCE(?7, lease_owner), failure_reason = ?8, \
                  lease_owner = NULL, lease_until = NULL \
              WHERE id = ?1 AND status IN ('pending', 'processing') \
                  AND (?7 IS NULL OR (status = 'processing' AND lease_owner = ?7)) \
@@ -358,6 +358,7 @@ pub fn finish(
                     video.map(|v| &v.file),
                     video.map(|v| &v.url),
                     owner,
+                    reason,
                 ],
                 generation,
             )
@@ -418,13 +419,16 @@ fn write_event(c: &Connection, g: &Generation, now: OffsetDateTime) -> StoreResu
             *completed_at,
         ),
         Stage::Failed {
-            code, completed_at, ..
+            code,
+            completed_at,
+            reason,
+            ..
         } => (
             EventStatus::Failed,
             None,
             Some(EventError {
                 message: code.as_str().to_owned(),
-                details: Default::default(),
+                details: failure_details(reason.as_deref()),
             }),
             *completed_at,
         ),
@@ -488,7 +492,13 @@ pub fn expire(c: &Connection, now: OffsetDateTime) -> StoreResult<Vec<Generation
         })
         .map_err(backend)?;
     for id in &due {
-        finish(c, *id, None, Outcome::Failed(FailureCode::Timeout), now)?;
+        finish(
+            c,
+            *id,
+            None,
+            Outcome::Failed(FailureCode::Timeout.into()),
+            now,
+        )?;
     }
     Ok(due)
 }

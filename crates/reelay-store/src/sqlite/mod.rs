@@ -30,7 +30,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_init.sql"),
     include_str!("../../migrations/sqlite/0002_signing_secrets_by_account.sql"),
     include_str!("../../migrations/sqlite/0003_workers.sql"),
-    include_str!("../../migrations/sqlite/0004_claims.sql"),
+    include_str!("../../migrations/sqlite/0004_claims_and_failure_reasons.sql"),
 ];
 
 pub(crate) fn backend(e: rusqlite::Error) -> StoreError {

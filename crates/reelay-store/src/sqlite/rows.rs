@@ -40,7 +40,7 @@ pub fn opt_time(row: &Row<'_>, idx: usize) -> rusqlite::Result<Option<OffsetDate
 /// The generation columns, in the order [`generation`] reads them.
 pub const GENERATION_COLUMNS: &str = "id, account_id, status, prompt, model, aspect_ratio, seed, \
     watermark_text, callback_url, price, created_at, deadline_at, started_at, completed_at, \
-    progress_pct, failure_code, video_file, video_url, claims";
+    progress_pct, failure_code, video_file, video_url, claims, failure_reason";
 
 pub fn generation(row: &Row<'_>) -> rusqlite::Result<Generation> {
     let status: GenerationStatus = parsed(row, 2)?;
@@ -65,6 +65,7 @@ pub fn generation(row: &Row<'_>) -> rusqlite::Result<Generation> {
             started_at,
             completed_at: completed_at.ok_or_else(|| corrupt(13, "failed without an end"))?,
             code: parsed::<FailureCode>(row, 15)?,
+            reason: row.get(19)?,
         },
     };
     Ok(Generation {

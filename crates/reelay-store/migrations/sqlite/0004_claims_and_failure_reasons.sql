@@ -3,3 +3,7 @@
 -- server restarted), so the engine fails a job that keeps losing its leases instead of handing
 -- a poison pill out forever.
 ALTER TABLE generations ADD COLUMN claims INTEGER NOT NULL DEFAULT 0;
+
+-- Why a worker says a generation failed ("the model ran out of GPU memory"), shown to the
+-- customer in `error.details.reason`; NULL when there is nothing to add to the code.
+ALTER TABLE generations ADD COLUMN failure_reason TEXT;

@@ -2,11 +2,16 @@
 //! (Replicate's packaging), so a real model serves reelay without a change to its code.
 //!
 //! The job's fields become the predictor's inputs (renamed by an [`InputMap`]; a field the
-//! predictor does not take is not sent), the prediction's logs give the progress (the last
-//! `N%` they print, as tqdm and most models do), a cancel reaches the prediction, and the
-//! output — a `data:` URL, a `file://` path or an `http(s)` URL — becomes the job's video.
+//! predictor does not take is not sent). Each job is one synchronous `PUT /predictions/{id}`:
+//! its answer is the final state, so nothing can overtake it. Progress comes meanwhile from
+//! the model server's `logs` webhooks ([`hooks`]: the last `N%` printed, as tqdm and most
+//! models print it). A cancel posts `/predictions/{id}/cancel` and waits for the model to
+//! stop. The output — a `data:` URL, a `file://` path or an `http(s)` URL — becomes the video.
+
+mod hooks;
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -16,13 +21,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::protocol::{FailCode, Job};
 use crate::{Failure, Output, Progress};
+use hooks::Hooks;
 
 /// How long the model server may take to become ready at start-up (model weights load).
 const READY_WAIT: Duration = Duration::from_secs(600);
-/// How often a running prediction is looked at.
-const POLL_EVERY: Duration = Duration::from_millis(500);
-/// How long a cancelled prediction may take to stop before it is left behind.
+/// The longest one prediction may run; reelay's own time limit normally ends it far sooner.
+const PREDICTION_LIMIT: Duration = Duration::from_secs(2 * 60 * 60);
+/// How long a cancelled prediction may take to stop before the worker moves on.
 const CANCEL_WAIT: Duration = Duration::from_secs(30);
+/// How long a prediction is retried while the model server says all its slots are busy.
+const BUSY_WAIT: Duration = Duration::from_secs(60);
 /// The largest video fetched from an `http` output URL.
 const MAX_FETCH_BYTES: usize = 512 * 1024 * 1024;
 
@@ -113,41 +121,30 @@ pub struct Cog {
     map: InputMap,
     /// The predictor's input names, from its OpenAPI schema.
     accepted: Option<Vec<String>>,
+    hooks: Hooks,
+}
+
+/// How one prediction ended, from the model server's answer.
+enum Ended {
+    Answer(Value),
+    /// All the model's slots are busy (409): try again shortly.
+    Busy,
 }
 
 impl Cog {
-    /// Waits until the model server is ready and reads which inputs its predictor takes.
-    pub async fn connect(url: &str, map: InputMap) -> anyhow::Result<Self> {
+    /// Waits until the model server is ready, reads which inputs its predictor takes, and
+    /// starts the receiver of its progress webhooks on `hooks_listen`.
+    pub async fn connect(
+        url: &str,
+        map: InputMap,
+        hooks_listen: SocketAddr,
+    ) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(60))
             .no_proxy()
             .build()?;
         let base = url.trim_end_matches('/').to_owned();
-        let until = tokio::time::Instant::now() + READY_WAIT;
-        loop {
-            let health: Option<Value> = match http.get(format!("{base}/health-check")).send().await
-            {
-                Ok(r) => r.json().await.ok(),
-                Err(_) => None,
-            };
-            let status = health.as_ref().and_then(|h| h["status"].as_str());
-            match status {
-                Some("READY") | Some("BUSY") => break,
-                Some("SETUP_FAILED") | Some("DEFUNCT") => {
-                    bail!(
-                        "the Cog model server at {base} is {}: {health:?}",
-                        status.unwrap_or_default()
-                    )
-                }
-                _ if tokio::time::Instant::now() > until => {
-                    bail!(
-                        "the Cog model server at {base} was not ready within {READY_WAIT:?} (last answer: {health:?})"
-                    )
-                }
-                _ => tokio::time::sleep(Duration::from_secs(1)).await,
-            }
-        }
+        wait_ready(&http, &base).await?;
         let accepted = input_names(&http, &base).await;
         match &accepted {
             Some(names) => {
@@ -155,7 +152,8 @@ impl Cog {
                     if let Some(name) = name
                         && !names.contains(name)
                     {
-                        tracing::info!(field = field.name(), input = %name, "the predictor takes no such input; it is not sent (see --input-map)");
+                        tracing::info!(field = field.name(), input = %name,
+                            "the predictor takes no such input; it is not sent (see --input-map)");
                     }
                 }
             }
@@ -163,12 +161,16 @@ impl Cog {
                 "could not read the predictor's inputs from /openapi.json; every mapped field is sent"
             ),
         }
+        let hooks = Hooks::start(hooks_listen).await.with_context(|| {
+            format!("listening for the model server's webhooks on {hooks_listen}")
+        })?;
         tracing::info!(server = %base, "the Cog model server is ready");
         Ok(Self {
             http,
             base,
             map,
             accepted,
+            hooks,
         })
     }
 
@@ -179,106 +181,98 @@ impl Cog {
         stop: &CancellationToken,
     ) -> Result<Output, Failure> {
         let failed = |message: String| Failure::new(FailCode::TaskFailed, message);
-        let id = format!("reelay{}", uuid::Uuid::new_v4().simple());
-        let input = self.map.inputs(job, self.accepted.as_deref());
-        let started = self
-            .http
-            .put(format!("{}/predictions/{id}", self.base))
-            .header("Prefer", "respond-async")
-            .json(&json!({ "id": id, "input": input }))
-            .send()
-            .await
-            .map_err(|e| failed(format!("the model server is unreachable: {e}")))?;
-        if !started.status().is_success() {
-            let status = started.status();
-            let body = started.text().await.unwrap_or_default();
-            return Err(failed(format!(
-                "the model server refused the prediction: {status} {body}"
-            )));
-        }
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(POLL_EVERY) => {}
+        let id = format!("reelay-{}", uuid::Uuid::new_v4().simple());
+        let _watch = self.hooks.watch(&id, progress.clone());
+        let body = json!({
+            "id": id,
+            "input": self.map.inputs(job, self.accepted.as_deref()),
+            "webhook": self.hooks.url(&id),
+            "webhook_events_filter": ["logs"],
+        });
+        let busy_until = tokio::time::Instant::now() + BUSY_WAIT;
+        let answer = loop {
+            let predict = self.predict(&id, &body);
+            tokio::pin!(predict);
+            let ended = tokio::select! {
+                ended = &mut predict => ended,
                 _ = stop.cancelled() => {
-                    self.cancel(&id).await;
+                    self.cancel(&id, predict).await;
                     return Err(Failure::stopped());
                 }
-            }
-            let prediction = match self.prediction(&id).await {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::warn!(generation = %job.generation_id, error = %e, "reading the prediction failed");
-                    continue;
-                }
             };
-            if let Some(pct) = last_percent(prediction["logs"].as_str().unwrap_or_default()) {
-                progress.set(pct);
+            match ended.map_err(|e| failed(format!("{e:#}")))? {
+                Ended::Answer(answer) => break answer,
+                Ended::Busy if tokio::time::Instant::now() < busy_until => {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Ended::Busy => {
+                    return Err(failed(format!(
+                        "the model server stayed busy for {BUSY_WAIT:?} (its slots are taken: \
+                         is --concurrency above what it runs at once?)"
+                    )));
+                }
             }
-            match prediction["status"].as_str().unwrap_or_default() {
-                "succeeded" => {
-                    return self
-                        .output(&prediction["output"])
-                        .await
-                        .map_err(|e| failed(format!("{e:#}")));
-                }
-                "failed" => {
-                    let error = prediction["error"]
-                        .as_str()
-                        .unwrap_or("the prediction failed");
-                    return Err(failed(error.to_owned()));
-                }
-                "canceled" => {
-                    return Err(failed("the model server canceled the prediction".into()));
-                }
-                _ => {}
-            }
+        };
+        match answer["status"].as_str().unwrap_or_default() {
+            "succeeded" => self
+                .output(&answer["output"])
+                .await
+                .map_err(|e| failed(format!("{e:#}"))),
+            "failed" => Err(failed(
+                answer["error"]
+                    .as_str()
+                    .unwrap_or("the prediction failed")
+                    .to_owned(),
+            )),
+            "canceled" => Err(failed("the model server canceled the prediction".into())),
+            other => Err(failed(format!(
+                "the model server answered an unfinished prediction ({other:?})"
+            ))),
         }
     }
 
-    async fn prediction(&self, id: &str) -> anyhow::Result<Value> {
+    /// Runs prediction `id` to its end: the synchronous answer is its final state.
+    async fn predict(&self, id: &str, body: &Value) -> anyhow::Result<Ended> {
         let response = self
             .http
-            .get(format!("{}/predictions/{id}", self.base))
+            .put(format!("{}/predictions/{id}", self.base))
+            .timeout(PREDICTION_LIMIT)
+            .json(body)
             .send()
-            .await?
-            .error_for_status()?;
-        Ok(response.json().await?)
+            .await
+            .context("the model server is unreachable")?;
+        let status = response.status();
+        if status.as_u16() == 409 {
+            return Ok(Ended::Busy);
+        }
+        let text = response.text().await.context("reading the prediction")?;
+        if !status.is_success() {
+            bail!("the model server refused the prediction: {status} {text:.500}");
+        }
+        serde_json::from_str(&text)
+            .map(Ended::Answer)
+            .with_context(|| format!("the model server's answer is not JSON: {text:.200}"))
     }
 
-    /// Cancels the prediction and waits, briefly, for it to stop.
-    async fn cancel(&self, id: &str) {
+    /// Cancels the prediction and waits, briefly, for `running` (its request) to end, so
+    /// the model is free before the next job.
+    async fn cancel(&self, id: &str, running: impl Future<Output = anyhow::Result<Ended>>) {
         let sent = self
             .http
             .post(format!("{}/predictions/{id}/cancel", self.base))
+            .timeout(Duration::from_secs(10))
             .send()
             .await;
         if let Err(e) = sent {
             tracing::warn!(prediction = id, error = %e, "cancelling the prediction failed");
-            return;
         }
-        let until = tokio::time::Instant::now() + CANCEL_WAIT;
-        while tokio::time::Instant::now() < until {
-            match self.prediction(id).await {
-                Ok(p)
-                    if matches!(
-                        p["status"].as_str(),
-                        Some("canceled" | "failed" | "succeeded")
-                    ) =>
-                {
-                    tracing::info!(
-                        prediction = id,
-                        status = p["status"].as_str(),
-                        "prediction stopped"
-                    );
-                    return;
-                }
-                _ => tokio::time::sleep(POLL_EVERY).await,
-            }
+        match tokio::time::timeout(CANCEL_WAIT, running).await {
+            Ok(_) => tracing::info!(prediction = id, "prediction cancelled"),
+            Err(_) => tracing::warn!(
+                prediction = id,
+                "the prediction did not stop within {CANCEL_WAIT:?}"
+            ),
         }
-        tracing::warn!(
-            prediction = id,
-            "the prediction did not stop within {CANCEL_WAIT:?}"
-        );
     }
 
     /// The video a prediction's output names: a `data:` URL, a `file://` path, an `http(s)`
@@ -313,15 +307,18 @@ impl Cog {
         if url.starts_with("http://") {
             return Ok(Output::Mp4(self.fetch(url).await?));
         }
-        bail!(
-            "the prediction's output is not a URL reelay can use: {:.80}",
-            url
-        )
+        bail!("the prediction's output is not a URL reelay can use: {url:.80}")
     }
 
     /// Downloads a plain-`http` output (a model server's local file host), bounded.
     async fn fetch(&self, url: &str) -> anyhow::Result<Vec<u8>> {
-        let mut response = self.http.get(url).send().await?.error_for_status()?;
+        let mut response = self
+            .http
+            .get(url)
+            .timeout(PREDICTION_LIMIT)
+            .send()
+            .await?
+            .error_for_status()?;
         let mut mp4 = Vec::new();
         while let Some(chunk) = response.chunk().await? {
             if mp4.len() + chunk.len() > MAX_FETCH_BYTES {
@@ -330,6 +327,42 @@ impl Cog {
             mp4.extend_from_slice(&chunk);
         }
         Ok(mp4)
+    }
+}
+
+/// Waits for the model server's health check to say it is ready.
+async fn wait_ready(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
+    let until = tokio::time::Instant::now() + READY_WAIT;
+    let mut logged = false;
+    loop {
+        let health: Option<Value> = match http
+            .get(format!("{base}/health-check"))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+        {
+            Ok(r) => r.json().await.ok(),
+            Err(_) => None,
+        };
+        let status = health.as_ref().and_then(|h| h["status"].as_str());
+        match status {
+            Some("READY" | "BUSY") => return Ok(()),
+            Some(bad @ ("SETUP_FAILED" | "UNHEALTHY" | "DEFUNCT")) => {
+                let setup = health.as_ref().map(|h| h["setup"]["logs"].clone());
+                bail!("the Cog model server at {base} is {bad}; restart it (setup logs: {setup:?})")
+            }
+            _ if tokio::time::Instant::now() > until => bail!(
+                "the Cog model server at {base} was not ready within {READY_WAIT:?} \
+                 (last answer: {health:?})"
+            ),
+            _ => {
+                if !logged {
+                    tracing::info!(server = %base, status, "waiting for the Cog model server to be ready");
+                    logged = true;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
     }
 }
 

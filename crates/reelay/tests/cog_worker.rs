@@ -1,0 +1,302 @@
+//! `reelay worker --cog` against a real Cog model server (coglet, from the Python registry,
+//! set up by `scripts/cog-venv.sh`) running the predictors of `examples/cog/`: the video is
+//! the model's, progress comes through, a cancel cancels the prediction, a raising predictor
+//! fails the task with its message.
+
+mod common;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Upper bound for the model server to load its predictor.
+const COG_READY_DEADLINE: Duration = Duration::from_secs(120);
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Makes the virtual environment once per test process (the script is idempotent and
+/// serialised, so parallel test processes share one install).
+fn cog_venv() -> PathBuf {
+    static SETUP: Once = Once::new();
+    SETUP.call_once(|| {
+        let status = Command::new("bash")
+            .arg(repo_root().join("scripts/cog-venv.sh"))
+            .status()
+            .expect("run scripts/cog-venv.sh");
+        assert!(status.success(), "scripts/cog-venv.sh failed: {status}");
+    });
+    repo_root().join("target/cog-venv")
+}
+
+/// A child process in its own process group, killed with the group when dropped (coglet
+/// runs the predictor in a subprocess of its own).
+struct Group {
+    child: Child,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Group {
+    fn spawn(mut cmd: Command) -> Group {
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = dir.path().join("log");
+        let out = File::create(&log).expect("log file");
+        cmd.stdin(Stdio::null())
+            .stdout(out.try_clone().expect("log file"))
+            .stderr(out)
+            .process_group(0);
+        let child = cmd.spawn().expect("spawn");
+        Group {
+            child,
+            log,
+            _dir: dir,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-s", "KILL", "--", &format!("-{}", self.child.id())])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// A Cog model server on a free loopback port, running `predictor` from `examples/cog`.
+struct CogServer {
+    url: String,
+    process: Group,
+}
+
+impl CogServer {
+    async fn start(predictor: &str, env: &[(&str, &str)]) -> CogServer {
+        let venv = cog_venv();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let path = format!(
+            "{}:{}",
+            venv.join("bin").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let mut cmd = Command::new(venv.join("bin/python"));
+        cmd.args(["-m", "cog.server.http", "--host", "127.0.0.1"])
+            .current_dir(repo_root().join("examples/cog"))
+            .env("PATH", path)
+            .env("PORT", port.to_string())
+            .env("COG_PREDICT_TYPE_STUB", predictor);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let server = CogServer {
+            url: format!("http://127.0.0.1:{port}"),
+            process: Group::spawn(cmd),
+        };
+        let http = reqwest::Client::new();
+        let until = Instant::now() + COG_READY_DEADLINE;
+        loop {
+            let health = http
+                .get(format!("{}/health-check", server.url))
+                .send()
+                .await;
+            if let Ok(r) = health
+                && let Ok(v) = r.json::<serde_json::Value>().await
+                && v["status"] == "READY"
+            {
+                return server;
+            }
+            assert!(
+                Instant::now() < until,
+                "the Cog server was not READY within {COG_READY_DEADLINE:?}:\n{}",
+                server.process.log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// reelay with external workers, an account, and a `reelay worker --cog` on `cog`.
+struct Setup {
+    server: TestServer,
+    account: Account,
+    worker: Group,
+}
+
+impl Setup {
+    async fn start(cog: &CogServer) -> Setup {
+        let server = TestServer::start(&[
+            ("REELAY_GENERATOR", "external"),
+            ("REELAY_WORKER_LEASE", "3s"),
+        ])
+        .await;
+        let account = server.create_account("alice", "10").await;
+        let token = server
+            .cli_json(&["workers", "create", "--name", "cog", "--json"])
+            .await["token"]
+            .as_str()
+            .expect("token")
+            .to_owned();
+        let mut cmd = server.command();
+        cmd.args(["worker", "--server", &server.url, "--token", &token])
+            .args(["--cog", &cog.url]);
+        let worker = Group::spawn(cmd);
+        Setup {
+            server,
+            account,
+            worker,
+        }
+    }
+
+    fn context(&self, cog: &CogServer) -> String {
+        format!(
+            "\n--- worker log ---\n{}\n--- cog log ---\n{}",
+            self.worker.log(),
+            cog.process.log()
+        )
+    }
+}
+
+/// The top-level box types of an MP4.
+fn top_level_boxes(mp4: &[u8]) -> Vec<String> {
+    let mut boxes = Vec::new();
+    let mut at = 0usize;
+    while at + 8 <= mp4.len() {
+        let size = u32::from_be_bytes(mp4[at..at + 4].try_into().unwrap()) as usize;
+        boxes.push(String::from_utf8_lossy(&mp4[at + 4..at + 8]).into_owned());
+        if size < 8 {
+            break;
+        }
+        at += size;
+    }
+    boxes
+}
+
+#[tokio::test]
+async fn a_cog_model_makes_the_video() {
+    let cog = CogServer::start("predict.py:Predictor", &[]).await;
+    let s = Setup::start(&cog).await;
+    let body = serde_json::json!({"prompt": PROMPT, "seed": 11, "aspect_ratio": "9:16"});
+    let id = s.server.generate_ok(&s.account.api_key, &body).await["generation_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let g = s
+        .server
+        .wait_terminal(&s.account.api_key, &id, RENDER_DEADLINE)
+        .await;
+    assert_eq!(g["status"], "completed", "{g}{}", s.context(&cog));
+    assert_eq!(g["progress_pct"], 100);
+    let video = s
+        .server
+        .http
+        .get(g["video_url"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let boxes = top_level_boxes(&video);
+    assert_eq!(boxes.first().map(String::as_str), Some("ftyp"), "{boxes:?}");
+    assert!(boxes.iter().any(|b| b == "moov"), "{boxes:?}");
+    // The model's video, not the built-in renderer's: the same prompt and seed rendered by
+    // the predictor alone give the same bytes.
+    let direct: serde_json::Value = s
+        .server
+        .http
+        .post(format!("{}/predictions", cog.url))
+        .json(&serde_json::json!({"input": {"prompt": PROMPT, "seed": 11, "aspect_ratio": "9:16"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let data = direct["output"].as_str().expect("a data URL");
+    let encoded = data.split_once(";base64,").expect("base64").1;
+    use base64::Engine as _;
+    let expected = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .unwrap();
+    assert!(video[..] == expected[..], "the served video is the model's");
+}
+
+#[tokio::test]
+async fn progress_and_cancel_reach_the_model() {
+    let marker_dir = tempfile::tempdir().unwrap();
+    let marker = marker_dir.path().join("cancelled");
+    let cog = CogServer::start(
+        "testing/slow.py:Predictor",
+        &[
+            ("COG_TEST_SLOW_SECONDS", "60"),
+            ("COG_TEST_CANCEL_MARKER", marker.to_str().unwrap()),
+            ("COG_THROTTLE_RESPONSE_INTERVAL", "0"),
+        ],
+    )
+    .await;
+    let s = Setup::start(&cog).await;
+    let key = &s.account.api_key;
+    let id = s.server.create_generation(key, PROMPT).await;
+
+    // Progress printed by the model reaches the customer, strictly between 0 and 100.
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let g = s.server.generation(key, &id).await;
+        let pct = g["progress_pct"].as_u64().unwrap_or(0);
+        if g["status"] == "processing" && (1..100).contains(&pct) {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "no progress seen: {g}{}",
+            s.context(&cog)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The customer cancels: the worker cancels the prediction inside the model.
+    let r = s.server.cancel(key, &id).await;
+    assert_eq!(r.status, 200, "{r}");
+    let until = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_to_string(&marker).unwrap_or_default() != "cancelled" {
+        assert!(
+            Instant::now() < until,
+            "the prediction was not cancelled{}",
+            s.context(&cog)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let g = s.server.generation(key, &id).await;
+    assert_eq!(g["error"]["message"], "CANCELLED", "{g}");
+    assert_eq!(s.server.balance(key).await, "10.0000");
+}
+
+#[tokio::test]
+async fn a_predictor_that_raises_fails_the_task_with_its_message() {
+    let cog = CogServer::start("testing/failing.py:Predictor", &[]).await;
+    let s = Setup::start(&cog).await;
+    let key = &s.account.api_key;
+    let id = s.server.create_generation(key, PROMPT).await;
+    let g = s.server.wait_terminal(key, &id, RENDER_DEADLINE).await;
+    assert_eq!(g["status"], "failed", "{g}{}", s.context(&cog));
+    assert_eq!(g["error"]["message"], "TASK_FAILED", "{g}");
+    let reason = g["error"]["details"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("the model ran out of GPU memory"),
+        "the predictor's message in details: {g}"
+    );
+    assert_eq!(s.server.balance(key).await, "10.0000", "refunded");
+}
