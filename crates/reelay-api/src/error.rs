@@ -58,18 +58,32 @@ impl ApiError {
         self
     }
 
+    /// The machine-readable code.
+    pub fn detail(&self) -> &'static str {
+        self.detail
+    }
+
+    /// The same error, telling the client to retry after `secs` seconds.
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
+    }
+
     /// A 422 naming one field.
     pub fn invalid(field: &str, message: impl Into<String>) -> Self {
-        Self::invalid_fields(vec![FieldError {
-            field: field.to_owned(),
-            message: message.into(),
-        }])
+        Self::invalid_fields(vec![FieldError::new(field, message)])
     }
 
     /// A 422 listing the bad fields, at most [`MAX_FIELD_ERRORS`] of them. One field's
     /// message is the summary; several are named in it, each explained once in `errors`.
+    /// The `detail` is the first precise code among the errors (an image's), else
+    /// `INVALID_PARAMETERS`.
     pub fn invalid_fields(mut errors: Vec<FieldError>) -> Self {
         let total = errors.len();
+        let detail = errors
+            .iter()
+            .find_map(|e| e.code)
+            .unwrap_or("INVALID_PARAMETERS");
         errors.truncate(MAX_FIELD_ERRORS);
         let message = match errors.as_slice() {
             [one] => format!("{}: {}", one.field, one.message),
@@ -87,7 +101,7 @@ impl ApiError {
         };
         Self {
             status: StatusCode::UNPROCESSABLE_ENTITY,
-            detail: "INVALID_PARAMETERS",
+            detail,
             message,
             errors: Some(
                 errors

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use crate::auth::Caller;
-use crate::body::{JsonBody, SMALL_BODY};
+use crate::body::CreateBody;
 use crate::{ApiError, AppState};
 
 /// The longest `Idempotency-Key` accepted.
@@ -27,12 +27,25 @@ pub async fn create(
     State(state): State<AppState>,
     Caller(account): Caller,
     headers: HeaderMap,
-    JsonBody(body): JsonBody<SMALL_BODY>,
+    body: CreateBody,
 ) -> Result<(StatusCode, Json<CreatedView>), ApiError> {
     if let Some(limiter) = &state.create_limiter {
         limiter.check(account)?;
     }
-    let request = parse_generate(&body, state.destinations).map_err(ApiError::invalid_fields)?;
+    let policy = state.destinations;
+    let request = if body.is_large() {
+        // Images are decoded to be checked: CPU work that must not hold up the runtime.
+        let bytes = body.bytes.clone();
+        tokio::task::spawn_blocking(move || parse_generate(&bytes, policy))
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "checking a create request panicked");
+                ApiError::internal()
+            })?
+    } else {
+        parse_generate(&body.bytes, policy)
+    }
+    .map_err(ApiError::invalid_fields)?;
     let idempotency_key = idempotency_key(&headers)?;
 
     let created = state
@@ -138,10 +151,7 @@ pub async fn list(
 ) -> Result<Json<ListView>, ApiError> {
     let mut errors = Vec::new();
     let mut field_error = |field: &str, message: String| {
-        errors.push(reelay_core::request::FieldError {
-            field: field.to_owned(),
-            message,
-        })
+        errors.push(reelay_core::request::FieldError::new(field, message))
     };
     let limit = match query.get("limit").map(|l| l.parse::<u32>()) {
         None => 50,

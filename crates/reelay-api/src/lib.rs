@@ -53,6 +53,8 @@ pub struct AppState {
     pub video_key: VideoKey,
     /// The largest video a worker may upload.
     pub worker_max_video_bytes: u64,
+    /// One permit per create body over the small-body limit being handled (images).
+    pub large_bodies: Arc<tokio::sync::Semaphore>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -89,6 +91,10 @@ pub fn router(state: AppState) -> Router {
             post(workers::complete),
         )
         .route("/v1/worker/jobs/{lease_id}/fail", post(workers::fail))
+        .route(
+            "/v1/worker/jobs/{lease_id}/inputs/{name}",
+            get(workers::input),
+        )
         .route("/videos/{id}/{file}", get(videos::serve))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))

@@ -143,10 +143,7 @@ pub async fn redeliver_failed(
 }
 
 fn field_error(field: &str, message: &str) -> reelay_core::request::FieldError {
-    reelay_core::request::FieldError {
-        field: field.to_owned(),
-        message: message.to_owned(),
-    }
+    reelay_core::request::FieldError::new(field, message)
 }
 
 fn parse_time(text: &str) -> Option<OffsetDateTime> {

@@ -39,6 +39,11 @@ impl From<WorkerError> for ApiError {
                 "BUSY",
                 "too many workers are waiting for jobs; retry in a few seconds",
             ),
+            WorkerError::NoSuchInput => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "NOT_FOUND",
+                "the job has no input of that name; its claim lists its inputs",
+            ),
             WorkerError::Store(e) => e.into(),
         }
     }
@@ -75,11 +80,29 @@ struct JobView {
     seed: u32,
     aspect_ratio: &'static str,
     watermark_text: Option<String>,
+    inputs: Vec<InputView>,
 }
 
-impl From<WorkerJob> for JobView {
-    fn from(job: WorkerJob) -> Self {
+/// An input image of a job, fetched with the worker token while the lease holds.
+#[derive(Serialize)]
+struct InputView {
+    name: String,
+    content_type: &'static str,
+    url: String,
+}
+
+impl JobView {
+    fn new(job: WorkerJob, engine: &reelay_engine::Engine) -> Self {
         let spec = job.generation.spec;
+        let inputs = spec
+            .inputs
+            .iter()
+            .map(|input| InputView {
+                url: engine.worker_input_url(&job.lease_id, input),
+                name: input.name.clone(),
+                content_type: input.format.mime(),
+            })
+            .collect();
         Self {
             generation_id: job.generation.id.to_string(),
             lease_id: job.lease_id,
@@ -89,6 +112,7 @@ impl From<WorkerJob> for JobView {
             seed: spec.seed,
             aspect_ratio: spec.aspect_ratio.as_str(),
             watermark_text: spec.watermark_text,
+            inputs,
         }
     }
 }
@@ -137,7 +161,10 @@ pub async fn claim(
         .engine
         .worker_claim(models, max as usize, Duration::from_secs(wait))
         .await?;
-    let jobs: Vec<JobView> = jobs.into_iter().map(JobView::from).collect();
+    let jobs: Vec<JobView> = jobs
+        .into_iter()
+        .map(|job| JobView::new(job, &state.engine))
+        .collect();
     Ok(Json(json!({ "jobs": jobs })))
 }
 
@@ -311,4 +338,31 @@ pub async fn fail(
         .worker_fail(&lease, code, body.message.as_deref().unwrap_or(""))
         .await?;
     Ok(result_view(&g))
+}
+
+/// `GET /v1/worker/jobs/{lease_id}/inputs/{name}`: an input image, only to the lease holding
+/// the job.
+pub async fn input(
+    State(state): State<AppState>,
+    WorkerCaller(_): WorkerCaller,
+    Path((lease_id, name)): Path<(String, String)>,
+    request: Request,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    use tower::ServiceExt;
+    let lease = lease(&lease_id)?;
+    let (path, input) = state.engine.worker_input(&lease, &name).await?;
+    let mime = input.format.mime().parse().expect("a valid media type");
+    let response = tower_http::services::ServeFile::new_with_mime(&path, &mime)
+        .oneshot(request)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, path = %path.display(), "serving an input image failed");
+            ApiError::internal()
+        })?;
+    if response.status() == StatusCode::NOT_FOUND {
+        tracing::error!(path = %path.display(), "a job's input image is missing");
+        return Err(ApiError::internal());
+    }
+    Ok(response.into_response())
 }

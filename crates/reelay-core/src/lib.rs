@@ -7,6 +7,7 @@ pub mod destination;
 pub mod failure;
 pub mod generation;
 pub mod ids;
+pub mod images;
 pub mod moderation;
 pub mod money;
 pub mod named;

@@ -5,6 +5,10 @@
 //! the rules need, arrays and objects are skipped without being built, and a body with more keys
 //! than any valid request could have is refused as soon as the extra key is seen. Fields are
 //! then judged one by one, so a client hears about every wrong field at once, by name, with a fix.
+//!
+//! Image fields are base64-decoded as they are read, straight from the body's text, so a
+//! request holds its body and the decoded images — about two copies of each image — and never
+//! a third as a string; an image that would decode past the limit is refused before decoding.
 
 use std::fmt;
 
@@ -12,6 +16,7 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use url::Url;
 
 use crate::destination::DestinationPolicy;
+use crate::images::{self, ImageError, InputImage};
 use crate::{AspectRatio, Model};
 
 pub const PROMPT_MIN_CHARS: usize = 10;
@@ -39,12 +44,11 @@ const MAX_KEYS: usize = 32;
 const MODELS: [&str; 2] = [Model::ALL[0].as_str(), Model::ALL[1].as_str()];
 const ASPECTS: [&str; 2] = [AspectRatio::ALL[0].as_str(), AspectRatio::ALL[1].as_str()];
 
-const IMAGE_FIELDS: &[&str] = &[
-    "bytes_image",
-    "start_frame",
-    "end_frame",
-    "reference_images",
-];
+/// The most images `reference_images` may hold (RunBlob: 1–3).
+pub const MAX_REFERENCE_IMAGES: usize = 3;
+
+const ONE_MODE: &str = "only one image mode per request: send bytes_image, or start_frame with \
+     end_frame, or reference_images";
 
 /// A valid generation request.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,6 +60,47 @@ pub struct GenerateRequest {
     /// `None` when the client left it to reelay to pick one.
     pub seed: Option<u32>,
     pub watermark_text: Option<String>,
+    pub images: ImageInputs,
+}
+
+/// The images a request brings, by RunBlob's generation mode: at most one mode.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ImageInputs {
+    /// Text to video.
+    #[default]
+    None,
+    /// `bytes_image`: image to video.
+    Image(InputImage),
+    /// `start_frame` and `end_frame`: a transition from one to the other.
+    Frames { start: InputImage, end: InputImage },
+    /// `reference_images`: 1–3 images guiding the video (`veo-3-fast` only).
+    References(Vec<InputImage>),
+}
+
+impl ImageInputs {
+    /// The names the images are stored and handed to workers under, in order.
+    fn names(&self) -> Vec<String> {
+        match self {
+            ImageInputs::None => vec![],
+            ImageInputs::Image(_) => vec!["image".into()],
+            ImageInputs::Frames { .. } => vec!["start_frame".into(), "end_frame".into()],
+            ImageInputs::References(list) => {
+                (1..=list.len()).map(|n| format!("reference_{n}")).collect()
+            }
+        }
+    }
+
+    /// Each image with its name.
+    pub fn into_named(self) -> Vec<(String, InputImage)> {
+        let names = self.names();
+        let images = match self {
+            ImageInputs::None => vec![],
+            ImageInputs::Image(i) => vec![i],
+            ImageInputs::Frames { start, end } => vec![start, end],
+            ImageInputs::References(list) => list,
+        };
+        names.into_iter().zip(images).collect()
+    }
 }
 
 impl GenerateRequest {
@@ -86,6 +131,17 @@ impl GenerateRequest {
             let [a, b, c, d] = s.to_le_bytes();
             [1, a, b, c, d]
         }));
+        let images = match &self.images {
+            ImageInputs::None => vec![],
+            ImageInputs::Image(i) => vec![i],
+            ImageInputs::Frames { start, end } => vec![start, end],
+            ImageInputs::References(list) => list.iter().collect(),
+        };
+        for (name, image) in self.images.names().iter().zip(images) {
+            h.update((name.len() as u64).to_le_bytes());
+            h.update(name.as_bytes());
+            h.update(Sha256::digest(&image.bytes));
+        }
         h.finalize().into()
     }
 }
@@ -95,14 +151,149 @@ impl GenerateRequest {
 pub struct FieldError {
     pub field: String,
     pub message: String,
+    /// The API code of this error when it is more precise than `INVALID_PARAMETERS`
+    /// (`INVALID_IMAGE`, `IMAGE_TOO_LARGE`, `UNSUPPORTED_IMAGE_FORMAT`).
+    pub code: Option<&'static str>,
 }
 
 impl FieldError {
-    fn new(field: &str, message: impl Into<String>) -> Self {
+    pub fn new(field: &str, message: impl Into<String>) -> Self {
         Self {
             field: field.to_owned(),
             message: message.into(),
+            code: None,
         }
+    }
+
+    fn image(field: &str, error: ImageError) -> Self {
+        Self {
+            field: field.to_owned(),
+            message: error.message().to_owned(),
+            code: Some(error.code()),
+        }
+    }
+}
+
+/// An image field's value, decoded from base64 as it was read.
+#[derive(Debug)]
+enum ImageValue {
+    Null,
+    Decoded(Result<Vec<u8>, ImageError>),
+    /// Not a string: what it was.
+    Other(&'static str),
+}
+
+impl<'de> de::Deserialize<'de> for ImageValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ImageVisitor)
+    }
+}
+
+struct ImageVisitor;
+
+impl<'de> Visitor<'de> for ImageVisitor {
+    type Value = ImageValue;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a base64 image")
+    }
+    fn visit_str<E>(self, v: &str) -> Result<ImageValue, E> {
+        Ok(ImageValue::Decoded(images::decode_base64(v)))
+    }
+    fn visit_unit<E>(self) -> Result<ImageValue, E> {
+        Ok(ImageValue::Null)
+    }
+    fn visit_none<E>(self) -> Result<ImageValue, E> {
+        Ok(ImageValue::Null)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<ImageValue, E> {
+        Ok(ImageValue::Other("a boolean"))
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<ImageValue, E> {
+        Ok(ImageValue::Other("a number"))
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<ImageValue, E> {
+        Ok(ImageValue::Other("a number"))
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<ImageValue, E> {
+        Ok(ImageValue::Other("a number"))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ImageValue, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(ImageValue::Other("an array"))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ImageValue, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(ImageValue::Other("an object"))
+    }
+}
+
+/// `reference_images`' value: its first images decoded, and how many it had in all (the rest
+/// are skipped unread).
+#[derive(Debug)]
+enum ImageList {
+    Null,
+    Items {
+        decoded: Vec<ImageValue>,
+        total: usize,
+    },
+    Other(&'static str),
+}
+
+impl<'de> de::Deserialize<'de> for ImageList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ImageListVisitor)
+    }
+}
+
+struct ImageListVisitor;
+
+impl<'de> Visitor<'de> for ImageListVisitor {
+    type Value = ImageList;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an array of base64 images")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ImageList, A::Error> {
+        let mut decoded = Vec::new();
+        let mut total = 0;
+        loop {
+            if decoded.len() < MAX_REFERENCE_IMAGES {
+                match seq.next_element::<ImageValue>()? {
+                    Some(v) => decoded.push(v),
+                    None => break,
+                }
+            } else if seq.next_element::<IgnoredAny>()?.is_none() {
+                break;
+            }
+            total += 1;
+        }
+        Ok(ImageList::Items { decoded, total })
+    }
+    fn visit_unit<E>(self) -> Result<ImageList, E> {
+        Ok(ImageList::Null)
+    }
+    fn visit_none<E>(self) -> Result<ImageList, E> {
+        Ok(ImageList::Null)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<ImageList, E> {
+        Ok(ImageList::Other("a string"))
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<ImageList, E> {
+        Ok(ImageList::Other("a boolean"))
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<ImageList, E> {
+        Ok(ImageList::Other("a number"))
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<ImageList, E> {
+        Ok(ImageList::Other("a number"))
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<ImageList, E> {
+        Ok(ImageList::Other("a number"))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ImageList, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(ImageList::Other("an object"))
     }
 }
 
@@ -168,6 +359,10 @@ impl<'de> Visitor<'de> for LooseVisitor {
 #[derive(Default)]
 struct Fields {
     known: [Option<Loose>; KNOWN_FIELDS.len()],
+    seen: [bool; KNOWN_FIELDS.len()],
+    /// `bytes_image`, `start_frame`, `end_frame`, by name.
+    images: Vec<(&'static str, ImageValue)>,
+    references: Option<ImageList>,
     unknown: Vec<String>,
 }
 
@@ -176,6 +371,20 @@ impl Fields {
     fn get(&self, name: &str) -> Option<&Loose> {
         let i = KNOWN_FIELDS.iter().position(|f| *f == name)?;
         self.known[i].as_ref().filter(|v| **v != Loose::Null)
+    }
+
+    /// A single-image field's value; `null` counts as absent.
+    fn image(&self, name: &str) -> Option<&ImageValue> {
+        self.images
+            .iter()
+            .find(|(n, v)| *n == name && !matches!(v, ImageValue::Null))
+            .map(|(_, v)| v)
+    }
+
+    fn references(&self) -> Option<&ImageList> {
+        self.references
+            .as_ref()
+            .filter(|v| !matches!(v, ImageList::Null))
     }
 }
 
@@ -206,12 +415,21 @@ impl<'de> Visitor<'de> for FieldsVisitor {
                 )));
             }
             match KNOWN_FIELDS.iter().position(|f| *f == key) {
-                Some(i) if fields.known[i].is_some() => {
+                Some(i) if fields.seen[i] => {
                     return Err(de::Error::custom(format_args!(
                         "has the field {key:?} twice; send each field once"
                     )));
                 }
-                Some(i) => fields.known[i] = Some(map.next_value()?),
+                Some(i) => {
+                    fields.seen[i] = true;
+                    match KNOWN_FIELDS[i] {
+                        name @ ("bytes_image" | "start_frame" | "end_frame") => {
+                            fields.images.push((name, map.next_value()?));
+                        }
+                        "reference_images" => fields.references = Some(map.next_value()?),
+                        _ => fields.known[i] = Some(map.next_value()?),
+                    }
+                }
                 None => {
                     map.next_value::<IgnoredAny>()?;
                     fields.unknown.push(key);
@@ -243,14 +461,6 @@ pub fn parse_generate(
                 KNOWN_FIELDS.join(", ")
             ),
         ));
-    }
-    for field in IMAGE_FIELDS {
-        if obj.get(field).is_some() {
-            errors.push(FieldError::new(
-                field,
-                "image input is not supported by this server yet; send a text prompt only",
-            ));
-        }
     }
 
     let prompt = match obj.get("prompt") {
@@ -345,6 +555,8 @@ pub fn parse_generate(
         }
     };
 
+    let images = image_inputs(obj, model, &mut errors);
+
     match (prompt, model, aspect_ratio) {
         (Some(prompt), Some(model), Some(aspect_ratio)) if errors.is_empty() => {
             Ok(GenerateRequest {
@@ -354,9 +566,136 @@ pub fn parse_generate(
                 aspect_ratio,
                 seed,
                 watermark_text,
+                images,
             })
         }
         _ => Err(errors),
+    }
+}
+
+/// Judges the image fields: one mode, its fields complete, each image checked
+/// ([`images::inspect`]: format, size, one decode).
+fn image_inputs(obj: Fields, model: Option<Model>, errors: &mut Vec<FieldError>) -> ImageInputs {
+    let single = obj.image("bytes_image").is_some();
+    let (start_sent, end_sent) = (
+        obj.image("start_frame").is_some(),
+        obj.image("end_frame").is_some(),
+    );
+    let frames = start_sent || end_sent;
+    let references = obj.references().is_some();
+    let mut modes = 0;
+    for (present, field) in [
+        (single, "bytes_image"),
+        (
+            frames,
+            if start_sent {
+                "start_frame"
+            } else {
+                "end_frame"
+            },
+        ),
+        (references, "reference_images"),
+    ] {
+        if present {
+            modes += 1;
+            if modes > 1 {
+                errors.push(FieldError::new(field, ONE_MODE));
+            }
+        }
+    }
+    if modes > 1 {
+        return ImageInputs::None;
+    }
+    let Fields {
+        images, references, ..
+    } = obj;
+    let mut taken: Vec<(&str, Option<InputImage>)> = Vec::new();
+    for (name, value) in images {
+        let judged = judge(name, value, errors);
+        taken.push((name, judged));
+    }
+    let mut take = |name: &str| {
+        taken
+            .iter_mut()
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, i)| i.take())
+    };
+    if single {
+        return take("bytes_image").map_or(ImageInputs::None, ImageInputs::Image);
+    }
+    if frames {
+        for (sent, missing, name) in [
+            (start_sent, !end_sent, "end_frame"),
+            (end_sent, !start_sent, "start_frame"),
+        ] {
+            if sent && missing {
+                errors.push(FieldError::new(
+                    name,
+                    "is required: frame-to-frame needs both start_frame and end_frame",
+                ));
+            }
+        }
+        let (start, end) = (take("start_frame"), take("end_frame"));
+        return match (start, end) {
+            (Some(start), Some(end)) => ImageInputs::Frames { start, end },
+            _ => ImageInputs::None,
+        };
+    }
+    match references {
+        Some(ImageList::Items { decoded, total }) => {
+            if model == Some(Model::Veo3Quality) {
+                errors.push(FieldError::new(
+                    "reference_images",
+                    "works with model veo-3-fast only; send another mode, or model veo-3-fast",
+                ));
+            }
+            if !(1..=MAX_REFERENCE_IMAGES).contains(&total) {
+                errors.push(FieldError::new(
+                    "reference_images",
+                    format!("must hold 1 to {MAX_REFERENCE_IMAGES} images (it has {total})"),
+                ));
+                return ImageInputs::None;
+            }
+            let judged: Vec<_> = decoded
+                .into_iter()
+                .enumerate()
+                .map(|(n, v)| judge(&format!("reference_images[{n}]"), v, errors))
+                .collect();
+            judged
+                .into_iter()
+                .collect::<Option<Vec<_>>>()
+                .map_or(ImageInputs::None, ImageInputs::References)
+        }
+        Some(ImageList::Other(what)) => {
+            errors.push(FieldError::new(
+                "reference_images",
+                format!("must be an array of base64 images, not {what}"),
+            ));
+            ImageInputs::None
+        }
+        _ => ImageInputs::None,
+    }
+}
+
+/// One image field's verdict; `None` (with the reason in `errors`) when it is refused.
+fn judge(field: &str, value: ImageValue, errors: &mut Vec<FieldError>) -> Option<InputImage> {
+    let checked = match value {
+        ImageValue::Null => return None,
+        ImageValue::Other(what) => {
+            errors.push(FieldError::new(
+                field,
+                format!("must be a base64 string (a JPEG, PNG or WEBP file), not {what}"),
+            ));
+            return None;
+        }
+        ImageValue::Decoded(decoded) => decoded.and_then(images::inspect),
+    };
+    match checked {
+        Ok(image) => Some(image),
+        Err(e) => {
+            errors.push(FieldError::image(field, e));
+            None
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! through moderation and the generator under a lease, and fails those past their deadline.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,13 +13,14 @@ use reelay_core::request::GenerateRequest;
 use reelay_core::{AccountId, FailureCode, GenerationId};
 use reelay_store::{
     Created, DueRef, Failure, Finished, Finisher, Generation, Idempotency, NewGeneration,
-    OutboxListener, Outcome, Spec, Stage, Store, StoreResult, Video,
+    OutboxListener, Outcome, Spec, Stage, Store, StoreError, StoreResult, Video,
 };
 use time::OffsetDateTime;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::generator::{Generator, Progress};
+use crate::inputs;
 
 /// Keeps the watchdog from spinning when a deadline is due but storage keeps failing.
 const MIN_WATCHDOG_WAIT: Duration = Duration::from_millis(10);
@@ -47,6 +49,8 @@ pub struct EngineConfig {
     pub max_worker_polls: usize,
     /// After this many lost leases a claim fails the generation with TASK_FAILED (at least 1).
     pub max_lost_leases: u32,
+    /// Where input images are kept, a folder per generation.
+    pub inputs_dir: PathBuf,
 }
 
 /// How long an idempotency key is remembered.
@@ -102,11 +106,17 @@ impl Engine {
             request_hash: request.fingerprint(),
             not_before: now - IDEMPOTENCY_WINDOW,
         });
+        let id = GenerationId::random();
+        // The images are on disk before the generation exists, so no worker can claim it
+        // without them; a create that makes nothing (refused, or a replay) removes them.
+        let inputs = inputs::keep(&config.inputs_dir, id, request.images)
+            .await
+            .map_err(|e| StoreError::Backend(format!("keeping the input images: {e}")))?;
         let created = self
             .inner
             .store
             .create_generation(NewGeneration {
-                id: GenerationId::random(),
+                id,
                 account_id: account,
                 price: config.prices.of(request.model),
                 created_at: now,
@@ -119,9 +129,14 @@ impl Engine {
                     aspect_ratio: request.aspect_ratio,
                     watermark_text: request.watermark_text,
                     callback_url: request.callback_url.map(String::from),
+                    inputs,
                 },
             })
-            .await?;
+            .await;
+        if !matches!(&created, Ok(c) if !c.replayed) {
+            inputs::remove(&config.inputs_dir, id).await;
+        }
+        let created = created?;
         if !created.replayed {
             self.wake();
         }

@@ -4,6 +4,7 @@
 
 mod engine;
 pub mod generator;
+pub mod inputs;
 pub mod workers;
 
 pub use engine::{Engine, EngineConfig};

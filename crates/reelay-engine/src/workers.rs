@@ -13,7 +13,9 @@
 use std::time::Duration;
 
 use reelay_core::{FailureCode, GenerationId, Model};
-use reelay_store::{Failure, Finished, Finisher, Generation, Outcome, Stage, StoreError, Video};
+use reelay_store::{
+    Failure, Finished, Finisher, Generation, InputFile, Outcome, Stage, StoreError, Video,
+};
 use time::OffsetDateTime;
 
 use crate::Engine;
@@ -36,6 +38,9 @@ pub enum WorkerError {
     /// Too many long-polls wait already.
     #[error("too many workers are waiting")]
     Busy,
+    /// The job has no input image of that name.
+    #[error("the job has no such input")]
+    NoSuchInput,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -288,6 +293,40 @@ impl Engine {
             inner.ended(done);
         }
         Ok(finished)
+    }
+
+    /// The file of input image `name` of the job `lease` holds; [`WorkerError::LeaseLost`]
+    /// when the lease does not hold the job now (inputs are never public).
+    pub async fn worker_input(
+        &self,
+        lease: &Lease,
+        name: &str,
+    ) -> Result<(std::path::PathBuf, InputFile), WorkerError> {
+        let store = &self.inner.store;
+        if store.lease_holder(lease.generation).await?.as_deref() != Some(lease.owner.as_str()) {
+            return Err(WorkerError::LeaseLost);
+        }
+        let generation = store
+            .generation(lease.generation)
+            .await?
+            .ok_or(WorkerError::LeaseLost)?;
+        let input = generation
+            .spec
+            .inputs
+            .into_iter()
+            .find(|i| i.name == name)
+            .ok_or(WorkerError::NoSuchInput)?;
+        let path = crate::inputs::path(&self.inner.config.inputs_dir, lease.generation, &input);
+        Ok((path, input))
+    }
+
+    /// Where a worker fetches input `input` of the job `lease_id` holds.
+    pub fn worker_input_url(&self, lease_id: &str, input: &InputFile) -> String {
+        format!(
+            "{}/v1/worker/jobs/{lease_id}/inputs/{}",
+            self.inner.config.public_url.trim_end_matches('/'),
+            input.name
+        )
     }
 
     /// The generation, when it ended while `lease` held it.

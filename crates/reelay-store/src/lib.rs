@@ -115,6 +115,9 @@ pub trait Store: Send + Sync + 'static {
     /// The lease that held a generation when it ended (None while unfinished, or when it ended
     /// outside any lease).
     async fn ended_lease(&self, id: GenerationId) -> StoreResult<Option<String>>;
+    /// Who holds a processing generation's lease (None when it is not processing): the same
+    /// fence as a heartbeat's, without extending anything.
+    async fn lease_holder(&self, id: GenerationId) -> StoreResult<Option<String>>;
     async fn create_worker(&self, new: NewWorker, now: OffsetDateTime) -> StoreResult<WorkerInfo>;
     /// Every worker token, revoked ones too, oldest first.
     async fn list_workers(&self) -> StoreResult<Vec<WorkerInfo>>;

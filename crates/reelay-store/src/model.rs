@@ -97,6 +97,35 @@ pub struct Spec {
     pub seed: u32,
     pub watermark_text: Option<String>,
     pub callback_url: Option<String>,
+    /// The images it was created with, in their mode's order (none for text to video).
+    pub inputs: Vec<InputFile>,
+}
+
+/// An input image, kept as `<name>.<extension>` under `<data dir>/inputs/<generation id>/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputFile {
+    /// `image`, `start_frame`, `end_frame` or `reference_1` … `reference_3`.
+    pub name: String,
+    pub format: reelay_core::images::ImageFormat,
+}
+
+impl InputFile {
+    pub fn file_name(&self) -> String {
+        format!("{}.{}", self.name, self.format.extension())
+    }
+
+    /// Reads `name.ext` back; `None` for anything else.
+    pub fn parse(file_name: &str) -> Option<Self> {
+        let (name, extension) = file_name.split_once('.')?;
+        let valid = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        Some(Self {
+            name: valid.then(|| name.to_owned())?,
+            format: extension.parse().ok()?,
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

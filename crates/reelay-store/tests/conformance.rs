@@ -18,6 +18,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures::future::join_all;
 use reelay_core::apikey::{IssuedKey, KeyHash};
+use reelay_core::images::ImageFormat;
 use reelay_core::money::BalanceError;
 use reelay_core::retry::AttemptOutcome;
 use reelay_core::{
@@ -25,7 +26,7 @@ use reelay_core::{
 };
 use reelay_store::{
     Account, AfterAttempt, Attempt, AttemptRecord, Created, DeliveryCounts, DeliveryState,
-    DueDelivery, DueRef, Event, Failure, Finished, Finisher, Generation, Idempotency,
+    DueDelivery, DueRef, Event, Failure, Finished, Finisher, Generation, Idempotency, InputFile,
     NewGeneration, NewKey, NewWorker, Outcome, Redelivery, Rotated, Rotation, SealedSecret, Spec,
     SqliteStore, Stage, Store, StoreError, Video, event_id,
 };
@@ -156,6 +157,7 @@ fn spec(seed: u32) -> Spec {
         seed,
         watermark_text: Some("reelay".into()),
         callback_url: Some("https://hooks.example.com/reelay".into()),
+        inputs: vec![],
     }
 }
 
@@ -497,7 +499,18 @@ async fn create_generation_charges_its_price(h: &dyn Harness) {
     let store = store.as_ref();
     let alice = account(store, "alice", 4 * PRICE).await;
 
-    let new = new_gen(alice.id, PRICE, 1);
+    let mut new = new_gen(alice.id, PRICE, 1);
+    // Its input images are kept by name and format.
+    new.spec.inputs = vec![
+        InputFile {
+            name: "start_frame".into(),
+            format: ImageFormat::Png,
+        },
+        InputFile {
+            name: "end_frame".into(),
+            format: ImageFormat::Jpeg,
+        },
+    ];
     let expected = Generation {
         id: new.id,
         account_id: alice.id,
@@ -766,6 +779,11 @@ async fn claim_heartbeat_finish_lifecycle(h: &dyn Harness) {
     assert_eq!(ids(&rest), [g3.id]);
     assert_eq!(store.claim("w3", 10, at(42), at(12)).await, Ok(vec![]));
 
+    // The lease holder is known while it works; nobody holds a pending one.
+    assert_eq!(store.lease_holder(g1.id).await, Ok(Some("w1".into())));
+    assert_eq!(store.lease_holder(g3.id).await, Ok(Some("w2".into())));
+    assert_eq!(store.lease_holder(GenerationId::random()).await, Ok(None));
+
     // Heartbeats: the owner extends its lease and reports progress; nobody else can.
     assert_eq!(store.heartbeat(g1.id, "w1", at(70), 40).await, Ok(true));
     assert_eq!(
@@ -829,6 +847,11 @@ async fn claim_heartbeat_finish_lifecycle(h: &dyn Harness) {
     assert_eq!(done.spec, g1.spec);
     assert_eq!(done.price, g1.price);
     assert_eq!(get(store, g1.id).await, done);
+    assert_eq!(
+        store.lease_holder(g1.id).await,
+        Ok(None),
+        "ended: nobody holds it"
+    );
     assert_eq!(balance(store, alice.id).await, 7 * PRICE, "no refund");
 
     let (event, json) = event_of(store, &done).await;

@@ -88,6 +88,15 @@ impl Failure {
     }
 }
 
+/// An input image of a job, fetched.
+#[derive(Debug, Clone)]
+pub struct Image {
+    /// `image`, `start_frame`, `end_frame`, `reference_1` … `reference_3`.
+    pub name: String,
+    pub content_type: String,
+    pub bytes: Vec<u8>,
+}
+
 /// How far along a job is, in percent (0–99); sent with each heartbeat.
 #[derive(Debug, Clone, Default)]
 pub struct Progress(Arc<AtomicU8>);
@@ -107,12 +116,13 @@ impl Backend {
     async fn run(
         &self,
         job: &Job,
+        images: &[Image],
         progress: &Progress,
         stop: &CancellationToken,
     ) -> Result<Output, Failure> {
         match self {
             Backend::Builtin(b) => b.run(job, progress, stop).await,
-            Backend::Cog(c) => c.run(job, progress, stop).await,
+            Backend::Cog(c) => c.run(job, images, progress, stop).await,
         }
     }
 }
@@ -194,7 +204,18 @@ async fn work(server: &Server, backend: &Backend, job: Job, abort: &Cancellation
     let stop = abort.child_token();
     tracing::info!(generation = %job.generation_id, model = %job.model, "job claimed");
     let outcome = async {
-        let made = backend.run(&job, &progress, &stop).await;
+        let made = match fetch_inputs(server, &job).await {
+            Ok(images) => backend.run(&job, &images, &progress, &stop).await,
+            Err(CallError::LeaseLost) => {
+                tracing::warn!(generation = %job.generation_id, "the lease was lost; dropping the job");
+                stop.cancel();
+                return;
+            }
+            Err(e) => Err(Failure::new(
+                FailCode::TaskFailed,
+                format!("could not fetch the job's input images: {e}"),
+            )),
+        };
         if stop.is_cancelled() {
             return;
         }
@@ -207,6 +228,30 @@ async fn work(server: &Server, backend: &Backend, job: Job, abort: &Cancellation
         _ = lease => outcome.await,
     }
     stop.cancel();
+}
+
+/// Fetches the job's input images, retrying calls that failed in transit.
+async fn fetch_inputs(server: &Server, job: &Job) -> Result<Vec<Image>, CallError> {
+    let mut images = Vec::with_capacity(job.inputs.len());
+    for input in &job.inputs {
+        let mut attempt = 1;
+        let bytes = loop {
+            match server.input(input).await {
+                Err(e) if e.is_transient() && attempt < REPORT_TRIES => {
+                    tracing::warn!(generation = %job.generation_id, input = %input.name, error = %e, "fetching an input failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    attempt += 1;
+                }
+                other => break other?,
+            }
+        };
+        images.push(Image {
+            name: input.name.clone(),
+            content_type: input.content_type.clone(),
+            bytes,
+        });
+    }
+    Ok(images)
 }
 
 /// Heartbeats until the job is no longer this worker's, then stops its work.

@@ -26,6 +26,18 @@ pub struct Job {
     pub seed: u32,
     pub aspect_ratio: String,
     pub watermark_text: Option<String>,
+    /// The job's input images, fetched with [`Server::input`].
+    #[serde(default)]
+    pub inputs: Vec<JobInput>,
+}
+
+/// An input image of a job, as the claim lists it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct JobInput {
+    /// `image`, `start_frame`, `end_frame`, `reference_1` … `reference_3`.
+    pub name: String,
+    pub content_type: String,
+    pub url: String,
 }
 
 /// A heartbeat's answer.
@@ -168,6 +180,40 @@ impl Server {
         answer(request).await
     }
 
+    /// Fetches an input image of a job this worker holds (bounded: images are at most 20 MiB).
+    pub async fn input(&self, input: &JobInput) -> Result<Vec<u8>, CallError> {
+        const MAX_INPUT_BYTES: usize = 21 * 1024 * 1024;
+        let response = self
+            .http
+            .get(&input.url)
+            .bearer_auth(&self.token)
+            .timeout(UPLOAD_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| CallError::Transient(e.to_string()))?;
+        if !response.status().is_success() {
+            return read_answer::<serde_json::Value>(response)
+                .await
+                .map(|_| Vec::new());
+        }
+        let mut response = response;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| CallError::Transient(e.to_string()))?
+        {
+            if bytes.len() + chunk.len() > MAX_INPUT_BYTES {
+                return Err(CallError::Transient(format!(
+                    "input {} is larger than {MAX_INPUT_BYTES} bytes",
+                    input.name
+                )));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(bytes)
+    }
+
     /// Uploads the finished MP4; the job completes with it.
     pub async fn upload(&self, lease_id: &str, mp4: Vec<u8>) -> Result<(), CallError> {
         let request = self
@@ -217,6 +263,12 @@ async fn answer<T: serde::de::DeserializeOwned>(
         .send()
         .await
         .map_err(|e| CallError::Transient(e.to_string()))?;
+    read_answer(response).await
+}
+
+async fn read_answer<T: serde::de::DeserializeOwned>(
+    response: reqwest::Response,
+) -> Result<T, CallError> {
     let status = response.status();
     if status.is_success() {
         return response

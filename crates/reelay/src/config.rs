@@ -102,6 +102,8 @@ pub struct Config {
     pub http_body_read_timeout: Duration,
     pub http_max_connections: usize,
     pub http_max_requests_in_flight: usize,
+    /// Create requests with images (bodies over 64 KiB) handled at once; the rest wait.
+    pub http_max_large_bodies: usize,
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
     /// How long an external worker's lease holds without a heartbeat.
@@ -148,6 +150,7 @@ impl Default for Config {
             http_body_read_timeout: Duration::from_secs(30),
             http_max_connections: door.max_connections,
             http_max_requests_in_flight: door.max_requests_in_flight,
+            http_max_large_bodies: 2,
             shutdown_timeout: door.shutdown_timeout,
             worker_lease: Duration::from_secs(30),
             worker_max_video_bytes: 512 * 1024 * 1024,
@@ -228,6 +231,11 @@ impl Config {
 
     pub fn videos_dir(&self) -> PathBuf {
         self.data_dir.join("videos")
+    }
+
+    /// Where input images are kept, a folder per generation.
+    pub fn inputs_dir(&self) -> PathBuf {
+        self.data_dir.join("inputs")
     }
 
     pub fn prices(&self) -> anyhow::Result<Prices> {

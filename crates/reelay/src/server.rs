@@ -247,6 +247,7 @@ pub async fn serve(
             worker_lease: config.worker_lease,
             max_worker_polls: config.worker_max_polls,
             max_lost_leases: config.max_lost_leases,
+            inputs_dir: config.inputs_dir(),
         },
     );
     let app = reelay_api::router(AppState {
@@ -263,6 +264,9 @@ pub async fn serve(
         body_read_timeout: config.http_body_read_timeout,
         video_key,
         worker_max_video_bytes: config.worker_max_video_bytes,
+        large_bodies: Arc::new(tokio::sync::Semaphore::new(
+            config.http_max_large_bodies.max(1),
+        )),
     });
     let limits = front_door_limits(&config);
 

@@ -8,7 +8,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use time::OffsetDateTime;
 
 use super::backend;
-use super::rows::{GENERATION_COLUMNS, from_micros, generation, micros, parsed, stored};
+use super::rows::{
+    GENERATION_COLUMNS, from_micros, generation, inputs_column, micros, parsed, stored,
+};
 use crate::*;
 
 pub fn get(c: &Connection, id: GenerationId) -> StoreResult<Option<Generation>> {
@@ -77,8 +79,8 @@ pub fn create(c: &Connection, new: NewGeneration) -> StoreResult<Created> {
     let spec = &new.spec;
     c.prepare_cached(
         "INSERT INTO generations (id, account_id, status, prompt, model, aspect_ratio, seed, \
-         watermark_text, callback_url, price, created_at, deadline_at) \
-         VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+         watermark_text, callback_url, price, created_at, deadline_at, inputs) \
+         VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -93,6 +95,7 @@ pub fn create(c: &Connection, new: NewGeneration) -> StoreResult<Created> {
             new.price.units(),
             micros(new.created_at),
             micros(new.deadline_at),
+            inputs_column(&spec.inputs),
         ])
     })
     .map_err(backend)?;

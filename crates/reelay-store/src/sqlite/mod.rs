@@ -30,7 +30,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_init.sql"),
     include_str!("../../migrations/sqlite/0002_signing_secrets_by_account.sql"),
     include_str!("../../migrations/sqlite/0003_workers.sql"),
-    include_str!("../../migrations/sqlite/0004_claims_and_failure_reasons.sql"),
+    include_str!("../../migrations/sqlite/0004_claims_reasons_inputs.sql"),
 ];
 
 pub(crate) fn backend(e: rusqlite::Error) -> StoreError {
@@ -312,6 +312,12 @@ impl Store for SqliteStore {
     async fn ended_lease(&self, id: GenerationId) -> StoreResult<Option<String>> {
         self.readers
             .read(move |c| workers::ended_lease(c, id))
+            .await
+    }
+
+    async fn lease_holder(&self, id: GenerationId) -> StoreResult<Option<String>> {
+        self.readers
+            .read(move |c| workers::lease_holder(c, id))
             .await
     }
 

@@ -5,7 +5,7 @@ use rusqlite::Row;
 use rusqlite::types::Type;
 use time::OffsetDateTime;
 
-use crate::{Generation, Spec, Stage, Video};
+use crate::{Generation, InputFile, Spec, Stage, Video};
 
 pub fn micros(t: OffsetDateTime) -> i64 {
     (t.unix_timestamp_nanos() / 1_000) as i64
@@ -40,7 +40,24 @@ pub fn opt_time(row: &Row<'_>, idx: usize) -> rusqlite::Result<Option<OffsetDate
 /// The generation columns, in the order [`generation`] reads them.
 pub const GENERATION_COLUMNS: &str = "id, account_id, status, prompt, model, aspect_ratio, seed, \
     watermark_text, callback_url, price, created_at, deadline_at, started_at, completed_at, \
-    progress_pct, failure_code, video_file, video_url, claims, failure_reason";
+    progress_pct, failure_code, video_file, video_url, claims, failure_reason, inputs";
+
+/// The `inputs` column: `name.ext` file names, comma-separated.
+pub fn inputs_column(inputs: &[InputFile]) -> String {
+    inputs
+        .iter()
+        .map(InputFile::file_name)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn inputs(row: &Row<'_>, i: usize) -> rusqlite::Result<Vec<InputFile>> {
+    let text: String = row.get(i)?;
+    text.split(',')
+        .filter(|f| !f.is_empty())
+        .map(|f| InputFile::parse(f).ok_or_else(|| corrupt(i, "an unreadable input file name")))
+        .collect()
+}
 
 pub fn generation(row: &Row<'_>) -> rusqlite::Result<Generation> {
     let status: GenerationStatus = parsed(row, 2)?;
@@ -78,6 +95,7 @@ pub fn generation(row: &Row<'_>) -> rusqlite::Result<Generation> {
             seed: row.get(6)?,
             watermark_text: row.get(7)?,
             callback_url: row.get(8)?,
+            inputs: inputs(row, 20)?,
         },
         price: Credits::from_units(row.get(9)?),
         created_at: from_micros(row.get(10)?)?,

@@ -97,3 +97,13 @@ pub fn ended_lease(c: &Connection, id: GenerationId) -> StoreResult<Option<Strin
         .map(Option::flatten)
         .map_err(backend)
 }
+
+pub fn lease_holder(c: &Connection, id: GenerationId) -> StoreResult<Option<String>> {
+    c.prepare_cached("SELECT lease_owner FROM generations WHERE id = ?1 AND status = 'processing'")
+        .and_then(|mut s| {
+            s.query_row([id.to_string()], |r| r.get::<_, Option<String>>(0))
+                .optional()
+        })
+        .map(Option::flatten)
+        .map_err(backend)
+}

@@ -20,7 +20,7 @@ use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::protocol::{FailCode, Job};
-use crate::{Failure, Output, Progress};
+use crate::{Failure, Image, Output, Progress};
 use hooks::Hooks;
 
 /// How long the model server may take to become ready at start-up (model weights load).
@@ -41,14 +41,23 @@ enum Field {
     Seed,
     AspectRatio,
     WatermarkText,
+    /// The first frame: `bytes_image`, or `start_frame`.
+    Image,
+    /// `end_frame`.
+    EndImage,
+    /// `reference_images`, as a list.
+    ReferenceImages,
 }
 
 impl Field {
-    const ALL: [Field; 4] = [
+    const ALL: [Field; 7] = [
         Field::Prompt,
         Field::Seed,
         Field::AspectRatio,
         Field::WatermarkText,
+        Field::Image,
+        Field::EndImage,
+        Field::ReferenceImages,
     ];
 
     fn name(self) -> &'static str {
@@ -57,15 +66,36 @@ impl Field {
             Field::Seed => "seed",
             Field::AspectRatio => "aspect_ratio",
             Field::WatermarkText => "watermark_text",
+            Field::Image => "image",
+            Field::EndImage => "end_image",
+            Field::ReferenceImages => "reference_images",
         }
     }
 
-    fn value(self, job: &Job) -> Option<Value> {
+    /// The field's value for the predictor; images go as `data:` URLs, which Cog downloads
+    /// into a file before the predictor runs.
+    fn value(self, job: &Job, images: &[Image]) -> Option<Value> {
+        let data_url = |i: &Image| {
+            use base64::Engine as _;
+            let encoded = base64::engine::general_purpose::STANDARD.encode(&i.bytes);
+            format!("data:{};base64,{encoded}", i.content_type)
+        };
+        let named = |names: &[&str]| images.iter().find(|i| names.contains(&i.name.as_str()));
         match self {
             Field::Prompt => Some(json!(job.prompt)),
             Field::Seed => Some(json!(job.seed)),
             Field::AspectRatio => Some(json!(job.aspect_ratio)),
             Field::WatermarkText => job.watermark_text.as_ref().map(|w| json!(w)),
+            Field::Image => named(&["image", "start_frame"]).map(|i| json!(data_url(i))),
+            Field::EndImage => named(&["end_frame"]).map(|i| json!(data_url(i))),
+            Field::ReferenceImages => {
+                let list: Vec<String> = images
+                    .iter()
+                    .filter(|i| i.name.starts_with("reference_"))
+                    .map(data_url)
+                    .collect();
+                (!list.is_empty()).then(|| json!(list))
+            }
         }
     }
 }
@@ -88,7 +118,7 @@ impl InputMap {
             let Some(field) = Field::ALL.into_iter().find(|f| f.name() == field.trim()) else {
                 bail!(
                     "--input-map: unknown job field {field:?} (fields: prompt, seed, \
-                     aspect_ratio, watermark_text)"
+                     aspect_ratio, watermark_text, image, end_image, reference_images)"
                 );
             };
             let input = input.trim();
@@ -99,14 +129,19 @@ impl InputMap {
 
     /// The prediction's `input` object for `job`, keeping only inputs the predictor takes
     /// (all of them when its schema is unknown).
-    fn inputs(&self, job: &Job, accepted: Option<&[String]>) -> Map<String, Value> {
+    fn inputs(
+        &self,
+        job: &Job,
+        images: &[Image],
+        accepted: Option<&[String]>,
+    ) -> Map<String, Value> {
         let mut input = Map::new();
         for (field, name) in &self.0 {
             let Some(name) = name else { continue };
             if accepted.is_some_and(|names| !names.iter().any(|n| n == name)) {
                 continue;
             }
-            if let Some(value) = field.value(job) {
+            if let Some(value) = field.value(job, images) {
                 input.insert(name.clone(), value);
             }
         }
@@ -177,6 +212,7 @@ impl Cog {
     pub async fn run(
         &self,
         job: &Job,
+        images: &[Image],
         progress: &Progress,
         stop: &CancellationToken,
     ) -> Result<Output, Failure> {
@@ -185,7 +221,7 @@ impl Cog {
         let _watch = self.hooks.watch(&id, progress.clone());
         let body = json!({
             "id": id,
-            "input": self.map.inputs(job, self.accepted.as_deref()),
+            "input": self.map.inputs(job, images, self.accepted.as_deref()),
             "webhook": self.hooks.url(&id),
             "webhook_events_filter": ["logs"],
         });
@@ -425,7 +461,7 @@ mod tests {
     #[test]
     fn the_input_map_renames_drops_and_keeps_to_the_schema() {
         let identity = InputMap::parse(&[]).unwrap();
-        let input = identity.inputs(&job(), None);
+        let input = identity.inputs(&job(), &[], None);
         assert_eq!(
             Value::Object(input),
             json!({"prompt": "a fox", "seed": 7, "aspect_ratio": "9:16"}),
@@ -434,7 +470,7 @@ mod tests {
         let renamed = InputMap::parse(&["prompt=text".into(), "aspect_ratio=".into()]).unwrap();
         let accepted = vec!["text".to_owned(), "seed".to_owned()];
         assert_eq!(
-            Value::Object(renamed.inputs(&job(), Some(&accepted))),
+            Value::Object(renamed.inputs(&job(), &[], Some(&accepted))),
             json!({"text": "a fox", "seed": 7})
         );
         assert!(InputMap::parse(&["colour=hue".into()]).is_err());

@@ -825,3 +825,14 @@ pub fn attempts(d: &Value) -> &Vec<Value> {
         .as_array()
         .unwrap_or_else(|| panic!("deliveries without an attempts array: {d}"))
 }
+
+/// The process's peak resident set size (VmHWM), in bytes.
+pub fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmHWM in /proc status");
+    kb * 1024
+}

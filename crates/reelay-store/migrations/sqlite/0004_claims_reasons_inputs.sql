@@ -7,3 +7,7 @@ ALTER TABLE generations ADD COLUMN claims INTEGER NOT NULL DEFAULT 0;
 -- Why a worker says a generation failed ("the model ran out of GPU memory"), shown to the
 -- customer in `error.details.reason`; NULL when there is nothing to add to the code.
 ALTER TABLE generations ADD COLUMN failure_reason TEXT;
+
+-- The images a generation was created with, as `name.ext` file names under
+-- `<data dir>/inputs/<generation id>/`, comma-separated; '' for text to video.
+ALTER TABLE generations ADD COLUMN inputs TEXT NOT NULL DEFAULT '';
