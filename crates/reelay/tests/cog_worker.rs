@@ -184,6 +184,70 @@ fn top_level_boxes(mp4: &[u8]) -> Vec<String> {
     boxes
 }
 
+/// Runs `input` on the Cog server directly and returns the video it makes.
+async fn direct_prediction(cog: &CogServer, input: serde_json::Value) -> Vec<u8> {
+    use base64::Engine as _;
+    let direct: serde_json::Value = reqwest::Client::new()
+        .post(format!("{}/predictions", cog.url))
+        .json(&serde_json::json!({ "input": input }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let data = direct["output"].as_str().expect("a data URL");
+    let encoded = data.split_once(";base64,").expect("base64").1;
+    base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .unwrap()
+}
+
+/// The video a completed generation serves.
+async fn served_video(s: &Setup, g: &serde_json::Value) -> Vec<u8> {
+    let url = g["video_url"].as_str().unwrap_or_else(|| panic!("{g}"));
+    let r = s.server.http.get(url).send().await.unwrap();
+    r.bytes().await.unwrap().to_vec()
+}
+
+#[tokio::test]
+async fn an_input_image_reaches_the_model() {
+    use base64::Engine as _;
+    let cog = CogServer::start("predict.py:Predictor", &[]).await;
+    let s = Setup::start(&cog).await;
+    let mut png = Vec::new();
+    image::RgbImage::from_fn(96, 54, |x, y| {
+        image::Rgb([(x * 2) as u8, (y * 4) as u8, 200])
+    })
+    .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+    .unwrap();
+    let image = base64::engine::general_purpose::STANDARD.encode(&png);
+    let body = serde_json::json!({"prompt": PROMPT, "seed": 5, "bytes_image": image});
+    let id = s.server.generate_ok(&s.account.api_key, &body).await["generation_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let g = s
+        .server
+        .wait_terminal(&s.account.api_key, &id, RENDER_DEADLINE)
+        .await;
+    assert_eq!(g["status"], "completed", "{g}{}", s.context(&cog));
+    let served = served_video(&s, &g).await;
+    // The model drew the image: the same inputs given to it directly give the same video,
+    // and without the image another one.
+    let input = serde_json::json!({"prompt": PROMPT, "seed": 5, "aspect_ratio": "16:9"});
+    let mut with_image = input.clone();
+    with_image["image"] = format!("data:image/png;base64,{image}").into();
+    assert!(
+        served == direct_prediction(&cog, with_image).await,
+        "the model's video with the image"
+    );
+    assert!(
+        served != direct_prediction(&cog, input).await,
+        "the image changed the video"
+    );
+}
+
 #[tokio::test]
 async fn a_cog_model_makes_the_video() {
     let cog = CogServer::start("predict.py:Predictor", &[]).await;
@@ -199,38 +263,14 @@ async fn a_cog_model_makes_the_video() {
         .await;
     assert_eq!(g["status"], "completed", "{g}{}", s.context(&cog));
     assert_eq!(g["progress_pct"], 100);
-    let video = s
-        .server
-        .http
-        .get(g["video_url"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let video = served_video(&s, &g).await;
     let boxes = top_level_boxes(&video);
     assert_eq!(boxes.first().map(String::as_str), Some("ftyp"), "{boxes:?}");
     assert!(boxes.iter().any(|b| b == "moov"), "{boxes:?}");
     // The model's video, not the built-in renderer's: the same prompt and seed rendered by
     // the predictor alone give the same bytes.
-    let direct: serde_json::Value = s
-        .server
-        .http
-        .post(format!("{}/predictions", cog.url))
-        .json(&serde_json::json!({"input": {"prompt": PROMPT, "seed": 11, "aspect_ratio": "9:16"}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let data = direct["output"].as_str().expect("a data URL");
-    let encoded = data.split_once(";base64,").expect("base64").1;
-    use base64::Engine as _;
-    let expected = base64::engine::general_purpose::STANDARD
-        .decode(encoded)
-        .unwrap();
+    let input = serde_json::json!({"prompt": PROMPT, "seed": 11, "aspect_ratio": "9:16"});
+    let expected = direct_prediction(&cog, input).await;
     assert!(video[..] == expected[..], "the served video is the model's");
 }
 
