@@ -36,6 +36,7 @@ const KNOWN_FIELDS: &[&str] = &[
     "start_frame",
     "end_frame",
     "reference_images",
+    "filter_text",
 ];
 
 /// The most keys a body may have: every known field, with room for a few mistakes to report.
@@ -555,6 +556,25 @@ pub fn parse_generate(
         }
     };
 
+    // RunBlob's content filtering: reelay moderates every prompt, which is `moderate`;
+    // it has no translation, so asking for one is refused rather than ignored.
+    match obj.get("filter_text") {
+        None => {}
+        Some(Loose::Str(f)) if f == "moderate" => {}
+        Some(Loose::Str(f)) if f == "translate" || f == "moderate_translate" => {
+            errors.push(FieldError::new(
+                "filter_text",
+                "prompt translation is not available on this server; send the prompt in the \
+                 language the model takes, with filter_text \"moderate\" or without it",
+            ));
+        }
+        Some(_) => errors.push(FieldError::new(
+            "filter_text",
+            "must be \"moderate\" (every prompt is moderated); \"translate\" and \
+             \"moderate_translate\" are not available",
+        )),
+    }
+
     let images = image_inputs(obj, model, &mut errors);
 
     match (prompt, model, aspect_ratio) {
@@ -752,6 +772,24 @@ mod tests {
             req.callback_url.unwrap().as_str(),
             "https://your-app.com/webhook"
         );
+    }
+
+    #[test]
+    fn filter_text_moderate_is_taken_and_translation_refused() {
+        assert!(
+            parse(json!({"prompt": "A sunset over mountains", "filter_text": "moderate"})).is_ok()
+        );
+        for refused in [
+            json!("translate"),
+            json!("moderate_translate"),
+            json!("x"),
+            json!(1),
+        ] {
+            assert_eq!(
+                fields(json!({"prompt": "A sunset over mountains", "filter_text": refused})),
+                ["filter_text"]
+            );
+        }
     }
 
     #[test]

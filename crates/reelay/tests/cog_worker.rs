@@ -143,12 +143,7 @@ impl Setup {
         ])
         .await;
         let account = server.create_account("alice", "10").await;
-        let token = server
-            .cli_json(&["workers", "create", "--name", "cog", "--json"])
-            .await["token"]
-            .as_str()
-            .expect("token")
-            .to_owned();
+        let token = server.worker_token("cog").await;
         let mut cmd = server.command();
         cmd.args(["worker", "--server", &server.url, "--token", &token])
             .args(["--cog", &cog.url]);

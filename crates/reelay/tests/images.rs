@@ -216,12 +216,7 @@ async fn formats_are_read_from_the_bytes_and_every_mode_is_accepted() {
         let r = s.generate(&a.api_key, &with_prompt(body)).await;
         assert_eq!(r.status, 201, "{r}");
     }
-    let w = s
-        .cli_json(&["workers", "create", "--name", "w", "--json"])
-        .await["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let w = s.worker_token("w").await;
     let r = s
         .post(&w, "/v1/worker/claim", &json!({"max_jobs": 3}))
         .await;
@@ -273,12 +268,7 @@ async fn only_the_lease_holding_the_job_can_fetch_its_images() {
     let body = with_prompt(json!({"start_frame": b64(&start), "end_frame": b64(&end)}));
     let r = s.generate(&a.api_key, &body).await;
     assert_eq!(r.status, 201, "{r}");
-    let w = s
-        .cli_json(&["workers", "create", "--name", "w", "--json"])
-        .await["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let w = s.worker_token("w").await;
     let fetch = |url: String, token: Option<String>| {
         let mut rb = s.http.get(url);
         if let Some(t) = token {

@@ -63,20 +63,7 @@ impl Worker {
 
     /// SIGTERM; the exit status, or None if it still ran after `deadline`.
     async fn terminate(&mut self, deadline: Duration) -> Option<std::process::ExitStatus> {
-        let mut child = self.child.take()?;
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("kill -TERM");
-        let until = Instant::now() + deadline;
-        while Instant::now() < until {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                return Some(status);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let _ = child.kill();
-        None
+        terminate_child(self.child.take()?, deadline).await
     }
 }
 
@@ -97,13 +84,6 @@ fn lines_with(log: &str, what: &str) -> Vec<String> {
         .collect()
 }
 
-async fn worker_token(s: &TestServer) -> String {
-    let v = s
-        .cli_json(&["workers", "create", "--name", "builtin", "--json"])
-        .await;
-    v["token"].as_str().expect("token").to_owned()
-}
-
 async fn wait_until(what: &str, deadline: Duration, mut done: impl FnMut() -> bool) {
     let until = Instant::now() + deadline;
     while !done() {
@@ -120,7 +100,7 @@ async fn two_builtin_workers_share_the_work_and_survive_a_kill() {
     ])
     .await;
     let a = s.create_account("alice", "100").await;
-    let token = worker_token(&s).await;
+    let token = s.worker_token("builtin").await;
     let flags = ["--builtin", "--render-delay", "2s", "--concurrency", "2"];
     let mut w1 = Worker::start(&s, &token, &flags);
     let w2 = Worker::start(&s, &token, &flags);
@@ -179,7 +159,7 @@ async fn two_builtin_workers_share_the_work_and_survive_a_kill() {
 async fn sigterm_finishes_the_job_held_then_exits() {
     let s = TestServer::start(&[("REELAY_GENERATOR", "external")]).await;
     let a = s.create_account("alice", "10").await;
-    let token = worker_token(&s).await;
+    let token = s.worker_token("builtin").await;
     let mut w = Worker::start(&s, &token, &["--builtin", "--render-delay", "3s"]);
     let id = s.create_generation(&a.api_key, PROMPT).await;
     wait_until("the worker claims the job", Duration::from_secs(30), || {

@@ -260,22 +260,7 @@ impl TestServer {
     /// Sends SIGTERM and waits up to `deadline` for the process to exit; its status, or None
     /// if it was still running at the deadline (it is then killed).
     pub async fn terminate(&mut self, deadline: Duration) -> Option<std::process::ExitStatus> {
-        let mut child = self.child.take()?;
-        let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -TERM failed");
-        let until = Instant::now() + deadline;
-        while Instant::now() < until {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                return Some(status);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        None
+        terminate_child(self.child.take()?, deadline).await
     }
 
     /// Kills the server with SIGKILL and starts it again on the same data directory and
@@ -286,6 +271,17 @@ impl TestServer {
     }
 
     // ---------------------------------------------------------------- CLI
+
+    /// `reelay workers create --name NAME --json`: a new worker token.
+    pub async fn worker_token(&self, name: &str) -> String {
+        let v = self
+            .cli_json(&["workers", "create", "--name", name, "--json"])
+            .await;
+        v["token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no token in {v}"))
+            .to_owned()
+    }
 
     /// Runs `reelay ARGS...` with the server's configuration; returns (exit code, stdout, stderr).
     pub async fn cli(&self, args: &[&str]) -> (i32, String, String) {
@@ -835,4 +831,27 @@ pub fn peak_rss(pid: u32) -> u64 {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .expect("VmHWM in /proc status");
     kb * 1024
+}
+
+/// Sends SIGTERM to `child` and waits up to `deadline` for it to exit; its status, or None if
+/// it still ran at the deadline (it is then killed).
+pub async fn terminate_child(
+    mut child: Child,
+    deadline: Duration,
+) -> Option<std::process::ExitStatus> {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -TERM failed");
+    let until = Instant::now() + deadline;
+    while Instant::now() < until {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
 }
