@@ -208,6 +208,22 @@ pub fn inspect(bytes: Vec<u8>) -> Result<InputImage, ImageError> {
     })
 }
 
+/// An accepted image's pixels scaled to cover `width` × `height` and centre-cropped, as a
+/// renderer takes a frame: RGB8, row by row.
+pub fn fit_rgb(bytes: &[u8], width: u32, height: u32) -> Result<Vec<u8>, String> {
+    let mut reader = image::ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| e.to_string())?;
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    reader.limits(limits);
+    let image = reader.decode().map_err(|e| e.to_string())?;
+    Ok(image
+        .resize_to_fill(width, height, image::imageops::FilterType::Triangle)
+        .to_rgb8()
+        .into_raw())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -56,16 +56,37 @@ pub trait Generator: Send + Sync + 'static {
     }
 }
 
-fn render_spec(g: &Generation) -> RenderSpec<'_> {
-    RenderSpec {
-        prompt: &g.spec.prompt,
-        seed: g.spec.seed,
-        aspect_ratio: match g.spec.aspect_ratio {
-            AspectRatio::Landscape => reelay_render::AspectRatio::Landscape16x9,
-            AspectRatio::Portrait => reelay_render::AspectRatio::Portrait9x16,
-        },
-        watermark_text: g.spec.watermark_text.as_deref(),
+fn aspect(g: &Generation) -> reelay_render::AspectRatio {
+    match g.spec.aspect_ratio {
+        AspectRatio::Landscape => reelay_render::AspectRatio::Landscape16x9,
+        AspectRatio::Portrait => reelay_render::AspectRatio::Portrait9x16,
     }
+}
+
+/// The first and last frames a generation's input images give (bytes_image or start_frame,
+/// and end_frame), read from disk and fitted to the video's size. Blocking.
+fn input_frames(
+    inputs_dir: &std::path::Path,
+    g: &Generation,
+) -> Result<(Option<Vec<u8>>, Option<Vec<u8>>), GenerateError> {
+    let (width, height) = aspect(g).dimensions();
+    let frame = |names: &[&str]| -> Result<Option<Vec<u8>>, GenerateError> {
+        let Some(input) = g
+            .spec
+            .inputs
+            .iter()
+            .find(|i| names.contains(&i.name.as_str()))
+        else {
+            return Ok(None);
+        };
+        let path = crate::inputs::path(inputs_dir, g.id, input);
+        let bytes = std::fs::read(&path)
+            .map_err(|e| GenerateError(format!("reading input {}: {e}", input.name)))?;
+        reelay_core::images::fit_rgb(&bytes, width, height)
+            .map(Some)
+            .map_err(|e| GenerateError(format!("decoding input {}: {e}", input.name)))
+    };
+    Ok((frame(&["image", "start_frame"])?, frame(&["end_frame"])?))
 }
 
 /// Writes a file so that it is either absent or complete, even across a crash.
@@ -85,6 +106,8 @@ async fn write_atomically(path: PathBuf, bytes: Vec<u8>) -> std::io::Result<()> 
 /// The default generator: renders each video from its prompt and seed.
 pub struct BuiltinRenderer {
     videos_dir: PathBuf,
+    /// Where the input images are (first and last frames).
+    inputs_dir: PathBuf,
     delay: Duration,
     concurrency: usize,
 }
@@ -92,9 +115,15 @@ pub struct BuiltinRenderer {
 impl BuiltinRenderer {
     /// `delay` is extra time spent before rendering, to behave like a real model;
     /// `concurrency` is how many render at once (each encode takes a core).
-    pub fn new(videos_dir: PathBuf, delay: Duration, concurrency: usize) -> Self {
+    pub fn new(
+        videos_dir: PathBuf,
+        inputs_dir: PathBuf,
+        delay: Duration,
+        concurrency: usize,
+    ) -> Self {
         Self {
             videos_dir,
+            inputs_dir,
             delay,
             concurrency: concurrency.max(1),
         }
@@ -119,10 +148,21 @@ impl Generator for BuiltinRenderer {
             progress.set((done * 90.0) as u8);
         }
         let owned = generation.clone();
-        let bytes = tokio::task::spawn_blocking(move || render_mp4(&render_spec(&owned)))
-            .await
-            .map_err(|e| GenerateError(format!("the renderer crashed: {e}")))?
-            .map_err(|e| GenerateError(format!("rendering failed: {e}")))?;
+        let inputs_dir = self.inputs_dir.clone();
+        let bytes = tokio::task::spawn_blocking(move || {
+            let (first, last) = input_frames(&inputs_dir, &owned)?;
+            render_mp4(&RenderSpec {
+                prompt: &owned.spec.prompt,
+                seed: owned.spec.seed,
+                aspect_ratio: aspect(&owned),
+                watermark_text: owned.spec.watermark_text.as_deref(),
+                first_frame: first.as_deref(),
+                last_frame: last.as_deref(),
+            })
+            .map_err(|e| GenerateError(format!("rendering failed: {e}")))
+        })
+        .await
+        .map_err(|e| GenerateError(format!("the renderer crashed: {e}")))??;
         let file = format!("{}.mp4", generation.id);
         write_atomically(self.videos_dir.join(&file), bytes)
             .await
@@ -154,6 +194,8 @@ impl InstantGenerator {
                 seed: 0,
                 aspect_ratio: reelay_render::AspectRatio::Landscape16x9,
                 watermark_text: Some("INSTANT"),
+                first_frame: None,
+                last_frame: None,
             })
         })
         .await

@@ -31,6 +31,8 @@ fn main() -> ExitCode {
         seed,
         aspect_ratio,
         watermark_text: args.get(4).map(String::as_str),
+        first_frame: None,
+        last_frame: None,
     };
     let start = std::time::Instant::now();
     let result = render_mp4(&spec)

@@ -77,6 +77,13 @@ impl Canvas {
         }
     }
 
+    /// Blends an RGB8 picture of the canvas's size over it with opacity `alpha`.
+    pub fn blend_picture(&mut self, rgb: &[u8], alpha: u8) {
+        for (pixel, px) in self.pixels.iter_mut().zip(rgb.chunks_exact(3)) {
+            *pixel = pixel.mix(Rgb::new(px[0], px[1], px[2]), alpha);
+        }
+    }
+
     /// Blends `colour` over the rectangle with opacity `alpha` (255 = opaque); clipped.
     pub fn blend_rect(&mut self, x: i32, y: i32, w: i32, h: i32, colour: Rgb, alpha: u8) {
         let (x0, x1) = clip(x, w, self.width);

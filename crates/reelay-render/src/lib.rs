@@ -60,6 +60,13 @@ pub struct RenderSpec<'a> {
     /// Drawn in the top-right corner when present and not blank (truncated to fit), e.g. to
     /// mark output from a free tier. It does not affect the rest of the picture.
     pub watermark_text: Option<&'a str>,
+    /// The first frame (image to video, or the start of frame to frame): RGB8 pixels, row by
+    /// row, exactly [`AspectRatio::dimensions`] in size (the caller scales and crops). Without
+    /// `last_frame` the video fades from it into the drawn scene.
+    pub first_frame: Option<&'a [u8]>,
+    /// The last frame (frame to frame), like `first_frame`: the video cross-fades from
+    /// `first_frame` to it.
+    pub last_frame: Option<&'a [u8]>,
 }
 
 /// Why rendering failed. Neither should happen with the fixed settings used here; they
@@ -72,6 +79,14 @@ pub enum RenderError {
     /// muxide rejected a sample or could not finish the MP4.
     #[error("MP4 muxing failed: {0}")]
     Mux(String),
+    /// A frame given in the spec does not have the video's size.
+    #[error("an input frame has {got} bytes; a {width}x{height} RGB frame has {want}")]
+    FrameSize {
+        got: usize,
+        want: usize,
+        width: u32,
+        height: u32,
+    },
 }
 
 /// Renders the whole MP4 into memory. CPU-bound: callers run it on a blocking thread.
@@ -81,6 +96,16 @@ pub enum RenderError {
 pub fn render_mp4(spec: &RenderSpec<'_>) -> Result<Vec<u8>, RenderError> {
     let (width, height) = spec.aspect_ratio.dimensions();
     let (w, h) = (width as usize, height as usize);
+    for frame in [spec.first_frame, spec.last_frame].into_iter().flatten() {
+        if frame.len() != w * h * 3 {
+            return Err(RenderError::FrameSize {
+                got: frame.len(),
+                want: w * h * 3,
+                width,
+                height,
+            });
+        }
+    }
     let scene = Scene::new(spec, w, h);
     let mut canvas = Canvas::new(w, h);
     let mut yuv = YuvFrame::new(w, h);

@@ -98,7 +98,7 @@ struct Shape {
 }
 
 /// Everything needed to draw any frame of one video.
-pub(crate) struct Scene {
+pub(crate) struct Scene<'a> {
     width: i32,
     height: i32,
     gradient_from: Rgb,
@@ -110,10 +110,12 @@ pub(crate) struct Scene {
     accent: Rgb,
     caption: String,
     watermark: Option<String>,
+    first_frame: Option<&'a [u8]>,
+    last_frame: Option<&'a [u8]>,
 }
 
-impl Scene {
-    pub fn new(spec: &RenderSpec<'_>, width: usize, height: usize) -> Self {
+impl<'a> Scene<'a> {
+    pub fn new(spec: &RenderSpec<'a>, width: usize, height: usize) -> Self {
         let (width, height) = (width as i32, height as i32);
         let mut hash = HashStream::new(spec);
 
@@ -168,6 +170,8 @@ impl Scene {
             accent,
             caption,
             watermark,
+            first_frame: spec.first_frame,
+            last_frame: spec.last_frame,
         }
     }
 
@@ -178,9 +182,26 @@ impl Scene {
             (self.width as usize, self.height as usize)
         );
         let t = index as i32;
-        self.draw_background(canvas);
-        for shape in &self.shapes {
-            self.draw_shape(canvas, shape, t);
+        // How far from the first frame to the last, 0 to 255.
+        let fade = (index * 255 / frame_count.saturating_sub(1).max(1)).min(255) as u8;
+        match (self.first_frame, self.last_frame) {
+            (Some(first), Some(last)) => {
+                let w = self.width as usize;
+                canvas.fill_with(|x, y| {
+                    let at = (y as usize * w + x as usize) * 3;
+                    let (a, b) = (&first[at..at + 3], &last[at..at + 3]);
+                    Rgb::new(a[0], a[1], a[2]).mix(Rgb::new(b[0], b[1], b[2]), fade)
+                });
+            }
+            (first, _) => {
+                self.draw_background(canvas);
+                for shape in &self.shapes {
+                    self.draw_shape(canvas, shape, t);
+                }
+                if let Some(first) = first {
+                    canvas.blend_picture(first, 255 - fade);
+                }
+            }
         }
         self.draw_text_overlays(canvas);
 
@@ -278,6 +299,8 @@ mod tests {
             seed,
             aspect_ratio: AspectRatio::Landscape16x9,
             watermark_text: Some("reelay"),
+            first_frame: None,
+            last_frame: None,
         }
     }
 

@@ -16,6 +16,8 @@ fn spec(seed: u32, aspect_ratio: AspectRatio) -> RenderSpec<'static> {
         seed,
         aspect_ratio,
         watermark_text: Some("reelay preview"),
+        first_frame: None,
+        last_frame: None,
     }
 }
 
@@ -256,22 +258,13 @@ fn output_bytes_are_pinned() {
     );
 }
 
-/// Decodes every sample with OpenH264 and compares the pictures with what was drawn.
-fn decode_and_compare(aspect_ratio: AspectRatio) {
-    let spec = spec(7, aspect_ratio);
-    let file = render(&spec);
-    let (_, length_size, sps, pps) = mp4::avcc(&file);
+/// Decodes every sample with OpenH264: each frame's luma plane, `w` × `h`.
+fn decoded_luma(file: &[u8], w: usize, h: usize) -> Vec<Vec<u8>> {
+    let (_, length_size, sps, pps) = mp4::avcc(file);
     assert_eq!(length_size, 4);
-
-    let (width, height) = aspect_ratio.dimensions();
-    let (w, h) = (width as usize, height as usize);
-    let scene = Scene::new(&spec, w, h);
-    let mut canvas = Canvas::new(w, h);
-    let mut expected = YuvFrame::new(w, h);
-
     let mut decoder = Decoder::new().expect("decoder");
-    let mut decoded = 0;
-    for (index, sample) in mp4::samples(&file).into_iter().enumerate() {
+    let mut frames = Vec::new();
+    for (index, sample) in mp4::samples(file).into_iter().enumerate() {
         // Length-prefixed NAL units back to Annex B; parameter sets go first.
         let mut annex_b = Vec::new();
         let mut nals: Vec<&[u8]> = if index == 0 {
@@ -295,33 +288,172 @@ fn decode_and_compare(aspect_ratio: AspectRatio) {
             .unwrap_or_else(|e| panic!("frame {index}: {e}"))
             .unwrap_or_else(|| panic!("frame {index} gave no picture"));
         assert_eq!(picture.dimensions(), (w, h));
+        let stride = picture.strides().0;
+        frames.push(
+            (0..h)
+                .flat_map(|y| picture.y()[y * stride..y * stride + w].to_vec())
+                .collect(),
+        );
+    }
+    assert!(decoder.flush_remaining().expect("flush").is_empty());
+    frames
+}
 
+/// Decodes every sample with OpenH264 and compares the pictures with what was drawn.
+fn decode_and_compare(spec: &RenderSpec<'_>) {
+    let file = render(spec);
+    let (width, height) = spec.aspect_ratio.dimensions();
+    let (w, h) = (width as usize, height as usize);
+    let scene = Scene::new(spec, w, h);
+    let mut canvas = Canvas::new(w, h);
+    let mut expected = YuvFrame::new(w, h);
+    let frames = decoded_luma(&file, w, h);
+    assert_eq!(frames.len(), FRAME_COUNT as usize);
+    for (index, luma) in frames.iter().enumerate() {
         // Lossy, so compare on average: mean absolute luma error per pixel.
         scene.draw(&mut canvas, index as u32, FRAME_COUNT);
         expected.copy_from(&canvas);
-        let stride = picture.strides().0;
-        let total: u64 = (0..h)
-            .flat_map(|y| (0..w).map(move |x| (x, y)))
-            .map(|(x, y)| {
-                u64::from(picture.y()[y * stride + x].abs_diff(expected.luma()[y * w + x]))
-            })
+        let total: u64 = luma
+            .iter()
+            .zip(expected.luma())
+            .map(|(a, b)| u64::from(a.abs_diff(*b)))
             .sum();
         let mean = total as f64 / (w * h) as f64;
         assert!(mean < 3.0, "frame {index}: mean luma error {mean:.2}");
-        decoded += 1;
     }
-    decoded += decoder.flush_remaining().expect("flush").len();
-    assert_eq!(decoded, FRAME_COUNT as usize);
+}
+
+/// A `w` × `h` RGB8 picture of one colour.
+fn solid(w: usize, h: usize, rgb: [u8; 3]) -> Vec<u8> {
+    rgb.repeat(w * h)
+}
+
+/// BT.601 limited-range luma of a colour, as the encoder's input has it.
+fn luma_of([r, g, b]: [u8; 3]) -> f64 {
+    16.0 + (65.481 * f64::from(r) + 128.553 * f64::from(g) + 24.966 * f64::from(b)) / 255.0
+}
+
+/// Mean luma of the region `x0..x1` × `y0..y1` of a decoded frame.
+fn region_mean(luma: &[u8], w: usize, (x0, x1): (usize, usize), (y0, y1): (usize, usize)) -> f64 {
+    let sum: u64 = (y0..y1)
+        .flat_map(|y| (x0..x1).map(move |x| u64::from(luma[y * w + x])))
+        .sum();
+    sum as f64 / ((x1 - x0) * (y1 - y0)) as f64
+}
+
+#[test]
+fn input_images_are_the_first_and_last_frames() {
+    for aspect_ratio in [AspectRatio::Landscape16x9, AspectRatio::Portrait9x16] {
+        let (width, height) = aspect_ratio.dimensions();
+        let (w, h) = (width as usize, height as usize);
+        let (red, blue) = ([200, 40, 40], [20, 60, 220]);
+        let (first, last) = (solid(w, h, red), solid(w, h, blue));
+        let spec = RenderSpec {
+            first_frame: Some(&first),
+            last_frame: Some(&last),
+            ..spec(3, aspect_ratio)
+        };
+        let file = render(&spec);
+        assert_eq!(mp4::avc1_dimensions(&file), (width as u16, height as u16));
+        let frames = decoded_luma(&file, w, h);
+        // The middle of the picture, clear of the caption, watermark and progress bar.
+        let (xs, ys) = ((w / 4, 3 * w / 4), (h / 3, 2 * h / 3));
+        let first_mean = region_mean(&frames[0], w, xs, ys);
+        let last_mean = region_mean(frames.last().unwrap(), w, xs, ys);
+        assert!(
+            (first_mean - luma_of(red)).abs() < 4.0,
+            "{aspect_ratio:?} first {first_mean}"
+        );
+        assert!(
+            (last_mean - luma_of(blue)).abs() < 4.0,
+            "{aspect_ratio:?} last {last_mean}"
+        );
+        // Every frame is still what the scene draws.
+        decode_and_compare(&spec);
+    }
+}
+
+#[test]
+fn one_input_image_fades_into_the_scene() {
+    let (w, h) = (320, 180);
+    let green = [30, 200, 60];
+    let first = solid(w, h, green);
+    let faded = RenderSpec {
+        first_frame: Some(&first),
+        ..spec(3, AspectRatio::Landscape16x9)
+    };
+    let frames = decoded_luma(&render(&faded), w, h);
+    let (xs, ys) = ((w / 4, 3 * w / 4), (h / 3, 2 * h / 3));
+    assert!((region_mean(&frames[0], w, xs, ys) - luma_of(green)).abs() < 4.0);
+    // The last frame is the scene alone (the same picture, encoded after another history).
+    let plain = decoded_luma(&render(&spec(3, AspectRatio::Landscape16x9)), w, h);
+    let (a, b) = (frames.last().unwrap(), plain.last().unwrap());
+    let total: u64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| u64::from(x.abs_diff(*y)))
+        .sum();
+    let mean = total as f64 / (w * h) as f64;
+    assert!(
+        mean < 3.0,
+        "the last frame is the scene alone: mean luma error {mean:.2}"
+    );
+    let spec = faded;
+    decode_and_compare(&spec);
+}
+
+#[test]
+fn the_watermark_changes_the_pixels_where_it_is_drawn() {
+    let (w, h) = (320, 180);
+    let grey = solid(w, h, [128, 128, 128]);
+    let with = RenderSpec {
+        first_frame: Some(&grey),
+        last_frame: Some(&grey),
+        ..spec(3, AspectRatio::Landscape16x9)
+    };
+    let without = RenderSpec {
+        watermark_text: None,
+        ..with
+    };
+    let (a, b) = (
+        decoded_luma(&render(&with), w, h),
+        decoded_luma(&render(&without), w, h),
+    );
+    let corner = ((w - 120, w - 8), (8, 24));
+    let middle = ((w / 4, 3 * w / 4), (h / 3, 2 * h / 3));
+    let diff = |region: ((usize, usize), (usize, usize))| {
+        (region_mean(&a[0], w, region.0, region.1) - region_mean(&b[0], w, region.0, region.1))
+            .abs()
+    };
+    assert!(
+        diff(corner) > 4.0,
+        "the watermark's corner changed: {}",
+        diff(corner)
+    );
+    assert!(diff(middle) < 1.0, "the rest did not: {}", diff(middle));
+}
+
+#[test]
+fn a_frame_of_the_wrong_size_is_an_error_not_a_panic() {
+    let small = solid(10, 10, [0, 0, 0]);
+    let spec = RenderSpec {
+        first_frame: Some(&small),
+        ..spec(3, AspectRatio::Landscape16x9)
+    };
+    assert!(matches!(
+        render_mp4(&spec),
+        Err(crate::RenderError::FrameSize { .. })
+    ));
 }
 
 #[test]
 fn every_landscape_frame_decodes_to_the_drawn_picture() {
-    decode_and_compare(AspectRatio::Landscape16x9);
+    decode_and_compare(&spec(7, AspectRatio::Landscape16x9));
 }
 
 #[test]
 fn every_portrait_frame_decodes_to_the_drawn_picture() {
-    decode_and_compare(AspectRatio::Portrait9x16);
+    decode_and_compare(&spec(7, AspectRatio::Portrait9x16));
 }
 
 /// Not an assertion: prints render time and size (`cargo test --release -- --nocapture`).

@@ -121,7 +121,7 @@ impl Backend {
         stop: &CancellationToken,
     ) -> Result<Output, Failure> {
         match self {
-            Backend::Builtin(b) => b.run(job, progress, stop).await,
+            Backend::Builtin(b) => b.run(job, images, progress, stop).await,
             Backend::Cog(c) => c.run(job, images, progress, stop).await,
         }
     }

@@ -192,6 +192,7 @@ pub async fn serve(
     let generator: Arc<dyn Generator> = match config.generator {
         GeneratorKind::Builtin => Arc::new(BuiltinRenderer::new(
             videos_dir.clone(),
+            config.inputs_dir(),
             config.render_delay,
             config.render_concurrency,
         )),

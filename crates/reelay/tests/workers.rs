@@ -16,6 +16,8 @@ fn real_mp4() -> Vec<u8> {
         seed: 7,
         aspect_ratio: reelay_render::AspectRatio::Landscape16x9,
         watermark_text: None,
+        first_frame: None,
+        last_frame: None,
     })
     .expect("rendering a test video")
 }
@@ -157,6 +159,8 @@ async fn a_worker_claims_heartbeats_and_uploads_a_real_mp4() {
         seed: 8,
         aspect_ratio: reelay_render::AspectRatio::Landscape16x9,
         watermark_text: None,
+        first_frame: None,
+        last_frame: None,
     })
     .unwrap();
     assert_ne!(other, mp4);
