@@ -39,6 +39,14 @@ pub async fn serve(
     let Stage::Completed { video, .. } = generation.stage else {
         return Err(no_video());
     };
+    if generation.media_pruned_at.is_some() {
+        return Err(ApiError::new(
+            StatusCode::GONE,
+            "GONE",
+            "this video was deleted at the end of its retention period (REELAY_RETENTION); \
+             download videos when their generation completes",
+        ));
+    }
     let path = state.videos_dir.join(&video.file);
     let response = ServeFile::new_with_mime(&path, &"video/mp4".parse().expect("valid mime"))
         .oneshot(request)

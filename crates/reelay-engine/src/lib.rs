@@ -5,6 +5,7 @@
 mod engine;
 pub mod generator;
 pub mod inputs;
+pub mod retention;
 pub mod workers;
 
 pub use engine::{Engine, EngineConfig};

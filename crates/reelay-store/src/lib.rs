@@ -118,6 +118,30 @@ pub trait Store: Send + Sync + 'static {
     /// Who holds a processing generation's lease (None when it is not processing): the same
     /// fence as a heartbeat's, without extending anything.
     async fn lease_holder(&self, id: GenerationId) -> StoreResult<Option<String>>;
+
+    /// Up to `limit` finished generations, oldest first, that ended before `before` and still
+    /// have their media; the caller deletes the files, then marks them.
+    async fn media_to_prune(
+        &self,
+        before: OffsetDateTime,
+        limit: usize,
+    ) -> StoreResult<Vec<ExpiredMedia>>;
+    /// Records that these generations' media are gone (their video URLs answer 410).
+    async fn mark_media_pruned(
+        &self,
+        ids: Vec<GenerationId>,
+        now: OffsetDateTime,
+    ) -> StoreResult<()>;
+    /// Deletes up to `limit` generations (oldest first) that ended before `before` and whose
+    /// media are gone, with their events, attempt logs and idempotency keys; never one whose
+    /// webhook is still being delivered; the ledger and balances stay. Returns how many.
+    async fn prune_records(&self, before: OffsetDateTime, limit: usize) -> StoreResult<u64>;
+    /// What a prune would delete now (counts; for `reelay prune --dry-run`).
+    async fn prunable(
+        &self,
+        media_before: OffsetDateTime,
+        records_before: OffsetDateTime,
+    ) -> StoreResult<Prunable>;
     async fn create_worker(&self, new: NewWorker, now: OffsetDateTime) -> StoreResult<WorkerInfo>;
     /// Every worker token, revoked ones too, oldest first.
     async fn list_workers(&self) -> StoreResult<Vec<WorkerInfo>>;

@@ -101,6 +101,25 @@ pub struct Spec {
     pub inputs: Vec<InputFile>,
 }
 
+/// A finished generation whose media retention is about to delete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpiredMedia {
+    pub id: GenerationId,
+    /// Its video file under the videos directory (completed generations).
+    pub video_file: Option<String>,
+    /// Whether it has input images (a folder under the inputs directory).
+    pub has_inputs: bool,
+}
+
+/// What a prune would delete, for `reelay prune --dry-run`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Prunable {
+    /// Finished generations whose video and input images are past `REELAY_RETENTION`.
+    pub media: u64,
+    /// Generations whose rows, events and attempt logs are past `REELAY_RECORDS_RETENTION`.
+    pub records: u64,
+}
+
 /// An input image, kept as `<name>.<extension>` under `<data dir>/inputs/<generation id>/`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InputFile {
@@ -138,6 +157,8 @@ pub struct Generation {
     /// Past this instant the generation fails with TIMEOUT.
     pub deadline_at: OffsetDateTime,
     pub stage: Stage,
+    /// When retention deleted its video and input images (its video URL then answers 410).
+    pub media_pruned_at: Option<OffsetDateTime>,
 }
 
 /// An idempotency key with the hash of the request it was first used with.

@@ -26,9 +26,9 @@ use reelay_core::{
 };
 use reelay_store::{
     Account, AfterAttempt, Attempt, AttemptRecord, Created, DeliveryCounts, DeliveryState,
-    DueDelivery, DueRef, Event, Failure, Finished, Finisher, Generation, Idempotency, InputFile,
-    NewGeneration, NewKey, NewWorker, Outcome, Redelivery, Rotated, Rotation, SealedSecret, Spec,
-    SqliteStore, Stage, Store, StoreError, Video, event_id,
+    DueDelivery, DueRef, Event, ExpiredMedia, Failure, Finished, Finisher, Generation, Idempotency,
+    InputFile, NewGeneration, NewKey, NewWorker, Outcome, Prunable, Redelivery, Rotated, Rotation,
+    SealedSecret, Spec, SqliteStore, Stage, Store, StoreError, Video, event_id,
 };
 use reelay_webhooks::GenerationEvent;
 use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
@@ -77,6 +77,7 @@ macro_rules! conformance_tests {
             keys_authenticate_until_revoked,
             create_generation_charges_its_price,
             create_generation_refused_leaves_no_trace,
+            retention_prunes_media_then_records_and_keeps_the_ledger,
             concurrent_creates_never_overdraw,
             idempotent_replay_charges_once,
             idempotent_concurrent_requests_make_one_generation,
@@ -519,6 +520,7 @@ async fn create_generation_charges_its_price(h: &dyn Harness) {
         created_at: new.created_at,
         deadline_at: new.deadline_at,
         stage: Stage::Pending,
+        media_pruned_at: None,
     };
     let g = create(store, new).await;
     assert_eq!(g, expected);
@@ -1973,6 +1975,99 @@ async fn reopening_keeps_everything(h: &dyn Harness) {
     assert_eq!(
         ids(&store.claim("w2", 10, at(400), at(10)).await.unwrap()),
         [waiting.id]
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// Retention.
+
+async fn retention_prunes_media_then_records_and_keeps_the_ledger(h: &dyn Harness) {
+    let store = h.open().await;
+    let store = store.as_ref();
+    let alice = account(store, "alice", 10 * PRICE).await;
+    let quiet = |secs| {
+        let mut new = new_gen(alice.id, PRICE, secs);
+        new.spec.callback_url = None;
+        new
+    };
+    let completed = create(store, quiet(1)).await;
+    let cancelled = create(store, quiet(2)).await;
+    let pending = create(store, quiet(3)).await;
+    let end = |id, outcome, secs| async move {
+        applied(
+            store
+                .finish(id, Finisher::Anyone, outcome, at(secs))
+                .await
+                .unwrap(),
+        )
+    };
+    end(completed.id, Outcome::Completed(video("c")), 100).await;
+    end(
+        cancelled.id,
+        Outcome::Failed(FailureCode::Cancelled.into()),
+        200,
+    )
+    .await;
+    // Its webhook is still being delivered.
+    let hooked = finished_with(store, alice.id, Some(HOOK_A), 4, 150).await;
+    let kept = balance(store, alice.id).await;
+
+    assert_eq!(
+        store.prunable(at(1_000), at(1_000)).await,
+        Ok(Prunable {
+            media: 3,
+            records: 3
+        })
+    );
+    // Media: the oldest ended first, bounded, with what to delete.
+    let due = store.media_to_prune(at(160), 10).await.unwrap();
+    assert_eq!(
+        due,
+        [
+            ExpiredMedia {
+                id: completed.id,
+                video_file: Some("c.mp4".into()),
+                has_inputs: false
+            },
+            ExpiredMedia {
+                id: hooked.id,
+                video_file: Some("v4.mp4".into()),
+                has_inputs: false
+            }
+        ]
+    );
+    assert_eq!(store.media_to_prune(at(160), 1).await.unwrap().len(), 1);
+    store
+        .mark_media_pruned(vec![completed.id, hooked.id], at(300))
+        .await
+        .unwrap();
+    assert_eq!(
+        get(store, completed.id).await.media_pruned_at,
+        Some(at(300))
+    );
+    assert_eq!(store.media_to_prune(at(160), 10).await, Ok(vec![]));
+
+    // Records: only those whose media are gone and whose webhook is settled.
+    assert_eq!(store.prune_records(at(1_000), 10).await, Ok(1));
+    assert_eq!(store.generation(completed.id).await, Ok(None));
+    assert_eq!(store.event_for(completed.id).await, Ok(None));
+    assert!(store.generation(hooked.id).await.unwrap().is_some());
+    assert!(store.generation(cancelled.id).await.unwrap().is_some());
+    assert_eq!(store.prune_records(at(1_000), 10).await, Ok(0));
+    store
+        .mark_media_pruned(vec![cancelled.id], at(300))
+        .await
+        .unwrap();
+    assert_eq!(store.prune_records(at(1_000), 10).await, Ok(1));
+    assert_eq!(store.generation(cancelled.id).await, Ok(None));
+
+    // The pending one is untouched; balances (and the ledger behind them) are kept.
+    assert_eq!(get(store, pending.id).await.stage, Stage::Pending);
+    assert_eq!(balance(store, alice.id).await, kept);
+    assert_eq!(
+        total(store, alice.id).await,
+        2,
+        "the pending one and the hooked one"
     );
 }
 

@@ -61,6 +61,12 @@ pub struct Config {
     pub public_url: Option<String>,
     #[serde(with = "humantime_serde")]
     pub generation_timeout: Duration,
+    /// How long a finished generation's video and input images are kept.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// How long a finished generation's row, event and attempt log are kept (≥ `retention`).
+    #[serde(with = "humantime_serde")]
+    pub records_retention: Duration,
     pub allow_insecure_callbacks: bool,
     #[serde(with = "humantime_serde")]
     pub render_delay: Duration,
@@ -127,6 +133,8 @@ impl Default for Config {
             database_url: None,
             public_url: None,
             generation_timeout: Duration::from_secs(600),
+            retention: Duration::from_secs(7 * 24 * 60 * 60),
+            records_retention: Duration::from_secs(30 * 24 * 60 * 60),
             allow_insecure_callbacks: false,
             render_delay: Duration::ZERO,
             render_concurrency: 2,
@@ -203,6 +211,14 @@ impl Config {
         if config.http_max_connections == 0 || config.http_max_requests_in_flight == 0 {
             bail!("http_max_connections and http_max_requests_in_flight must be at least 1");
         }
+        if config.records_retention < config.retention {
+            bail!(
+                "records_retention ({}) must be at least retention ({}): a generation's row \
+                 outlives its video",
+                humantime::format_duration(config.records_retention),
+                humantime::format_duration(config.retention)
+            );
+        }
         Ok(config)
     }
 
@@ -231,6 +247,16 @@ impl Config {
 
     pub fn videos_dir(&self) -> PathBuf {
         self.data_dir.join("videos")
+    }
+
+    /// What retention keeps, and where the files are.
+    pub fn retention(&self) -> reelay_engine::retention::Retention {
+        reelay_engine::retention::Retention {
+            media: self.retention,
+            records: self.records_retention,
+            videos_dir: self.videos_dir(),
+            inputs_dir: self.inputs_dir(),
+        }
     }
 
     /// Where input images are kept, a folder per generation.

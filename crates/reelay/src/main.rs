@@ -55,6 +55,14 @@ enum Command {
     Listen(listen::ListenArgs),
     /// Run jobs for a server with external workers: on the built-in renderer or a Cog model
     Worker(worker::WorkerArgs),
+    /// Delete what is past retention now (the server does it every minute by itself)
+    Prune {
+        /// Only say how much would be deleted
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Create a generation through the API
     Generate {
         #[command(flatten)]
@@ -206,6 +214,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate { client, args } => client::generate(client, args).await,
         Command::Listen(args) => listen::listen(args).await,
         Command::Worker(args) => worker::run(args).await,
+        Command::Prune { dry_run, json } => {
+            let config = Config::load(&cli.config, json!({}))?;
+            let store = server::open_store(&config)?;
+            let retention = config.retention();
+            let (media, records) = if dry_run {
+                let p = retention.preview(&store).await?;
+                (p.media, p.records)
+            } else {
+                let stop = tokio_util::sync::CancellationToken::new();
+                let p = retention.prune(&store, &stop).await?;
+                (p.media, p.records)
+            };
+            if json {
+                println!(
+                    "{}",
+                    json!({"dry_run": dry_run, "media": media, "records": records})
+                );
+            } else {
+                let verb = if dry_run { "would delete" } else { "deleted" };
+                println!(
+                    "{verb} the videos and input images of {media} generations (ended over {} \
+                     ago) and the rows, webhook events and attempt logs of {records} \
+                     (ended over {} ago); balances and the ledger are kept",
+                    humantime::format_duration(config.retention),
+                    humantime::format_duration(config.records_retention),
+                );
+            }
+            Ok(())
+        }
     }
 }
 

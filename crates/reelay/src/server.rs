@@ -251,6 +251,7 @@ pub async fn serve(
             inputs_dir: config.inputs_dir(),
         },
     );
+    let store_for_retention = store.clone();
     let app = reelay_api::router(AppState {
         store,
         engine: engine.clone(),
@@ -274,6 +275,11 @@ pub async fn serve(
     let shutdown = CancellationToken::new();
     let engine_task = tokio::spawn(engine.run(shutdown.clone()));
     let dispatcher_task = tokio::spawn(dispatcher.clone().run(shutdown.clone()));
+    tokio::spawn(
+        config
+            .retention()
+            .run(store_for_retention, shutdown.clone()),
+    );
     greet(&config, &public_url, dispatcher.keyring()).await?;
     println!("listening on http://{bound}");
     tracing::info!(%bound, %public_url, "reelay is serving");

@@ -132,6 +132,7 @@ pub fn create(c: &Connection, new: NewGeneration) -> StoreResult<Created> {
             created_at: stored(new.created_at),
             deadline_at: stored(new.deadline_at),
             stage: Stage::Pending,
+            media_pruned_at: None,
         },
         replayed: false,
     })

@@ -6,6 +6,7 @@ mod checkpointer;
 mod deliveries;
 mod generations;
 mod readers;
+mod retention;
 mod rows;
 mod workers;
 mod writer;
@@ -31,6 +32,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0002_signing_secrets_by_account.sql"),
     include_str!("../../migrations/sqlite/0003_workers.sql"),
     include_str!("../../migrations/sqlite/0004_claims_reasons_inputs.sql"),
+    include_str!("../../migrations/sqlite/0005_retention.sql"),
 ];
 
 pub(crate) fn backend(e: rusqlite::Error) -> StoreError {
@@ -312,6 +314,42 @@ impl Store for SqliteStore {
     async fn ended_lease(&self, id: GenerationId) -> StoreResult<Option<String>> {
         self.readers
             .read(move |c| workers::ended_lease(c, id))
+            .await
+    }
+
+    async fn media_to_prune(
+        &self,
+        before: OffsetDateTime,
+        limit: usize,
+    ) -> StoreResult<Vec<ExpiredMedia>> {
+        self.readers
+            .read(move |c| retention::media_to_prune(c, before, limit))
+            .await
+    }
+
+    async fn mark_media_pruned(
+        &self,
+        ids: Vec<GenerationId>,
+        now: OffsetDateTime,
+    ) -> StoreResult<()> {
+        self.writer
+            .write(move |c| retention::mark_media_pruned(c, &ids, now))
+            .await
+    }
+
+    async fn prune_records(&self, before: OffsetDateTime, limit: usize) -> StoreResult<u64> {
+        self.writer
+            .write(move |c| retention::prune_records(c, before, limit))
+            .await
+    }
+
+    async fn prunable(
+        &self,
+        media_before: OffsetDateTime,
+        records_before: OffsetDateTime,
+    ) -> StoreResult<Prunable> {
+        self.readers
+            .read(move |c| retention::prunable(c, media_before, records_before))
             .await
     }
 

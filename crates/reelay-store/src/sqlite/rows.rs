@@ -40,7 +40,8 @@ pub fn opt_time(row: &Row<'_>, idx: usize) -> rusqlite::Result<Option<OffsetDate
 /// The generation columns, in the order [`generation`] reads them.
 pub const GENERATION_COLUMNS: &str = "id, account_id, status, prompt, model, aspect_ratio, seed, \
     watermark_text, callback_url, price, created_at, deadline_at, started_at, completed_at, \
-    progress_pct, failure_code, video_file, video_url, claims, failure_reason, inputs";
+    progress_pct, failure_code, video_file, video_url, claims, failure_reason, inputs, \
+    media_pruned_at";
 
 /// The `inputs` column: `name.ext` file names, comma-separated.
 pub fn inputs_column(inputs: &[InputFile]) -> String {
@@ -101,5 +102,6 @@ pub fn generation(row: &Row<'_>) -> rusqlite::Result<Generation> {
         created_at: from_micros(row.get(10)?)?,
         deadline_at: from_micros(row.get(11)?)?,
         stage,
+        media_pruned_at: opt_time(row, 21)?,
     })
 }
