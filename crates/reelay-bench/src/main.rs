@@ -32,6 +32,8 @@ enum Scenario {
     Backlog,
     /// reelay's CPU seconds per 1,000 delivered webhooks at 1,000/s
     Cpu,
+    /// External workers claiming and completing with N pending: claims/s and RSS
+    Queue,
     /// Every scenario, in this order
     All,
 }
@@ -137,6 +139,7 @@ async fn run(cli: Cli) -> i32 {
         Scenario::Isolation,
         Scenario::Backlog,
         Scenario::Cpu,
+        Scenario::Queue,
     ];
     let wanted: Vec<Scenario> = match cli.scenario {
         Scenario::All => order.to_vec(),
@@ -161,6 +164,7 @@ async fn run(cli: Cli) -> i32 {
             Scenario::Isolation => scenarios::isolation::run(&ctx).await,
             Scenario::Backlog => scenarios::backlog::run(&ctx).await,
             Scenario::Cpu => scenarios::cpu::run(&ctx).await,
+            Scenario::Queue => scenarios::queue::run(&ctx).await,
             Scenario::All => unreachable!(),
         };
         let scenario_rows = match result {
@@ -222,6 +226,21 @@ fn headline(name: &str, rows: &[Row], ctx: &Ctx) -> Row {
             head.duplicates = total(|r| r.duplicates);
             head.note = Some(
                 "the variant with the worst p99_ratio; lost and duplicates over all runs".into(),
+            );
+        }
+        "queue" if rows.len() > 1 => {
+            // The largest backlog (its rows come last), with the workers that did worst on it.
+            let largest = rows[rows.len() - 1].variant.split(' ').next().unwrap_or("");
+            if let Some(worst) = rows
+                .iter()
+                .filter(|r| r.variant.split(' ').next() == Some(largest))
+                .min_by(|a, b| a.queue_ratio.partial_cmp(&b.queue_ratio).unwrap())
+            {
+                head = worst.clone();
+            }
+            head.duplicates = total(|r| r.duplicates);
+            head.note = Some(
+                "the largest backlog with the worst queue_ratio; duplicates over all runs".into(),
             );
         }
         _ => {}

@@ -160,23 +160,36 @@ impl Setup {
 
     /// `reelay keys create --name bench --credits 100000000 --json`: a key for a new account.
     pub async fn create_key(&self) -> anyhow::Result<String> {
+        let args = [
+            "keys",
+            "create",
+            "--name",
+            "bench",
+            "--credits",
+            "100000000",
+        ];
+        self.cli_json(&args, "api_key").await
+    }
+
+    /// `reelay workers create --name bench --json`: a worker token for every model.
+    pub async fn create_worker_token(&self) -> anyhow::Result<String> {
+        let args = ["workers", "create", "--name", "bench"];
+        self.cli_json(&args, "token").await
+    }
+
+    /// Runs `reelay ARGS --json` on this data directory and returns the string at `field`.
+    async fn cli_json(&self, args: &[&str], field: &str) -> anyhow::Result<String> {
+        let what = format!("reelay {}", args[..2].join(" "));
         let out = self
             .command()
-            .args([
-                "keys",
-                "create",
-                "--name",
-                "bench",
-                "--credits",
-                "100000000",
-            ])
+            .args(args)
             .arg("--json")
             .output()
             .await
-            .context("running reelay keys create")?;
+            .with_context(|| format!("running {what}"))?;
         if !out.status.success() {
             bail!(
-                "reelay refused to start on the {} backend: `reelay keys create` exited with {}: {}",
+                "reelay refused to start on the {} backend: `{what}` exited with {}: {}",
                 self.backend.name(),
                 out.status,
                 String::from_utf8_lossy(&out.stderr).trim()
@@ -184,10 +197,10 @@ impl Setup {
         }
         let json: serde_json::Value = serde_json::from_slice(&out.stdout)
             .with_context(|| format!("parsing {}", String::from_utf8_lossy(&out.stdout)))?;
-        json["api_key"]
+        json[field]
             .as_str()
             .map(str::to_owned)
-            .context("reelay keys create --json printed no api_key")
+            .with_context(|| format!("{what} --json printed no {field}"))
     }
 
     /// `reelay serve`, waiting (up to `within`) for its listening line and `/healthz`.

@@ -17,6 +17,8 @@ pub struct Row {
     pub raw_requests_per_s: Option<f64>,
     pub creates_per_s: Option<f64>,
     pub webhooks_per_s: Option<f64>,
+    /// `queue` only: claim + complete cycles per second through the worker protocol.
+    pub claims_per_s: Option<f64>,
     pub p50_ms: Option<f64>,
     pub p90_ms: Option<f64>,
     pub p99_ms: Option<f64>,
@@ -25,6 +27,8 @@ pub struct Row {
     pub limit_ratio: Option<f64>,
     /// Healthy p99 with dead destinations ÷ healthy p99 without.
     pub p99_ratio: Option<f64>,
+    /// `queue` only: claims/s at this backlog ÷ claims/s at the smallest, same workers.
+    pub queue_ratio: Option<f64>,
     pub lost: Option<u64>,
     pub duplicates: Option<u64>,
     pub rss_mb: Option<f64>,
@@ -75,7 +79,7 @@ impl Row {
 }
 
 /// The keys of a JSON line, in print order.
-const KEYS: [&str; 21] = [
+const KEYS: [&str; 23] = [
     "scenario",
     "variant",
     "backend",
@@ -83,12 +87,14 @@ const KEYS: [&str; 21] = [
     "raw_requests_per_s",
     "creates_per_s",
     "webhooks_per_s",
+    "claims_per_s",
     "p50_ms",
     "p90_ms",
     "p99_ms",
     "max_ms",
     "limit_ratio",
     "p99_ratio",
+    "queue_ratio",
     "lost",
     "duplicates",
     "rss_mb",
@@ -146,12 +152,14 @@ pub fn table(rows: &[Row]) -> String {
         "raw req/s",
         "creates/s",
         "webhooks/s",
+        "claims/s",
         "p50 ms",
         "p90 ms",
         "p99 ms",
         "max ms",
         "limit_ratio",
         "p99_ratio",
+        "queue_ratio",
         "lost",
         "dup",
         "rss MB",
@@ -171,12 +179,14 @@ pub fn table(rows: &[Row]) -> String {
                 f(r.raw_requests_per_s, 0),
                 f(r.creates_per_s, 0),
                 f(r.webhooks_per_s, 0),
+                f(r.claims_per_s, 0),
                 f(r.p50_ms, 2),
                 f(r.p90_ms, 2),
                 f(r.p99_ms, 2),
                 f(r.max_ms, 2),
                 f(r.limit_ratio, 3),
                 f(r.p99_ratio, 2),
+                f(r.queue_ratio, 2),
                 n(r.lost),
                 n(r.duplicates),
                 f(r.rss_mb, 1),

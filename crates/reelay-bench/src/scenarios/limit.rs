@@ -13,12 +13,9 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 
 use super::Ctx;
-use crate::load::closed_loop;
+use crate::load::{closed_loop, hyper_client};
 use crate::progress;
 use crate::receiver::Receiver;
 use crate::report::Row;
@@ -54,10 +51,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
         }
     };
 
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    let hyper_client: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build(connector);
+    let hyper_client = hyper_client();
     let uri: hyper::Uri = url.parse()?;
     let with_hyper = move |i: u64| {
         let (client, uri) = (hyper_client.clone(), uri.clone());

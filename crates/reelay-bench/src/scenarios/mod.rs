@@ -6,6 +6,7 @@ pub mod dispatch;
 pub mod isolation;
 pub mod limit;
 pub mod pipeline;
+pub mod queue;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
