@@ -63,12 +63,18 @@ fn aspect(g: &Generation) -> reelay_render::AspectRatio {
     }
 }
 
+/// A video's first and last frames from its input images, RGB8 at the video's size.
+struct InputFrames {
+    first: Option<Vec<u8>>,
+    last: Option<Vec<u8>>,
+}
+
 /// The first and last frames a generation's input images give (bytes_image or start_frame,
 /// and end_frame), read from disk and fitted to the video's size. Blocking.
 fn input_frames(
     inputs_dir: &std::path::Path,
     g: &Generation,
-) -> Result<(Option<Vec<u8>>, Option<Vec<u8>>), GenerateError> {
+) -> Result<InputFrames, GenerateError> {
     let (width, height) = aspect(g).dimensions();
     let frame = |names: &[&str]| -> Result<Option<Vec<u8>>, GenerateError> {
         let Some(input) = g
@@ -86,7 +92,10 @@ fn input_frames(
             .map(Some)
             .map_err(|e| GenerateError(format!("decoding input {}: {e}", input.name)))
     };
-    Ok((frame(&["image", "start_frame"])?, frame(&["end_frame"])?))
+    Ok(InputFrames {
+        first: frame(&["image", "start_frame"])?,
+        last: frame(&["end_frame"])?,
+    })
 }
 
 /// Writes a file so that it is either absent or complete, even across a crash.
@@ -150,7 +159,7 @@ impl Generator for BuiltinRenderer {
         let owned = generation.clone();
         let inputs_dir = self.inputs_dir.clone();
         let bytes = tokio::task::spawn_blocking(move || {
-            let (first, last) = input_frames(&inputs_dir, &owned)?;
+            let InputFrames { first, last } = input_frames(&inputs_dir, &owned)?;
             render_mp4(&RenderSpec {
                 prompt: &owned.spec.prompt,
                 seed: owned.spec.seed,

@@ -147,7 +147,7 @@ async fn two_builtin_workers_share_the_work_and_survive_a_kill() {
     let w3 = Worker::start(&s, &token, &flags);
     let g = s.wait_terminal(&a.api_key, &slow, RENDER_DEADLINE).await;
     assert_eq!(g["status"], "completed", "{g}");
-    assert_eq!(w3.completed(), [slow.clone()], "{}", w3.log());
+    assert_eq!(w3.completed(), std::slice::from_ref(&slow), "{}", w3.log());
     assert_eq!(
         s.balance(&a.api_key).await,
         "94.7500",
