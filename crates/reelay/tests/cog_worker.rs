@@ -74,6 +74,13 @@ impl Drop for Group {
     }
 }
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
 /// A Cog model server on a free loopback port, running `predictor` from `examples/cog`.
 struct CogServer {
     url: String,
@@ -82,11 +89,13 @@ struct CogServer {
 
 impl CogServer {
     async fn start(predictor: &str, env: &[(&str, &str)]) -> CogServer {
+        Self::start_with(predictor, env, &[]).await
+    }
+
+    /// With extra arguments for `cog.server.http`.
+    async fn start_with(predictor: &str, env: &[(&str, &str)], args: &[&str]) -> CogServer {
         let venv = cog_venv();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = free_port();
         let path = format!(
             "{}:{}",
             venv.join("bin").display(),
@@ -94,6 +103,7 @@ impl CogServer {
         );
         let mut cmd = Command::new(venv.join("bin/python"));
         cmd.args(["-m", "cog.server.http", "--host", "127.0.0.1"])
+            .args(args)
             .current_dir(repo_root().join("examples/cog"))
             .env("PATH", path)
             .env("PORT", port.to_string())
@@ -137,6 +147,11 @@ struct Setup {
 
 impl Setup {
     async fn start(cog: &CogServer) -> Setup {
+        Self::start_with(cog, &[]).await
+    }
+
+    /// With extra arguments for `reelay worker`.
+    async fn start_with(cog: &CogServer, worker_args: &[&str]) -> Setup {
         let server = TestServer::start(&[
             ("REELAY_GENERATOR", "external"),
             ("REELAY_WORKER_LEASE", "3s"),
@@ -146,7 +161,8 @@ impl Setup {
         let token = server.worker_token("cog").await;
         let mut cmd = server.command();
         cmd.args(["worker", "--server", &server.url, "--token", &token])
-            .args(["--cog", &cog.url]);
+            .args(["--cog", &cog.url])
+            .args(worker_args);
         let worker = Group::spawn(cmd);
         Setup {
             server,
@@ -240,6 +256,35 @@ async fn an_input_image_reaches_the_model() {
     assert!(
         served != direct_prediction(&cog, input).await,
         "the image changed the video"
+    );
+}
+
+#[tokio::test]
+async fn a_model_server_that_uploads_its_output_hands_it_to_the_worker() {
+    // Cog's `--upload-url` pointed at the worker: the output is PUT there, not returned inline.
+    let port = free_port();
+    let upload = format!("http://127.0.0.1:{port}/upload/");
+    let cog = CogServer::start_with("predict.py:Predictor", &[], &["--upload-url", &upload]).await;
+    let listen = format!("127.0.0.1:{port}");
+    let s = Setup::start_with(&cog, &["--cog-webhook-listen", &listen]).await;
+    let body = serde_json::json!({"prompt": PROMPT, "seed": 11, "aspect_ratio": "9:16"});
+    let id = s.server.generate_ok(&s.account.api_key, &body).await["generation_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let g = s
+        .server
+        .wait_terminal(&s.account.api_key, &id, RENDER_DEADLINE)
+        .await;
+    assert_eq!(g["status"], "completed", "{g}{}", s.context(&cog));
+    let video = served_video(&s, &g).await;
+    let boxes = top_level_boxes(&video);
+    assert_eq!(boxes.first().map(String::as_str), Some("ftyp"), "{boxes:?}");
+    assert!(boxes.iter().any(|b| b == "moov"), "{boxes:?}");
+    assert!(
+        s.worker.log().contains("the model uploaded its output"),
+        "the output came by upload, not inline{}",
+        s.context(&cog)
     );
 }
 

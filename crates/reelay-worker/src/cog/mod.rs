@@ -218,7 +218,7 @@ impl Cog {
     ) -> Result<Output, Failure> {
         let failed = |message: String| Failure::new(FailCode::TaskFailed, message);
         let id = format!("reelay-{}", uuid::Uuid::new_v4().simple());
-        let _watch = self.hooks.watch(&id, progress.clone());
+        let watch = self.hooks.watch(&id, progress.clone());
         let body = json!({
             "id": id,
             "input": self.map.inputs(job, images, self.accepted.as_deref()),
@@ -251,7 +251,7 @@ impl Cog {
         };
         match answer["status"].as_str().unwrap_or_default() {
             "succeeded" => self
-                .output(&answer["output"])
+                .output(&answer["output"], &watch)
                 .await
                 .map_err(|e| failed(format!("{e:#}"))),
             "failed" => Err(failed(
@@ -312,8 +312,9 @@ impl Cog {
     }
 
     /// The video a prediction's output names: a `data:` URL, a `file://` path, an `http(s)`
-    /// URL, or a list whose first item is one of those.
-    async fn output(&self, output: &Value) -> anyhow::Result<Output> {
+    /// URL, the file the model server uploaded to this worker (`--upload-url`), or a list whose
+    /// first item is one of those.
+    async fn output(&self, output: &Value, watch: &hooks::Watch<'_>) -> anyhow::Result<Output> {
         let url = match output {
             Value::String(s) => s.as_str(),
             Value::Array(items) => items
@@ -322,6 +323,12 @@ impl Cog {
                 .context("the prediction's output is an empty list")?,
             other => bail!("the prediction's output is not a file: {other}"),
         };
+        if self.hooks.is_upload(url) {
+            return watch
+                .take_upload()
+                .map(Output::Mp4)
+                .context("the model server named an upload to this worker that never came");
+        }
         if let Some(data) = url.strip_prefix("data:") {
             let (_, encoded) = data
                 .split_once(";base64,")
