@@ -294,6 +294,51 @@ impl DueRef {
     }
 }
 
+/// The webhook body of a finished generation: the seed's fields, order and format. The same
+/// bytes every time it is built (nothing in it changes once the generation has ended), so
+/// every attempt and redelivery sends, and signs, the same body. `None` while unfinished.
+pub fn webhook_body(g: &Generation) -> Option<String> {
+    use reelay_webhooks::{EventError, EventStatus, GenerationEvent};
+    let (status, video_url, error, completed_at) = match &g.stage {
+        Stage::Completed {
+            video,
+            completed_at,
+            ..
+        } => (
+            EventStatus::Completed,
+            Some(video.url.clone()),
+            None,
+            *completed_at,
+        ),
+        Stage::Failed {
+            code,
+            completed_at,
+            reason,
+            ..
+        } => (
+            EventStatus::Failed,
+            None,
+            Some(EventError {
+                message: code.as_str().to_owned(),
+                details: failure_details(reason.as_deref()),
+            }),
+            *completed_at,
+        ),
+        _ => return None,
+    };
+    let event = GenerationEvent {
+        generation_id: g.id.0,
+        status,
+        prompt: g.spec.prompt.clone(),
+        video_url,
+        created_at: g.created_at,
+        completed_at,
+        seed: g.spec.seed,
+        error,
+    };
+    Some(event.to_json())
+}
+
 /// The `webhook-id` of a generation's event. There is one event per generation, so deriving
 /// it lets whoever finished the generation name the event without asking storage.
 pub fn event_id(generation: GenerationId) -> String {

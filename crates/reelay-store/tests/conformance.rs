@@ -28,7 +28,7 @@ use reelay_store::{
     Account, AfterAttempt, Attempt, AttemptRecord, Created, DeliveryCounts, DeliveryState,
     DueDelivery, DueRef, Event, ExpiredMedia, Failure, Finished, Finisher, Generation, Idempotency,
     InputFile, NewGeneration, NewKey, NewWorker, Outcome, Prunable, Redelivery, Rotated, Rotation,
-    SealedSecret, Spec, SqliteStore, Stage, Store, StoreError, Video, event_id,
+    SealedSecret, Spec, SqliteStore, Stage, Store, StoreError, Video, event_id, webhook_body,
 };
 use reelay_webhooks::GenerationEvent;
 use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
@@ -2466,6 +2466,11 @@ async fn leased_deliveries_are_not_due_until_the_lease_ends(h: &dyn Harness) {
             created_at: at(10),
             round_attempts: 0,
         }]
+    );
+    // The body is the generation's, built the same each time it is read.
+    assert_eq!(
+        Some(event.payload.clone()),
+        webhook_body(&get(store, event.generation_id).await)
     );
     assert_eq!(event.state, DeliveryState::Pending);
     assert!(event.in_flight, "a leased delivery is in flight");

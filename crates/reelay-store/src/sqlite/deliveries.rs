@@ -33,11 +33,32 @@ fn event(r: &Row<'_>) -> rusqlite::Result<Event> {
 }
 
 pub fn event_for(c: &Connection, generation: GenerationId) -> StoreResult<Option<Event>> {
-    c.prepare_cached(&format!(
-        "SELECT {EVENT_COLUMNS} FROM events WHERE generation_id = ?1"
-    ))
-    .and_then(|mut s| s.query_row([generation.to_string()], event).optional())
-    .map_err(backend)
+    let event = c
+        .prepare_cached(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE generation_id = ?1"
+        ))
+        .and_then(|mut s| s.query_row([generation.to_string()], event).optional())
+        .map_err(backend)?;
+    event
+        .map(|mut e| {
+            e.payload = body(c, e.generation_id, e.payload)?;
+            Ok(e)
+        })
+        .transpose()
+}
+
+/// An event's body: built from its generation's row, or as stored by a version of reelay
+/// that kept bodies (non-empty).
+fn body(c: &Connection, generation: GenerationId, stored: String) -> StoreResult<String> {
+    if !stored.is_empty() {
+        return Ok(stored);
+    }
+    let g = super::generations::get(c, generation)?.ok_or(StoreError::NotFound)?;
+    webhook_body(&g).ok_or_else(|| {
+        StoreError::Backend(format!(
+            "generation {generation} has an event but has not ended"
+        ))
+    })
 }
 
 pub fn due_for_destination(
@@ -126,29 +147,37 @@ pub fn lease(
     now: OffsetDateTime,
 ) -> StoreResult<Vec<DueDelivery>> {
     let ids = serde_json::to_string(event_ids).map_err(|e| StoreError::Backend(e.to_string()))?;
-    c.prepare_cached(
-        "UPDATE events SET lease_owner = ?1, next_attempt_at = ?2 \
+    let leased: Vec<DueDelivery> = c
+        .prepare_cached(
+            "UPDATE events SET lease_owner = ?1, next_attempt_at = ?2 \
          WHERE id IN (SELECT value FROM json_each(?4)) \
              AND state = 'pending' AND next_attempt_at <= ?3 \
          RETURNING id, generation_id, account_id, callback_url, destination, payload, \
              created_at, round_attempts",
-    )
-    .and_then(|mut s| {
-        s.query_map(params![owner, micros(lease_until), micros(now), ids], |r| {
-            Ok(DueDelivery {
-                event_id: r.get(0)?,
-                generation_id: parsed(r, 1)?,
-                account_id: parsed(r, 2)?,
-                url: r.get(3)?,
-                destination: r.get(4)?,
-                payload: r.get(5)?,
-                created_at: from_micros(r.get(6)?)?,
-                round_attempts: r.get(7)?,
-            })
-        })?
+        )
+        .and_then(|mut s| {
+            s.query_map(params![owner, micros(lease_until), micros(now), ids], |r| {
+                Ok(DueDelivery {
+                    event_id: r.get(0)?,
+                    generation_id: parsed(r, 1)?,
+                    account_id: parsed(r, 2)?,
+                    url: r.get(3)?,
+                    destination: r.get(4)?,
+                    payload: r.get(5)?,
+                    created_at: from_micros(r.get(6)?)?,
+                    round_attempts: r.get(7)?,
+                })
+            })?
+            .collect()
+        })
+        .map_err(backend)?;
+    leased
+        .into_iter()
+        .map(|mut d| {
+            d.payload = body(c, d.generation_id, d.payload)?;
+            Ok(d)
+        })
         .collect()
-    })
-    .map_err(backend)
 }
 
 pub fn record_attempt(c: &Connection, a: AttemptRecord) -> StoreResult<bool> {

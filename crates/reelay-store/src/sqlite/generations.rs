@@ -3,7 +3,6 @@
 
 use reelay_core::destination::destination_key;
 use reelay_core::{AccountId, FailureCode, GenerationId, GenerationStatus};
-use reelay_webhooks::{EventError, EventStatus, GenerationEvent};
 use rusqlite::{Connection, OptionalExtension, params};
 use time::OffsetDateTime;
 
@@ -409,50 +408,15 @@ pub fn finish(
     Ok(Finished::Applied(generation))
 }
 
-/// The outbox row for a generation that just became terminal.
+/// The outbox row for a generation that just became terminal. Its body is not stored: it is
+/// built from the generation's row when it is sent ([`webhook_body`]), so nothing of the
+/// generation is kept twice.
 fn write_event(c: &Connection, g: &Generation, now: OffsetDateTime) -> StoreResult<()> {
-    let (status, video_url, error, completed_at) = match &g.stage {
-        Stage::Completed {
-            video,
-            completed_at,
-            ..
-        } => (
-            EventStatus::Completed,
-            Some(video.url.clone()),
-            None,
-            *completed_at,
-        ),
-        Stage::Failed {
-            code,
-            completed_at,
-            reason,
-            ..
-        } => (
-            EventStatus::Failed,
-            None,
-            Some(EventError {
-                message: code.as_str().to_owned(),
-                details: failure_details(reason.as_deref()),
-            }),
-            *completed_at,
-        ),
-        _ => {
-            return Err(StoreError::Backend(
-                "an event for an unfinished generation".into(),
-            ));
-        }
-    };
-    let payload = GenerationEvent {
-        generation_id: g.id.0,
-        status,
-        prompt: g.spec.prompt.clone(),
-        video_url,
-        created_at: g.created_at,
-        completed_at,
-        seed: g.spec.seed,
-        error,
+    if g.stage.completed_at().is_none() {
+        return Err(StoreError::Backend(
+            "an event for an unfinished generation".into(),
+        ));
     }
-    .to_json();
     let event_id = event_id(g.id);
     let url = g.spec.callback_url.as_deref();
     let (state, due) = match url {
@@ -471,7 +435,7 @@ fn write_event(c: &Connection, g: &Generation, now: OffsetDateTime) -> StoreResu
             g.account_id.to_string(),
             url,
             url.and_then(destination_key),
-            payload,
+            "",
             micros(now),
             state,
             due,
