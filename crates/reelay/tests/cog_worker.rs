@@ -171,6 +171,17 @@ impl Setup {
         }
     }
 
+    /// Creates a generation from `body`, waits for it to complete, and returns its video.
+    async fn completed_video(&self, cog: &CogServer, body: serde_json::Value) -> Vec<u8> {
+        let key = &self.account.api_key;
+        let created = self.server.generate_ok(key, &body).await;
+        let id = created["generation_id"].as_str().unwrap();
+        let g = self.server.wait_terminal(key, id, RENDER_DEADLINE).await;
+        assert_eq!(g["status"], "completed", "{g}{}", self.context(cog));
+        assert_eq!(g["progress_pct"], 100);
+        served_video(self, &g).await
+    }
+
     fn context(&self, cog: &CogServer) -> String {
         format!(
             "\n--- worker log ---\n{}\n--- cog log ---\n{}",
@@ -178,6 +189,13 @@ impl Setup {
             cog.process.log()
         )
     }
+}
+
+/// Checks that `video` is an MP4: `ftyp` first, a `moov` among the top-level boxes.
+fn assert_mp4(video: &[u8]) {
+    let boxes = top_level_boxes(video);
+    assert_eq!(boxes.first().map(String::as_str), Some("ftyp"), "{boxes:?}");
+    assert!(boxes.iter().any(|b| b == "moov"), "{boxes:?}");
 }
 
 /// The top-level box types of an MP4.
@@ -234,16 +252,7 @@ async fn an_input_image_reaches_the_model() {
     .unwrap();
     let image = base64::engine::general_purpose::STANDARD.encode(&png);
     let body = serde_json::json!({"prompt": PROMPT, "seed": 5, "bytes_image": image});
-    let id = s.server.generate_ok(&s.account.api_key, &body).await["generation_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let g = s
-        .server
-        .wait_terminal(&s.account.api_key, &id, RENDER_DEADLINE)
-        .await;
-    assert_eq!(g["status"], "completed", "{g}{}", s.context(&cog));
-    let served = served_video(&s, &g).await;
+    let served = s.completed_video(&cog, body).await;
     // The model drew the image: the same inputs given to it directly give the same video,
     // and without the image another one.
     let input = serde_json::json!({"prompt": PROMPT, "seed": 5, "aspect_ratio": "16:9"});
@@ -268,19 +277,7 @@ async fn a_model_server_that_uploads_its_output_hands_it_to_the_worker() {
     let listen = format!("127.0.0.1:{port}");
     let s = Setup::start_with(&cog, &["--cog-webhook-listen", &listen]).await;
     let body = serde_json::json!({"prompt": PROMPT, "seed": 11, "aspect_ratio": "9:16"});
-    let id = s.server.generate_ok(&s.account.api_key, &body).await["generation_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let g = s
-        .server
-        .wait_terminal(&s.account.api_key, &id, RENDER_DEADLINE)
-        .await;
-    assert_eq!(g["status"], "completed", "{g}{}", s.context(&cog));
-    let video = served_video(&s, &g).await;
-    let boxes = top_level_boxes(&video);
-    assert_eq!(boxes.first().map(String::as_str), Some("ftyp"), "{boxes:?}");
-    assert!(boxes.iter().any(|b| b == "moov"), "{boxes:?}");
+    assert_mp4(&s.completed_video(&cog, body).await);
     assert!(
         s.worker.log().contains("the model uploaded its output"),
         "the output came by upload, not inline{}",
@@ -293,20 +290,8 @@ async fn a_cog_model_makes_the_video() {
     let cog = CogServer::start("predict.py:Predictor", &[]).await;
     let s = Setup::start(&cog).await;
     let body = serde_json::json!({"prompt": PROMPT, "seed": 11, "aspect_ratio": "9:16"});
-    let id = s.server.generate_ok(&s.account.api_key, &body).await["generation_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let g = s
-        .server
-        .wait_terminal(&s.account.api_key, &id, RENDER_DEADLINE)
-        .await;
-    assert_eq!(g["status"], "completed", "{g}{}", s.context(&cog));
-    assert_eq!(g["progress_pct"], 100);
-    let video = served_video(&s, &g).await;
-    let boxes = top_level_boxes(&video);
-    assert_eq!(boxes.first().map(String::as_str), Some("ftyp"), "{boxes:?}");
-    assert!(boxes.iter().any(|b| b == "moov"), "{boxes:?}");
+    let video = s.completed_video(&cog, body).await;
+    assert_mp4(&video);
     // The model's video, not the built-in renderer's: the same prompt and seed rendered by
     // the predictor alone give the same bytes.
     let input = serde_json::json!({"prompt": PROMPT, "seed": 11, "aspect_ratio": "9:16"});
