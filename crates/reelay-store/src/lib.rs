@@ -97,9 +97,10 @@ pub trait Store: Send + Sync + 'static {
     async fn expire(&self, now: OffsetDateTime) -> StoreResult<Vec<GenerationId>>;
     /// The earliest deadline among unfinished generations, to know when to look again.
     async fn next_deadline(&self) -> StoreResult<Option<OffsetDateTime>>;
-    /// Returns every processing generation to pending: for a single node taking over its
-    /// database after a crash, when no other node can hold a lease.
-    async fn release_all_leases(&self) -> StoreResult<u64>;
+    /// Returns the generations `owner` was working on to pending: for a node restarting, which
+    /// knows its own work was interrupted. Anyone else's leases (an external worker's, another
+    /// node's) are left to run or lapse.
+    async fn release_leases(&self, owner: &str) -> StoreResult<u64>;
 
     // --- external workers
     /// Like [`Store::claim`], but only generations of `models` (none when it is empty);
@@ -190,9 +191,9 @@ pub trait Store: Send + Sync + 'static {
         owner: &str,
         at: OffsetDateTime,
     ) -> StoreResult<()>;
-    /// Makes every leased delivery due at once, ahead of younger ones (due since their event
-    /// was created): for a single node restarting on its database.
-    async fn release_all_delivery_leases(&self, now: OffsetDateTime) -> StoreResult<u64>;
+    /// Makes the deliveries `owner` had leased due at once, ahead of younger ones (due since
+    /// their event was created): for a node restarting, which knows they were interrupted.
+    async fn release_delivery_leases(&self, owner: &str, now: OffsetDateTime) -> StoreResult<u64>;
     /// When the next pending delivery is due (or its lease ends).
     async fn next_delivery_due(&self) -> StoreResult<Option<OffsetDateTime>>;
     /// The attempt log of an event, oldest first.

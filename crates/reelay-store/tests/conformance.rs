@@ -89,7 +89,7 @@ macro_rules! conformance_tests {
             concurrent_finishes_refund_once,
             expire_times_out_and_refunds_once,
             expired_lease_is_claimable_by_another_owner,
-            release_all_leases_returns_processing_to_pending,
+            release_leases_returns_the_owners_work_to_pending,
             concurrent_claims_never_share_a_generation,
             list_generations_newest_first_per_account,
             queue_position_counts_older_pending,
@@ -1299,7 +1299,7 @@ async fn expired_lease_is_claimable_by_another_owner(h: &dyn Harness) {
     event_of(store, &done).await;
 }
 
-async fn release_all_leases_returns_processing_to_pending(h: &dyn Harness) {
+async fn release_leases_returns_the_owners_work_to_pending(h: &dyn Harness) {
     let store = h.open().await;
     let store = store.as_ref();
     let alice = account(store, "alice", 10 * PRICE).await;
@@ -1323,19 +1323,28 @@ async fn release_all_leases_returns_processing_to_pending(h: &dyn Harness) {
             .unwrap(),
     );
 
-    assert_eq!(store.release_all_leases().await, Ok(2));
+    // Another owner's lease (an external worker's) is not this node's to release.
+    let g5 = create(store, new_gen(alice.id, PRICE, 4)).await;
+    let theirs = store.claim("wl_other", 1, at(1_000), at(5)).await.unwrap();
+    assert_eq!(ids(&theirs), [g4.id]);
+    assert_eq!(store.release_leases("w1").await, Ok(2));
+    assert!(matches!(
+        get(store, g4.id).await.stage,
+        Stage::Processing { .. }
+    ));
+    assert_eq!(store.release_leases("wl_other").await, Ok(1));
     assert_eq!(get(store, g2.id).await.stage, Stage::Pending);
     assert_eq!(get(store, g3.id).await.stage, Stage::Pending);
     assert_eq!(get(store, g4.id).await.stage, Stage::Pending);
     assert_eq!(get(store, g1.id).await, done, "terminal ones are untouched");
     assert_eq!(store.heartbeat(g2.id, "w1", at(1_000), 40).await, Ok(false));
     assert_eq!(store.queue_position(&get(store, g2.id).await).await, Ok(0));
-    assert_eq!(balance(store, alice.id).await, 6 * PRICE);
+    assert_eq!(balance(store, alice.id).await, 5 * PRICE);
 
     // Back in the queue in creation order, lease still far in the future or not.
     let again = store.claim("w2", 10, at(100), at(7)).await.unwrap();
-    assert_eq!(ids(&again), [g2.id, g3.id, g4.id]);
-    // A released lease counts as lost: g2 and g3 are on their second claim, g4 on its first.
+    assert_eq!(ids(&again), [g2.id, g3.id, g4.id, g5.id]);
+    // A released lease counts as lost: g2, g3 and g4 are on their second claim, g5 its first.
     let claims: Vec<_> = again
         .iter()
         .map(|g| match g.stage {
@@ -1343,9 +1352,9 @@ async fn release_all_leases_returns_processing_to_pending(h: &dyn Harness) {
             _ => panic!("claimed but not processing: {g:?}"),
         })
         .collect();
-    assert_eq!(claims, [2, 2, 1]);
-    assert_eq!(store.release_all_leases().await, Ok(3));
-    assert_eq!(store.release_all_leases().await, Ok(0));
+    assert_eq!(claims, [2, 2, 2, 1]);
+    assert_eq!(store.release_leases("w2").await, Ok(4));
+    assert_eq!(store.release_leases("w2").await, Ok(0));
 }
 
 async fn concurrent_claims_never_share_a_generation(h: &dyn Harness) {
@@ -2741,7 +2750,7 @@ async fn released_deliveries_are_due_again(h: &dyn Harness) {
     assert_eq!(due_at(store, DEST_A, 699).await, Vec::<String>::new());
     store.release_delivery(&e1, "w2", at(125)).await.unwrap();
 
-    // release_all_delivery_leases: every leased one due, ahead of younger due ones.
+    // release_delivery_leases: every one the owner leased due, ahead of younger due ones.
     let b1 = due_event(store, alice.id, HOOK_B, 30).await;
     let b2 = due_event(store, alice.id, HOOK_B, 40).await;
     let b3 = due_event(store, alice.id, HOOK_B, 45).await;
@@ -2759,7 +2768,8 @@ async fn released_deliveries_are_due_again(h: &dyn Harness) {
         .unwrap();
     assert_eq!(due_at(store, DEST_B, 60).await, [b4.as_str()]);
 
-    assert_eq!(store.release_all_delivery_leases(at(60)).await, Ok(3));
+    assert_eq!(store.release_delivery_leases("w2", at(60)).await, Ok(0));
+    assert_eq!(store.release_delivery_leases("w1", at(60)).await, Ok(3));
     let due = due_at(store, DEST_B, 60).await;
     assert_eq!(due.len(), 4);
     assert_eq!(due[3], b4, "released deliveries come before younger ones");
@@ -2773,13 +2783,13 @@ async fn released_deliveries_are_due_again(h: &dyn Harness) {
         [due[0].as_str()]
     );
     // Free for anyone, and nothing left to release.
-    assert_eq!(store.release_all_delivery_leases(at(61)).await, Ok(0));
+    assert_eq!(store.release_delivery_leases("w1", at(61)).await, Ok(0));
     let taken = store
         .lease_deliveries("w2", due.clone(), at(900), at(61))
         .await
         .unwrap();
     assert_eq!(taken.len(), 4);
-    assert_eq!(store.release_all_delivery_leases(at(62)).await, Ok(4));
+    assert_eq!(store.release_delivery_leases("w2", at(62)).await, Ok(4));
     assert_eq!(due_at(store, DEST_B, 62).await.len(), 4);
 }
 

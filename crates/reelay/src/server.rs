@@ -50,6 +50,23 @@ fn lock_data_dir(config: &Config) -> anyhow::Result<File> {
     Ok(file)
 }
 
+/// This node's name on the leases it takes, kept in `<data dir>/node-id` so that it survives a
+/// restart: a restarting node then releases exactly the work it held and nobody else's (an
+/// external worker's lease goes on, another node's on a shared database is not stolen).
+fn node_id(config: &Config) -> anyhow::Result<String> {
+    let path = config.data_dir.join("node-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let id = format!("node-{}", uuid::Uuid::new_v4().simple());
+    std::fs::write(&path, format!("{id}\n"))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(id)
+}
+
 pub fn open_store(config: &Config) -> anyhow::Result<SqliteStore> {
     private_dir(&config.data_dir)?;
     let path = config.database_path()?;
@@ -164,7 +181,8 @@ pub async fn serve(
     let _lock = lock_data_dir(&config)?;
     let master = master_key(&config)?;
     let video_key = VideoKey::new(master.derive("video-url"));
-    let released = store.release_all_leases().await?;
+    let node_id = node_id(&config)?;
+    let released = store.release_leases(&node_id).await?;
     if released > 0 {
         tracing::info!(
             count = released,
@@ -172,7 +190,7 @@ pub async fn serve(
         );
     }
     let resent = store
-        .release_all_delivery_leases(OffsetDateTime::now_utc())
+        .release_delivery_leases(&node_id, OffsetDateTime::now_utc())
         .await?;
     if resent > 0 {
         tracing::info!(
@@ -215,7 +233,6 @@ pub async fn serve(
         source_ips: config.webhook_source_ips.clone(),
     })
     .context("building the webhook HTTP client")?;
-    let node_id = format!("node-{}", uuid::Uuid::new_v4().simple());
     let dispatcher = Dispatcher::new(
         store.clone(),
         sender,

@@ -493,3 +493,25 @@ async fn a_job_that_keeps_losing_its_lease_fails_refunded_once() {
     }
     assert_eq!(s.balance(&a.api_key).await, "10.0000", "refunded once");
 }
+
+#[tokio::test]
+async fn a_server_restart_leaves_workers_their_jobs() {
+    let mut s = TestServer::start(&[EXTERNAL]).await;
+    let a = s.create_account("alice", "10").await;
+    let w = worker(&s, "steady", None).await;
+    let id = s.create_generation(&a.api_key, PROMPT).await;
+    let job = claim_n(&s, &w, 1, json!({"wait_seconds": 10})).await;
+    let lease = lease_of(&job[0]);
+
+    // kill -9 and start again on the same data: the worker's lease is not the server's to
+    // release, so the worker carries on as if nothing happened.
+    s.restart().await;
+    let r = job_call(&s, &w, &lease, "heartbeat", json!({"progress_pct": 50})).await;
+    assert_eq!(r.status, 200, "{r}");
+    assert_eq!(r.body["cancel_requested"], false, "{r}");
+    claim_n(&s, &w, 0, json!({"wait_seconds": 0})).await;
+    let r = upload(&s, &w, &lease, real_mp4()).await;
+    assert_eq!(r.status, 200, "{r}");
+    let g = s.generation(&a.api_key, &id).await;
+    assert_eq!(g["status"], "completed", "{g}");
+}

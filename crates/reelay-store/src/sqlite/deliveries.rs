@@ -245,12 +245,12 @@ pub fn release(c: &Connection, event_id: &str, owner: &str, at: OffsetDateTime) 
     .map_err(backend)
 }
 
-pub fn release_all(c: &Connection, now: OffsetDateTime) -> StoreResult<u64> {
+pub fn release_owned(c: &Connection, owner: &str, now: OffsetDateTime) -> StoreResult<u64> {
     c.prepare_cached(
         "UPDATE events SET next_attempt_at = MIN(created_at, ?1), lease_owner = NULL \
-         WHERE state = 'pending' AND lease_owner IS NOT NULL",
+         WHERE state = 'pending' AND lease_owner = ?2",
     )
-    .and_then(|mut s| s.execute([micros(now)]))
+    .and_then(|mut s| s.execute(params![micros(now), owner]))
     .map(|n| n as u64)
     .map_err(backend)
 }

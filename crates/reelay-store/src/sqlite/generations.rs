@@ -483,13 +483,13 @@ pub fn next_deadline(c: &Connection) -> StoreResult<Option<OffsetDateTime>> {
     .map_err(backend)
 }
 
-pub fn release_all_leases(c: &Connection) -> StoreResult<u64> {
+pub fn release_leases(c: &Connection, owner: &str) -> StoreResult<u64> {
     c.prepare_cached(
         "UPDATE generations SET status = 'pending', started_at = NULL, progress_pct = 0, \
              lease_owner = NULL, lease_until = NULL \
-         WHERE status = 'processing'",
+         WHERE status = 'processing' AND lease_owner = ?1",
     )
-    .and_then(|mut s| s.execute([]))
+    .and_then(|mut s| s.execute([owner]))
     .map(|n| n as u64)
     .map_err(backend)
 }

@@ -293,8 +293,11 @@ impl Store for SqliteStore {
         self.readers.read(generations::next_deadline).await
     }
 
-    async fn release_all_leases(&self) -> StoreResult<u64> {
-        self.writer.write(generations::release_all_leases).await
+    async fn release_leases(&self, owner: &str) -> StoreResult<u64> {
+        let owner = owner.to_owned();
+        self.writer
+            .write(move |c| generations::release_leases(c, &owner))
+            .await
     }
 
     async fn claim_models(
@@ -445,9 +448,10 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn release_all_delivery_leases(&self, now: OffsetDateTime) -> StoreResult<u64> {
+    async fn release_delivery_leases(&self, owner: &str, now: OffsetDateTime) -> StoreResult<u64> {
+        let owner = owner.to_owned();
         self.writer
-            .write(move |c| deliveries::release_all(c, now))
+            .write(move |c| deliveries::release_owned(c, &owner, now))
             .await
     }
 
