@@ -193,12 +193,8 @@ pub fn inspect(bytes: Vec<u8>) -> Result<InputImage, ImageError> {
              pixels (4096 × 4096) and {MAX_IMAGE_SIDE} on a side"
         )));
     }
-    let mut limits = image::Limits::default();
-    limits.max_image_width = Some(MAX_IMAGE_SIDE);
-    limits.max_image_height = Some(MAX_IMAGE_SIDE);
-    limits.max_alloc = Some(MAX_DECODE_BYTES);
     let mut decoding = reader();
-    decoding.limits(limits);
+    decoding.limits(decode_limits());
     decoding.decode().map_err(damaged)?;
     Ok(InputImage {
         format,
@@ -208,15 +204,22 @@ pub fn inspect(bytes: Vec<u8>) -> Result<InputImage, ImageError> {
     })
 }
 
+/// What one decode may take: the side and memory caps, the same at creation and at render.
+fn decode_limits() -> image::Limits {
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    limits
+}
+
 /// An accepted image's pixels scaled to cover `width` × `height` and centre-cropped, as a
 /// renderer takes a frame: RGB8, row by row.
 pub fn fit_rgb(bytes: &[u8], width: u32, height: u32) -> Result<Vec<u8>, String> {
     let mut reader = image::ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| e.to_string())?;
-    let mut limits = image::Limits::default();
-    limits.max_alloc = Some(MAX_DECODE_BYTES);
-    reader.limits(limits);
+    reader.limits(decode_limits());
     let image = reader.decode().map_err(|e| e.to_string())?;
     Ok(image
         .resize_to_fill(width, height, image::imageops::FilterType::Triangle)

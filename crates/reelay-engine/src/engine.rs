@@ -112,6 +112,7 @@ impl Engine {
         let inputs = inputs::keep(&config.inputs_dir, id, request.images)
             .await
             .map_err(|e| StoreError::Backend(format!("keeping the input images: {e}")))?;
+        let has_inputs = !inputs.is_empty();
         let created = self
             .inner
             .store
@@ -133,7 +134,7 @@ impl Engine {
                 },
             })
             .await;
-        if !matches!(&created, Ok(c) if !c.replayed) {
+        if has_inputs && !matches!(&created, Ok(c) if !c.replayed) {
             inputs::remove(&config.inputs_dir, id).await;
         }
         let created = created?;
