@@ -17,14 +17,26 @@ pub use error::{StoreError, StoreResult};
 pub use model::*;
 pub use sqlite::SqliteStore;
 
-/// Everything reelay keeps. Implementations must pass `tests/conformance.rs`.
+/// Everything reelay keeps, in four parts a backend implements one by one. Implementations
+/// must pass `tests/conformance.rs`; the rules that are the product's, not a backend's (the
+/// stage check of a queue position, a timeout ending like any other end), are provided here
+/// once, above them.
+pub trait Store: AccountStore + GenerationStore + DeliveryStore + SecretStore {}
+
+impl<T: AccountStore + GenerationStore + DeliveryStore + SecretStore> Store for T {}
+
 /// The most pending generations a queue position counts, so that a status read costs the
 /// same in a backlog of any size; a position equal to it means "this many or more".
 pub const QUEUE_POSITION_CAP: u64 = 1_000;
 
+/// Most generations timed out by one [`GenerationStore::expire`] call.
+pub const EXPIRE_BATCH: usize = 1_000;
+/// How many of them are ended at a time.
+const EXPIRE_AT_ONCE: usize = 32;
+
+/// Accounts with their balances and ledger, API keys and worker tokens: who may call.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
-    // --- accounts, keys, credits
+pub trait AccountStore: Send + Sync + 'static {
     async fn create_account(
         &self,
         name: &str,
@@ -49,8 +61,19 @@ pub trait Store: Send + Sync + 'static {
     async fn revoke_key(&self, id: KeyId, now: OffsetDateTime) -> StoreResult<bool>;
     /// The account of a live (not revoked) key.
     async fn authenticate(&self, hash: KeyHash) -> StoreResult<Option<AccountId>>;
+    async fn create_worker(&self, new: NewWorker, now: OffsetDateTime) -> StoreResult<WorkerInfo>;
+    /// Every worker token, revoked ones too, oldest first.
+    async fn list_workers(&self) -> StoreResult<Vec<WorkerInfo>>;
+    /// Returns false when the token does not exist or was already revoked.
+    async fn revoke_worker(&self, id: &str, now: OffsetDateTime) -> StoreResult<bool>;
+    /// A live (not revoked) worker token. Never looks at API keys.
+    async fn authenticate_worker(&self, hash: KeyHash) -> StoreResult<Option<WorkerInfo>>;
+}
 
-    // --- generations, as the API sees them
+/// Generations: creation with its charge, the queue and its leases, the terminal transition
+/// with its refund and outbox event, and retention.
+#[async_trait]
+pub trait GenerationStore: Send + Sync + 'static {
     /// Creates a generation and charges its price in one transaction, or replays the
     /// generation an idempotency key already made.
     async fn create_generation(&self, new: NewGeneration) -> StoreResult<Created>;
@@ -65,9 +88,16 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Page<Generation>>;
     /// How many pending generations were created before this one (0 when not pending),
     /// counted up to [`QUEUE_POSITION_CAP`]: past it the answer is the cap, read "at least".
-    async fn queue_position(&self, generation: &Generation) -> StoreResult<u64>;
+    async fn queue_position(&self, generation: &Generation) -> StoreResult<u64> {
+        if generation.stage != Stage::Pending {
+            return Ok(0);
+        }
+        self.pending_before(generation.created_at).await
+    }
+    /// How many pending generations were created before `created_at`, up to
+    /// [`QUEUE_POSITION_CAP`], at a cost that does not grow with the backlog.
+    async fn pending_before(&self, created_at: OffsetDateTime) -> StoreResult<u64>;
 
-    // --- the lifecycle, as the engine drives it
     /// Moves up to `limit` of the oldest pending generations (or processing ones whose lease
     /// expired) to processing under `owner`'s lease.
     async fn claim(
@@ -93,8 +123,29 @@ pub trait Store: Send + Sync + 'static {
         outcome: Outcome,
         now: OffsetDateTime,
     ) -> StoreResult<Finished>;
-    /// Fails with TIMEOUT every unfinished generation whose deadline has passed.
-    async fn expire(&self, now: OffsetDateTime) -> StoreResult<Vec<GenerationId>>;
+    /// Fails with TIMEOUT the unfinished generations whose deadline has passed, up to
+    /// [`EXPIRE_BATCH`] a call (the rest wait for the next); each ends through [`finish`]
+    /// (refund and event included), so a timeout is like any other end.
+    ///
+    /// [`finish`]: GenerationStore::finish
+    async fn expire(&self, now: OffsetDateTime) -> StoreResult<Vec<GenerationId>> {
+        use futures::{StreamExt, TryStreamExt};
+        let overdue = self.overdue(now, EXPIRE_BATCH).await?;
+        // Several at once, so that a group-committing backend writes them together.
+        let ended: Vec<Option<GenerationId>> = futures::stream::iter(overdue)
+            .map(|id| async move {
+                let timeout = Outcome::Failed(reelay_core::FailureCode::Timeout.into());
+                let finished = self.finish(id, Finisher::Anyone, timeout, now).await?;
+                Ok::<_, StoreError>(matches!(finished, Finished::Applied(_)).then_some(id))
+            })
+            .buffered(EXPIRE_AT_ONCE)
+            .try_collect()
+            .await?;
+        Ok(ended.into_iter().flatten().collect())
+    }
+    /// Up to `limit` unfinished generations whose deadline is at or before `now`, earliest
+    /// deadline first.
+    async fn overdue(&self, now: OffsetDateTime, limit: usize) -> StoreResult<Vec<GenerationId>>;
     /// The earliest deadline among unfinished generations, to know when to look again.
     async fn next_deadline(&self) -> StoreResult<Option<OffsetDateTime>>;
     /// Returns the generations `owner` was working on to pending: for a node restarting, which
@@ -102,7 +153,6 @@ pub trait Store: Send + Sync + 'static {
     /// node's) are left to run or lapse.
     async fn release_leases(&self, owner: &str) -> StoreResult<u64>;
 
-    // --- external workers
     /// Like [`Store::claim`], but only generations of `models` (none when it is empty);
     /// as bounded as `claim`, whatever the backlog of other models.
     async fn claim_models(
@@ -143,15 +193,11 @@ pub trait Store: Send + Sync + 'static {
         media_before: OffsetDateTime,
         records_before: OffsetDateTime,
     ) -> StoreResult<Prunable>;
-    async fn create_worker(&self, new: NewWorker, now: OffsetDateTime) -> StoreResult<WorkerInfo>;
-    /// Every worker token, revoked ones too, oldest first.
-    async fn list_workers(&self) -> StoreResult<Vec<WorkerInfo>>;
-    /// Returns false when the token does not exist or was already revoked.
-    async fn revoke_worker(&self, id: &str, now: OffsetDateTime) -> StoreResult<bool>;
-    /// A live (not revoked) worker token. Never looks at API keys.
-    async fn authenticate_worker(&self, hash: KeyHash) -> StoreResult<Option<WorkerInfo>>;
+}
 
-    // --- the outbox and webhook deliveries
+/// The outbox and webhook deliveries: due events under leases, attempts, redelivery.
+#[async_trait]
+pub trait DeliveryStore: Send + Sync + 'static {
     async fn event_for(&self, generation: GenerationId) -> StoreResult<Option<Event>>;
     /// Due deliveries to one destination, oldest due first.
     async fn due_for_destination(
@@ -214,8 +260,11 @@ pub trait Store: Send + Sync + 'static {
         now: OffsetDateTime,
     ) -> StoreResult<u64>;
     async fn delivery_counts(&self, now: OffsetDateTime) -> StoreResult<DeliveryCounts>;
+}
 
-    // --- webhook signing secrets
+/// Webhook signing secrets, sealed by the master key before they reach a backend.
+#[async_trait]
+pub trait SecretStore: Send + Sync + 'static {
     /// The secrets that sign now, at most two: the current one first, then the one it replaced
     /// while its overlap lasts. (The read is bounded even on a database written before
     /// rotations retired older secrets.)

@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use reelay_core::{AccountId, Credits, KeyId};
-use reelay_store::Store;
+use reelay_store::AccountStore;
 use serde::Serialize;
 use serde_json::json;
 

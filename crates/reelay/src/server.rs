@@ -15,7 +15,7 @@ use reelay_delivery::{Dispatcher, DispatcherConfig, Keyring, MasterKey, Sender, 
 use reelay_engine::{
     BuiltinRenderer, Engine, EngineConfig, ExternalWorkers, Generator, InstantGenerator,
 };
-use reelay_store::{SqliteStore, Store};
+use reelay_store::{DeliveryStore, GenerationStore, SqliteStore, Store};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;

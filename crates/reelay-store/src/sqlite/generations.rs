@@ -445,30 +445,20 @@ fn write_event(c: &Connection, g: &Generation, now: OffsetDateTime) -> StoreResu
     .map_err(backend)
 }
 
-/// Most generations timed out in one transaction; the rest wait for the next pass.
-const EXPIRE_BATCH: i64 = 1_000;
-
-pub fn expire(c: &Connection, now: OffsetDateTime) -> StoreResult<Vec<GenerationId>> {
-    let due: Vec<GenerationId> = c
-        .prepare_cached(
-            "SELECT id FROM generations WHERE status IN ('pending', 'processing') \
-             AND deadline_at <= ?1 ORDER BY deadline_at LIMIT ?2",
-        )
-        .and_then(|mut s| {
-            s.query_map(params![micros(now), EXPIRE_BATCH], |r| parsed(r, 0))?
-                .collect()
-        })
-        .map_err(backend)?;
-    for id in &due {
-        finish(
-            c,
-            *id,
-            None,
-            Outcome::Failed(FailureCode::Timeout.into()),
-            now,
-        )?;
-    }
-    Ok(due)
+pub fn overdue(
+    c: &Connection,
+    now: OffsetDateTime,
+    limit: usize,
+) -> StoreResult<Vec<GenerationId>> {
+    c.prepare_cached(
+        "SELECT id FROM generations WHERE status IN ('pending', 'processing') \
+         AND deadline_at <= ?1 ORDER BY deadline_at LIMIT ?2",
+    )
+    .and_then(|mut s| {
+        s.query_map(params![micros(now), limit as i64], |r| parsed(r, 0))?
+            .collect()
+    })
+    .map_err(backend)
 }
 
 pub fn next_deadline(c: &Connection) -> StoreResult<Option<OffsetDateTime>> {

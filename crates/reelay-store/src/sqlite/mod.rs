@@ -151,7 +151,7 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
 }
 
 #[async_trait]
-impl Store for SqliteStore {
+impl AccountStore for SqliteStore {
     async fn create_account(
         &self,
         name: &str,
@@ -209,6 +209,31 @@ impl Store for SqliteStore {
             .read_point(move |c| accounts::authenticate(c, hash))
     }
 
+    async fn create_worker(&self, new: NewWorker, now: OffsetDateTime) -> StoreResult<WorkerInfo> {
+        self.writer
+            .write(move |c| workers::create(c, new, now))
+            .await
+    }
+
+    async fn list_workers(&self) -> StoreResult<Vec<WorkerInfo>> {
+        self.readers.read(workers::list).await
+    }
+
+    async fn revoke_worker(&self, id: &str, now: OffsetDateTime) -> StoreResult<bool> {
+        let id = id.to_owned();
+        self.writer
+            .write(move |c| workers::revoke(c, &id, now))
+            .await
+    }
+
+    async fn authenticate_worker(&self, hash: KeyHash) -> StoreResult<Option<WorkerInfo>> {
+        self.readers
+            .read_point(move |c| workers::authenticate(c, hash))
+    }
+}
+
+#[async_trait]
+impl GenerationStore for SqliteStore {
     async fn create_generation(&self, new: NewGeneration) -> StoreResult<Created> {
         self.writer
             .write(move |c| generations::create(c, new))
@@ -231,11 +256,7 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn queue_position(&self, generation: &Generation) -> StoreResult<u64> {
-        if generation.stage != Stage::Pending {
-            return Ok(0);
-        }
-        let created_at = generation.created_at;
+    async fn pending_before(&self, created_at: OffsetDateTime) -> StoreResult<u64> {
         self.readers
             .read(move |c| generations::queue_position(c, created_at))
             .await
@@ -283,9 +304,9 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn expire(&self, now: OffsetDateTime) -> StoreResult<Vec<GenerationId>> {
-        self.writer
-            .write(move |c| generations::expire(c, now))
+    async fn overdue(&self, now: OffsetDateTime, limit: usize) -> StoreResult<Vec<GenerationId>> {
+        self.readers
+            .read(move |c| generations::overdue(c, now, limit))
             .await
     }
 
@@ -361,29 +382,10 @@ impl Store for SqliteStore {
             .read(move |c| workers::lease_holder(c, id))
             .await
     }
+}
 
-    async fn create_worker(&self, new: NewWorker, now: OffsetDateTime) -> StoreResult<WorkerInfo> {
-        self.writer
-            .write(move |c| workers::create(c, new, now))
-            .await
-    }
-
-    async fn list_workers(&self) -> StoreResult<Vec<WorkerInfo>> {
-        self.readers.read(workers::list).await
-    }
-
-    async fn revoke_worker(&self, id: &str, now: OffsetDateTime) -> StoreResult<bool> {
-        let id = id.to_owned();
-        self.writer
-            .write(move |c| workers::revoke(c, &id, now))
-            .await
-    }
-
-    async fn authenticate_worker(&self, hash: KeyHash) -> StoreResult<Option<WorkerInfo>> {
-        self.readers
-            .read_point(move |c| workers::authenticate(c, hash))
-    }
-
+#[async_trait]
+impl DeliveryStore for SqliteStore {
     async fn event_for(&self, generation: GenerationId) -> StoreResult<Option<Event>> {
         self.readers
             .read(move |c| deliveries::event_for(c, generation))
@@ -491,7 +493,10 @@ impl Store for SqliteStore {
     async fn delivery_counts(&self, now: OffsetDateTime) -> StoreResult<DeliveryCounts> {
         self.readers.read(move |c| deliveries::counts(c, now)).await
     }
+}
 
+#[async_trait]
+impl SecretStore for SqliteStore {
     async fn signing_secrets(
         &self,
         account: AccountId,
