@@ -147,6 +147,15 @@ impl From<StoreError> for ApiError {
                  hours; use a new key for a new request",
             ),
             StoreError::NotFound => Self::task_not_found(),
+            StoreError::Unavailable(cause) => {
+                tracing::warn!(%cause, "storage unavailable");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "MAINTENANCE",
+                    "the database cannot be reached for a moment; retry shortly (send an Idempotency-Key so that a retried create is made once)",
+                )
+                .with_retry_after(2)
+            }
             StoreError::Backend(cause) => {
                 tracing::error!(%cause, "storage failure");
                 Self::internal()

@@ -9,6 +9,10 @@ pub enum StoreError {
     IdempotencyConflict,
     #[error("no such record")]
     NotFound,
+    /// The database cannot be reached or asked the caller to try again (connection lost,
+    /// failover, serialization failure): a retry may succeed.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
     #[error("storage failure: {0}")]
     Backend(String),
 }

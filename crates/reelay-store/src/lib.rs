@@ -5,6 +5,7 @@
 
 mod error;
 mod model;
+pub mod postgres;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -15,6 +16,7 @@ use time::OffsetDateTime;
 
 pub use error::{StoreError, StoreResult};
 pub use model::*;
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 /// Everything reelay keeps, in four parts a backend implements one by one. Implementations

@@ -145,6 +145,24 @@ impl InputFile {
             format: extension.parse().ok()?,
         })
     }
+
+    /// How a backend keeps a generation's inputs: `name.ext` file names, comma-separated
+    /// (`""` for text to video).
+    pub fn join(inputs: &[InputFile]) -> String {
+        inputs
+            .iter()
+            .map(InputFile::file_name)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Reads [`InputFile::join`]'s text back; `None` when a name is unreadable.
+    pub fn split(text: &str) -> Option<Vec<InputFile>> {
+        text.split(',')
+            .filter(|f| !f.is_empty())
+            .map(InputFile::parse)
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,7 +6,7 @@
 //! file, with its own harness:
 //!
 //! ```ignore
-//! conformance_tests!(postgres, || async { PostgresHarness::new().await });
+//! conformance_tests!(postgres, PostgresHarness::new);
 //! ```
 //!
 //! All instants are fixed (no wall clock), so no check depends on timing.
@@ -24,11 +24,13 @@ use reelay_core::retry::AttemptOutcome;
 use reelay_core::{
     AccountId, AspectRatio, Credits, FailureCode, GenerationId, GenerationStatus, KeyId, Model,
 };
+use reelay_store::postgres::TestDatabase;
 use reelay_store::{
     Account, AfterAttempt, Attempt, AttemptRecord, Created, DeliveryCounts, DeliveryState,
     DueDelivery, DueRef, Event, ExpiredMedia, Failure, Finished, Finisher, Generation, Idempotency,
-    InputFile, NewGeneration, NewKey, NewWorker, Outcome, Prunable, Redelivery, Rotated, Rotation,
-    SealedSecret, Spec, SqliteStore, Stage, Store, StoreError, Video, event_id, webhook_body,
+    InputFile, NewGeneration, NewKey, NewWorker, Outcome, PgStore, Prunable, Redelivery, Rotated,
+    Rotation, SealedSecret, Spec, SqliteStore, Stage, Store, StoreError, Video, event_id,
+    webhook_body,
 };
 use reelay_webhooks::GenerationEvent;
 use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
@@ -64,6 +66,29 @@ impl Harness for SqliteHarness {
     async fn open(&self) -> Arc<dyn Store> {
         let store = SqliteStore::open(self.dir.path().join("reelay.sqlite3"))
             .expect("opening the SQLite store");
+        Arc::new(store)
+    }
+}
+
+/// PostgreSQL: a database of its own on the test server, dropped with the harness.
+struct PostgresHarness {
+    db: TestDatabase,
+}
+
+impl PostgresHarness {
+    async fn new() -> Self {
+        Self {
+            db: TestDatabase::create().await,
+        }
+    }
+}
+
+#[async_trait]
+impl Harness for PostgresHarness {
+    async fn open(&self) -> Arc<dyn Store> {
+        let store = PgStore::connect(self.db.url())
+            .await
+            .expect("opening the PostgreSQL store");
         Arc::new(store)
     }
 }
@@ -130,6 +155,7 @@ macro_rules! conformance_tests {
 }
 
 conformance_tests!(sqlite, || async { SqliteHarness::new() });
+conformance_tests!(postgres, PostgresHarness::new);
 
 // ------------------------------------------------------------------------------------------
 // Helpers.

@@ -7,9 +7,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use time::OffsetDateTime;
 
 use super::backend;
-use super::rows::{
-    GENERATION_COLUMNS, from_micros, generation, inputs_column, micros, parsed, stored,
-};
+use super::rows::{GENERATION_COLUMNS, from_micros, generation, micros, parsed, stored};
 use crate::*;
 
 pub fn get(c: &Connection, id: GenerationId) -> StoreResult<Option<Generation>> {
@@ -94,7 +92,7 @@ pub fn create(c: &Connection, new: NewGeneration) -> StoreResult<Created> {
             new.price.units(),
             micros(new.created_at),
             micros(new.deadline_at),
-            inputs_column(&spec.inputs),
+            InputFile::join(&spec.inputs),
         ])
     })
     .map_err(backend)?;

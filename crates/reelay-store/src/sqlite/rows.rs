@@ -43,21 +43,9 @@ pub const GENERATION_COLUMNS: &str = "id, account_id, status, prompt, model, asp
     progress_pct, failure_code, video_file, video_url, claims, failure_reason, inputs, \
     media_pruned_at";
 
-/// The `inputs` column: `name.ext` file names, comma-separated.
-pub fn inputs_column(inputs: &[InputFile]) -> String {
-    inputs
-        .iter()
-        .map(InputFile::file_name)
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 fn inputs(row: &Row<'_>, i: usize) -> rusqlite::Result<Vec<InputFile>> {
     let text: String = row.get(i)?;
-    text.split(',')
-        .filter(|f| !f.is_empty())
-        .map(|f| InputFile::parse(f).ok_or_else(|| corrupt(i, "an unreadable input file name")))
-        .collect()
+    InputFile::split(&text).ok_or_else(|| corrupt(i, "an unreadable input file name"))
 }
 
 pub fn generation(row: &Row<'_>) -> rusqlite::Result<Generation> {

@@ -1,0 +1,164 @@
+//! The backend for several nodes: one PostgreSQL database that every `reelay serve` node
+//! shares. Every rule that must hold across nodes is one statement or one transaction whose
+//! rows are locked where they are written (`FOR UPDATE`, `SKIP LOCKED` for claims), so no two
+//! nodes ever hold the same generation or delivery, and a dead node's leases simply lapse.
+
+mod accounts;
+mod deliveries;
+mod generations;
+mod retention;
+mod rows;
+mod secrets;
+#[cfg(feature = "testing")]
+mod test_database;
+mod workers;
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+use tokio_postgres::error::SqlState;
+
+use crate::{StoreError, StoreResult};
+#[cfg(feature = "testing")]
+pub use test_database::TestDatabase;
+
+/// Schema migrations, applied in order; `reelay_migrations` records which ran.
+const MIGRATIONS: &[&str] = &[include_str!("../../migrations/postgres/0001_init.sql")];
+
+/// Held (as a session advisory lock) while migrations run, so that nodes starting together
+/// apply each migration once. The number is arbitrary but fixed: "reelay" in ASCII.
+const MIGRATION_LOCK: i64 = 0x7265_656c_6179;
+
+/// Connections per node. PostgreSQL runs a process per connection, so a cluster's nodes
+/// together should stay well under `max_connections` (100 by default).
+pub const DEFAULT_POOL_SIZE: usize = 16;
+
+/// How long a request waits for a connection (a free one, or a new one to a database that
+/// went away) before it fails as unavailable (a 503 at the API).
+const CONNECTION_WAIT: Duration = Duration::from_secs(5);
+
+/// A [`crate::Store`] on a PostgreSQL database. Cheap to clone; clones share the pool.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+}
+
+/// Errors after which the same request may succeed: serialization failure, deadlock, the
+/// server shutting down or starting, and connections lost or never made.
+pub(crate) fn backend(e: tokio_postgres::Error) -> StoreError {
+    const RETRYABLE: &[SqlState] = &[
+        SqlState::T_R_SERIALIZATION_FAILURE,
+        SqlState::T_R_DEADLOCK_DETECTED,
+        SqlState::ADMIN_SHUTDOWN,
+        SqlState::CRASH_SHUTDOWN,
+        SqlState::CANNOT_CONNECT_NOW,
+        SqlState::CONNECTION_EXCEPTION,
+        SqlState::CONNECTION_DOES_NOT_EXIST,
+        SqlState::CONNECTION_FAILURE,
+    ];
+    let lost =
+        e.is_closed() || std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
+    if lost || e.code().is_some_and(|c| RETRYABLE.contains(c)) {
+        StoreError::Unavailable(e.to_string())
+    } else {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => backend(e),
+        other => StoreError::Unavailable(format!("no database connection: {other}")),
+    }
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://…`) and brings the schema up to date.
+    pub async fn connect(url: &str) -> StoreResult<Self> {
+        let store = Self::connect_without_migrating(url)?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// A pool on `url` that connects on first use, without touching the schema.
+    pub fn connect_without_migrating(url: &str) -> StoreResult<Self> {
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Backend(format!("the database URL: {e}")))?;
+        config.application_name("reelay");
+        config.connect_timeout(CONNECTION_WAIT);
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(DEFAULT_POOL_SIZE)
+            .wait_timeout(Some(CONNECTION_WAIT))
+            .create_timeout(Some(CONNECTION_WAIT))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Backend(format!("the connection pool: {e}")))?;
+        Ok(Self { pool })
+    }
+
+    /// Applies the migrations this database lacks, under an advisory lock so that several
+    /// nodes may start at once; returns how many ran.
+    pub async fn migrate(&self) -> StoreResult<usize> {
+        let mut conn = self.conn().await?;
+        conn.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(backend)?;
+        let applied = apply(&mut conn).await;
+        let unlocked = conn
+            .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(backend);
+        let applied = applied?;
+        unlocked?;
+        Ok(applied)
+    }
+
+    /// A connection from the pool.
+    pub(crate) async fn conn(&self) -> StoreResult<Object> {
+        self.pool.get().await.map_err(pool_error)
+    }
+}
+
+async fn apply(conn: &mut Object) -> StoreResult<usize> {
+    conn.batch_execute(
+        "CREATE TABLE IF NOT EXISTS reelay_migrations ( \
+             version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
+    )
+    .await
+    .map_err(backend)?;
+    let done: i64 = conn
+        .query_one("SELECT COUNT(*) FROM reelay_migrations", &[])
+        .await
+        .map_err(backend)?
+        .get(0);
+    let done = usize::try_from(done).unwrap_or(usize::MAX);
+    if done > MIGRATIONS.len() {
+        return Err(StoreError::Backend(format!(
+            "the database schema (version {done}) is newer than this reelay knows \
+             ({}); upgrade reelay",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(done) {
+        let tx = conn.transaction().await.map_err(backend)?;
+        tx.batch_execute(sql).await.map_err(backend)?;
+        let version = i32::try_from(i + 1).unwrap_or(i32::MAX);
+        tx.execute(
+            "INSERT INTO reelay_migrations (version) VALUES ($1)",
+            &[&version],
+        )
+        .await
+        .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+    }
+    Ok(MIGRATIONS.len() - done)
+}

@@ -1,0 +1,1 @@
+//! Retention: media first, then records; the ledger stays.

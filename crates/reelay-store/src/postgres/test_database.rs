@@ -1,0 +1,84 @@
+//! A throwaway database for tests (feature `testing`): created on the PostgreSQL server at
+//! `REELAY_TEST_DATABASE_URL` (default: the machine's, `postgres://postgres@127.0.0.1:5432/postgres`)
+//! under a unique name, dropped when the value is dropped. A test that needs one fails, loudly,
+//! when the server cannot be reached: it never skips.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use tokio_postgres::NoTls;
+
+/// Where test databases are made when `REELAY_TEST_DATABASE_URL` is unset.
+pub const DEFAULT_SERVER: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// A database of its own on the test server.
+pub struct TestDatabase {
+    server: String,
+    name: String,
+    url: String,
+}
+
+impl TestDatabase {
+    /// Creates an empty database.
+    pub async fn create() -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let server =
+            std::env::var("REELAY_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_SERVER.into());
+        let name = format!(
+            "reelay_test_{}_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed),
+            uuid::Uuid::new_v4().simple()
+        );
+        let (base, _) = server
+            .rsplit_once('/')
+            .expect("REELAY_TEST_DATABASE_URL looks like postgres://user@host:port/database");
+        let url = format!("{base}/{name}");
+        run(&server, &format!("CREATE DATABASE {name}")).await;
+        Self { server, name, url }
+    }
+
+    /// Its URL, for [`crate::PgStore::connect`] or a node's `REELAY_DATABASE_URL`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+async fn run(server: &str, sql: &str) {
+    let (client, connection) = tokio_postgres::connect(server, NoTls)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "the tests need PostgreSQL at {server} (set REELAY_TEST_DATABASE_URL, or start \
+                 the machine's: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) \
+                 main start): {e}"
+            )
+        });
+    let connection = tokio::spawn(connection);
+    client
+        .batch_execute(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    drop(client);
+    let _ = connection.await;
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        // Drop runs outside any async context a test can count on: a thread of its own.
+        let (server, sql) = (
+            self.server.clone(),
+            format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
+        let dropped = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime")
+                .block_on(run(&server, &sql));
+        })
+        .join();
+        if dropped.is_err() && !std::thread::panicking() {
+            panic!("dropping test database {}", self.name);
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Worker tokens, apart from API keys.
