@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -55,7 +55,8 @@ fn ip_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<IpAddr>, D::Err
 pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
-    /// A SQLite file path (or `sqlite://path`); the data directory's file when unset.
+    /// A SQLite file path (or `sqlite://path`), or `postgres://…` for several nodes on one
+    /// PostgreSQL database; the data directory's SQLite file when unset.
     pub database_url: Option<String>,
     /// Base of `video_url`; the listen address when unset.
     pub public_url: Option<String>,
@@ -179,7 +180,7 @@ pub struct ConfigFlags {
     #[arg(long, global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
-    /// Database: a SQLite file path
+    /// Database: a SQLite file path, or postgres://user@host/db for several nodes
     #[arg(long, global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub database_url: Option<String>,
@@ -222,14 +223,14 @@ impl Config {
         Ok(config)
     }
 
-    /// The SQLite file to use.
-    pub fn database_path(&self) -> anyhow::Result<PathBuf> {
+    /// Which database to use.
+    pub fn database(&self) -> Database {
         match self.database_url.as_deref() {
-            None | Some("") => Ok(self.data_dir.join("reelay.sqlite3")),
+            None | Some("") => Database::Sqlite(self.data_dir.join("reelay.sqlite3")),
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-                bail!("PostgreSQL is not supported by this build yet; use a SQLite path")
+                Database::Postgres(url.to_owned())
             }
-            Some(url) => Ok(Path::new(url.strip_prefix("sqlite://").unwrap_or(url)).to_owned()),
+            Some(url) => Database::Sqlite(url.strip_prefix("sqlite://").unwrap_or(url).into()),
         }
     }
 
@@ -311,4 +312,13 @@ impl Config {
         }
         Ok(out)
     }
+}
+
+/// Where reelay keeps its records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    /// One file, one node: the embedded default.
+    Sqlite(PathBuf),
+    /// A PostgreSQL URL: any number of nodes share it.
+    Postgres(String),
 }

@@ -17,7 +17,6 @@ use std::net::SocketAddr;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use reelay_core::{AccountId, Credits, KeyId};
-use reelay_store::AccountStore;
 use serde::Serialize;
 use serde_json::json;
 
@@ -173,10 +172,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 print!("{}", config.to_toml()?);
                 return Ok(());
             }
-            let store = server::open_store(&config)?;
+            let store = server::open_store(&config).await?;
             let account = store.account_by_name(DEV_ACCOUNT).await?.map(|a| a.id);
             let credits = account.is_none().then_some(DEV_CREDITS);
-            let key = admin::create_key(&store, account, DEV_ACCOUNT, credits).await?;
+            let key = admin::create_key(store.as_ref(), account, DEV_ACCOUNT, credits).await?;
             drop(store);
             server::serve(
                 config,
@@ -191,16 +190,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Keys(command) => keys(&cli.config, command).await,
         Command::Workers(command) => {
-            let store = server::open_store(&Config::load(&cli.config, json!({}))?)?;
-            workers_admin::run(&store, command).await
+            let store = server::open_store(&Config::load(&cli.config, json!({}))?).await?;
+            workers_admin::run(store.as_ref(), command).await
         }
         Command::Credits(CreditsCommand::Add {
             account,
             amount,
             json,
         }) => {
-            let store = server::open_store(&Config::load(&cli.config, json!({}))?)?;
-            let balance = admin::add_credits(&store, account, amount).await?;
+            let store = server::open_store(&Config::load(&cli.config, json!({}))?).await?;
+            let balance = admin::add_credits(store.as_ref(), account, amount).await?;
             if json {
                 println!(
                     "{}",
@@ -216,14 +215,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Worker(args) => worker::run(args).await,
         Command::Prune { dry_run, json } => {
             let config = Config::load(&cli.config, json!({}))?;
-            let store = server::open_store(&config)?;
+            let store = server::open_store(&config).await?;
             let retention = config.retention();
             let (media, records) = if dry_run {
-                let p = retention.preview(&store).await?;
+                let p = retention.preview(store.as_ref()).await?;
                 (p.media, p.records)
             } else {
                 let stop = tokio_util::sync::CancellationToken::new();
-                let p = retention.prune(&store, &stop).await?;
+                let p = retention.prune(store.as_ref(), &stop).await?;
                 (p.media, p.records)
             };
             if json {
@@ -268,7 +267,7 @@ fn print_dev_greeting(config: &Config, url: &str, key: &admin::NewAccountKey, si
 }
 
 async fn keys(flags: &ConfigFlags, command: KeysCommand) -> anyhow::Result<()> {
-    let store = server::open_store(&Config::load(flags, json!({}))?)?;
+    let store = server::open_store(&Config::load(flags, json!({}))?).await?;
     match command {
         KeysCommand::Create {
             name,
@@ -276,7 +275,7 @@ async fn keys(flags: &ConfigFlags, command: KeysCommand) -> anyhow::Result<()> {
             account,
             json,
         } => {
-            let made = admin::create_key(&store, account, &name, credits).await?;
+            let made = admin::create_key(store.as_ref(), account, &name, credits).await?;
             if json {
                 println!("{}", made.to_json());
             } else {
@@ -309,7 +308,7 @@ async fn keys(flags: &ConfigFlags, command: KeysCommand) -> anyhow::Result<()> {
             }
         }
         KeysCommand::Revoke { key_id, json } => {
-            admin::revoke_key(&store, key_id)
+            admin::revoke_key(store.as_ref(), key_id)
                 .await
                 .context("revoking the key")?;
             if json {

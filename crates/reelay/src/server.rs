@@ -15,12 +15,12 @@ use reelay_delivery::{Dispatcher, DispatcherConfig, Keyring, MasterKey, Sender, 
 use reelay_engine::{
     BuiltinRenderer, Engine, EngineConfig, ExternalWorkers, Generator, InstantGenerator,
 };
-use reelay_store::{DeliveryStore, GenerationStore, SqliteStore, Store};
+use reelay_store::{PgStore, SqliteStore, Store};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, GeneratorKind};
+use crate::config::{Config, Database, GeneratorKind};
 use crate::front_door;
 
 /// How long a claim on a generation holds without a heartbeat.
@@ -36,9 +36,12 @@ fn destinations(config: &Config) -> DestinationPolicy {
     }
 }
 
-/// Holds the data directory for this process: two servers on one SQLite file would each take
-/// the other's in-flight work back on start-up.
-fn lock_data_dir(config: &Config) -> anyhow::Result<File> {
+/// Holds the data directory for this process: a SQLite file has one server. (Nodes on one
+/// PostgreSQL database need no lock: each releases only its own leases.)
+fn lock_data_dir(config: &Config) -> anyhow::Result<Option<File>> {
+    if !matches!(config.database(), Database::Sqlite(_)) {
+        return Ok(None);
+    }
     let path = config.data_dir.join("reelay.lock");
     let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
     if file.try_lock().is_err() {
@@ -47,7 +50,7 @@ fn lock_data_dir(config: &Config) -> anyhow::Result<File> {
             config.data_dir.display()
         );
     }
-    Ok(file)
+    Ok(Some(file))
 }
 
 /// This node's name on the leases it takes, kept in `<data dir>/node-id` so that it survives a
@@ -67,10 +70,20 @@ fn node_id(config: &Config) -> anyhow::Result<String> {
     Ok(id)
 }
 
-pub fn open_store(config: &Config) -> anyhow::Result<SqliteStore> {
+/// Opens the configured database, bringing its schema up to date.
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     private_dir(&config.data_dir)?;
-    let path = config.database_path()?;
-    SqliteStore::open(&path).with_context(|| format!("opening the database {}", path.display()))
+    Ok(match config.database() {
+        Database::Sqlite(path) => Arc::new(
+            SqliteStore::open(&path)
+                .with_context(|| format!("opening the database {}", path.display()))?,
+        ),
+        Database::Postgres(url) => Arc::new(
+            PgStore::connect(&url)
+                .await
+                .context("connecting to PostgreSQL (REELAY_DATABASE_URL)")?,
+        ),
+    })
 }
 
 /// Creates a directory readable by this user only, or tightens an existing one: it holds the
@@ -122,6 +135,15 @@ fn master_key(config: &Config) -> anyhow::Result<MasterKey> {
         Some(key) => MasterKey::from_base64(key).map_err(|e| anyhow::anyhow!("master_key: {e}")),
         None => {
             let path = config.data_dir.join("master.key");
+            if matches!(config.database(), Database::Postgres(_)) && !path.exists() {
+                bail!(
+                    "on PostgreSQL every node must seal and open webhook secrets with the same \
+                     master key: set REELAY_MASTER_KEY to the same 32 random bytes in base64 on \
+                     every node (e.g. `head -c 32 /dev/urandom | base64`), or copy one node's \
+                     {} to the others",
+                    path.display()
+                );
+            }
             MasterKey::load_or_create(&path)
                 .with_context(|| format!("reading the master key {}", path.display()))
         }
@@ -177,8 +199,8 @@ pub async fn serve(
     mode: Mode,
     greet: impl AsyncFnOnce(&Config, &str, &Keyring) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    let store = open_store(&config)?;
     let _lock = lock_data_dir(&config)?;
+    let store = open_store(&config).await?;
     let master = master_key(&config)?;
     let video_key = VideoKey::new(master.derive("video-url"));
     let node_id = node_id(&config)?;
@@ -225,7 +247,6 @@ pub async fn serve(
             Arc::new(ExternalWorkers)
         }
     };
-    let store: Arc<dyn Store> = Arc::new(store);
     let sender = Sender::new(&SenderConfig {
         connect_timeout: config.webhook_connect_timeout,
         request_timeout: config.webhook_request_timeout,

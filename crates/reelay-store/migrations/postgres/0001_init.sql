@@ -95,7 +95,7 @@ CREATE TABLE events (
     generation_id     uuid NOT NULL UNIQUE REFERENCES generations (id),
     account_id        uuid NOT NULL REFERENCES accounts (id),
     callback_url      text,
-    destination       text,
+    destination       text COLLATE "C",  -- byte order, as the dispatcher walks it
     payload           text NOT NULL DEFAULT '',
     created_at        timestamptz NOT NULL,
     state             text NOT NULL CHECK (state IN ('none', 'pending', 'delivered', 'failed')),

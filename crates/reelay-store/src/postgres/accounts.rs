@@ -1,13 +1,121 @@
 //! Accounts, their keys, credits and ledger, and worker tokens.
+//!
+//! A balance changes only under its account row's lock (`FOR NO KEY UPDATE`: it serializes
+//! every writer of the balance, on any node, yet lets other transactions insert rows that
+//! merely reference the account, whose foreign-key checks take `FOR KEY SHARE`).
 
 use async_trait::async_trait;
+use deadpool_postgres::GenericClient;
 use reelay_core::apikey::KeyHash;
 use reelay_core::money::BalanceError;
-use reelay_core::{AccountId, Credits, GenerationId, GenerationStatus, KeyId};
+use reelay_core::{AccountId, Credits, KeyId};
 use time::OffsetDateTime;
+use tokio_postgres::Row;
+use tokio_postgres::error::SqlState;
 
-use super::PgStore;
+use super::rows::{get, stored};
+use super::{PgStore, backend, workers};
 use crate::*;
+
+const ACCOUNT_COLUMNS: &str = "id, name, balance, created_at";
+
+fn account(row: &Row) -> StoreResult<Account> {
+    Ok(Account {
+        id: AccountId(get(row, "id")?),
+        name: get(row, "name")?,
+        balance: Credits::from_units(get(row, "balance")?),
+        created_at: get(row, "created_at")?,
+    })
+}
+
+async fn get_account(c: &impl GenericClient, id: AccountId) -> StoreResult<Option<Account>> {
+    let statement = c
+        .prepare_cached(&format!(
+            "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = $1"
+        ))
+        .await
+        .map_err(backend)?;
+    c.query_opt(&statement, &[&id.0])
+        .await
+        .map_err(backend)?
+        .as_ref()
+        .map(account)
+        .transpose()
+}
+
+/// Must run inside a transaction (`c` a [`deadpool_postgres::Transaction`]): the lock taken
+/// on the account row lasts until it ends, and the caller commits.
+async fn add_credits(
+    c: &impl GenericClient,
+    id: AccountId,
+    amount: Credits,
+    now: OffsetDateTime,
+) -> StoreResult<Result<Credits, BalanceError>> {
+    let lock = c
+        .prepare_cached(&format!(
+            "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = $1 FOR NO KEY UPDATE"
+        ))
+        .await
+        .map_err(backend)?;
+    let Some(row) = c.query_opt(&lock, &[&id.0]).await.map_err(backend)? else {
+        return Err(StoreError::NotFound);
+    };
+    let current = account(&row)?;
+    // A statement of its own, after the lock: under READ COMMITTED it sees every change
+    // committed by whoever held the lock before (a charge, a refund) with its generation.
+    let balance = match current.balance.balance_after(amount, held(c, id).await?) {
+        Ok(balance) => balance,
+        Err(refused) => return Ok(Err(refused)),
+    };
+    let update = c
+        .prepare_cached("UPDATE accounts SET balance = $2 WHERE id = $1")
+        .await
+        .map_err(backend)?;
+    c.execute(&update, &[&id.0, &balance.units()])
+        .await
+        .map_err(backend)?;
+    if amount != Credits::ZERO {
+        let ledger = c
+            .prepare_cached(
+                "INSERT INTO ledger (account_id, kind, amount, created_at) \
+                 VALUES ($1, 'credit', $2, $3)",
+            )
+            .await
+            .map_err(backend)?;
+        c.execute(&ledger, &[&id.0, &amount.units(), &stored(now)])
+            .await
+            .map_err(backend)?;
+    }
+    Ok(Ok(balance))
+}
+
+/// What the account's unfinished generations were charged: each may still be refunded.
+/// (SUM of bigint is numeric; the balance rule keeps it within bigint, and the cast would
+/// fail rather than round if it were not.)
+async fn held(c: &impl GenericClient, id: AccountId) -> StoreResult<Credits> {
+    let statement = c
+        .prepare_cached(
+            "SELECT COALESCE(SUM(price), 0)::bigint AS held FROM generations \
+             WHERE account_id = $1 AND status IN ('pending', 'processing')",
+        )
+        .await
+        .map_err(backend)?;
+    let row = c.query_one(&statement, &[&id.0]).await.map_err(backend)?;
+    Ok(Credits::from_units(get(&row, "held")?))
+}
+
+const KEY_COLUMNS: &str = "id, account_id, name, shown_prefix, created_at, revoked_at";
+
+fn key(row: &Row) -> StoreResult<ApiKeyInfo> {
+    Ok(ApiKeyInfo {
+        id: KeyId(get(row, "id")?),
+        account_id: AccountId(get(row, "account_id")?),
+        name: get(row, "name")?,
+        shown_prefix: get(row, "shown_prefix")?,
+        created_at: get(row, "created_at")?,
+        revoked_at: get(row, "revoked_at")?,
+    })
+}
 
 #[async_trait]
 impl AccountStore for PgStore {
@@ -17,15 +125,54 @@ impl AccountStore for PgStore {
         credits: Credits,
         now: OffsetDateTime,
     ) -> StoreResult<Account> {
-        todo!("postgres: create_account")
+        if credits < Credits::ZERO {
+            return Err(StoreError::InsufficientCredits);
+        }
+        let now = stored(now);
+        let id = AccountId::random();
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await.map_err(backend)?;
+        let insert = tx
+            .prepare_cached(
+                "INSERT INTO accounts (id, name, balance, created_at) VALUES ($1, $2, 0, $3)",
+            )
+            .await
+            .map_err(backend)?;
+        tx.execute(&insert, &[&id.0, &name, &now])
+            .await
+            .map_err(backend)?;
+        // From zero, only a negative amount could be refused, and that was refused above.
+        let balance = add_credits(&tx, id, credits, now)
+            .await?
+            .map_err(|refused| StoreError::Backend(format!("opening balance: {refused}")))?;
+        tx.commit().await.map_err(backend)?;
+        Ok(Account {
+            id,
+            name: name.to_owned(),
+            balance,
+            created_at: now,
+        })
     }
 
     async fn account(&self, id: AccountId) -> StoreResult<Option<Account>> {
-        todo!("postgres: account")
+        get_account(&self.conn().await?, id).await
     }
 
     async fn account_by_name(&self, name: &str) -> StoreResult<Option<Account>> {
-        todo!("postgres: account_by_name")
+        let c = self.conn().await?;
+        let statement = c
+            .prepare_cached(&format!(
+                "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE name = $1 \
+                 ORDER BY created_at, id LIMIT 1"
+            ))
+            .await
+            .map_err(backend)?;
+        c.query_opt(&statement, &[&name])
+            .await
+            .map_err(backend)?
+            .as_ref()
+            .map(account)
+            .transpose()
     }
 
     async fn add_credits(
@@ -34,38 +181,119 @@ impl AccountStore for PgStore {
         amount: Credits,
         now: OffsetDateTime,
     ) -> StoreResult<Result<Credits, BalanceError>> {
-        todo!("postgres: add_credits")
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await.map_err(backend)?;
+        let added = add_credits(&tx, id, amount, now).await?;
+        if added.is_ok() {
+            tx.commit().await.map_err(backend)?;
+        } else {
+            // Refused: nothing was written; release the lock.
+            tx.rollback().await.map_err(backend)?;
+        }
+        Ok(added)
     }
 
     async fn create_key(&self, key: NewKey, now: OffsetDateTime) -> StoreResult<ApiKeyInfo> {
-        todo!("postgres: create_key")
+        let now = stored(now);
+        let c = self.conn().await?;
+        let statement = c
+            .prepare_cached(
+                "INSERT INTO api_keys \
+                 (id, account_id, name, shown_prefix, secret_hash, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .await
+            .map_err(backend)?;
+        // One statement: the foreign key is the account's existence check, so an account
+        // cannot vanish between a check and the insert.
+        c.execute(
+            &statement,
+            &[
+                &key.id.0,
+                &key.account_id.0,
+                &key.name,
+                &key.shown_prefix,
+                &&key.hash.0[..],
+                &now,
+            ],
+        )
+        .await
+        .map_err(|e| {
+            if e.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) {
+                StoreError::NotFound
+            } else {
+                backend(e)
+            }
+        })?;
+        Ok(ApiKeyInfo {
+            id: key.id,
+            account_id: key.account_id,
+            name: key.name,
+            shown_prefix: key.shown_prefix,
+            created_at: now,
+            revoked_at: None,
+        })
     }
 
     async fn list_keys(&self, account: Option<AccountId>) -> StoreResult<Vec<ApiKeyInfo>> {
-        todo!("postgres: list_keys")
+        let c = self.conn().await?;
+        let statement = c
+            .prepare_cached(&format!(
+                "SELECT {KEY_COLUMNS} FROM api_keys \
+                 WHERE $1::uuid IS NULL OR account_id = $1 ORDER BY created_at, id"
+            ))
+            .await
+            .map_err(backend)?;
+        c.query(&statement, &[&account.map(|a| a.0)])
+            .await
+            .map_err(backend)?
+            .iter()
+            .map(key)
+            .collect()
     }
 
     async fn revoke_key(&self, id: KeyId, now: OffsetDateTime) -> StoreResult<bool> {
-        todo!("postgres: revoke_key")
+        let c = self.conn().await?;
+        let statement = c
+            .prepare_cached(
+                "UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+            )
+            .await
+            .map_err(backend)?;
+        c.execute(&statement, &[&id.0, &stored(now)])
+            .await
+            .map(|n| n == 1)
+            .map_err(backend)
     }
 
     async fn authenticate(&self, hash: KeyHash) -> StoreResult<Option<AccountId>> {
-        todo!("postgres: authenticate")
+        let c = self.conn().await?;
+        let statement = c
+            .prepare_cached(
+                "SELECT account_id FROM api_keys WHERE secret_hash = $1 AND revoked_at IS NULL",
+            )
+            .await
+            .map_err(backend)?;
+        c.query_opt(&statement, &[&&hash.0[..]])
+            .await
+            .map_err(backend)?
+            .map(|row| get(&row, "account_id").map(AccountId))
+            .transpose()
     }
 
     async fn create_worker(&self, new: NewWorker, now: OffsetDateTime) -> StoreResult<WorkerInfo> {
-        todo!("postgres: create_worker")
+        workers::create(&self.conn().await?, new, now).await
     }
 
     async fn list_workers(&self) -> StoreResult<Vec<WorkerInfo>> {
-        todo!("postgres: list_workers")
+        workers::list(&self.conn().await?).await
     }
 
     async fn revoke_worker(&self, id: &str, now: OffsetDateTime) -> StoreResult<bool> {
-        todo!("postgres: revoke_worker")
+        workers::revoke(&self.conn().await?, id, now).await
     }
 
     async fn authenticate_worker(&self, hash: KeyHash) -> StoreResult<Option<WorkerInfo>> {
-        todo!("postgres: authenticate_worker")
+        workers::authenticate(&self.conn().await?, hash).await
     }
 }

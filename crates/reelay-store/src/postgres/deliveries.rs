@@ -1,18 +1,356 @@
-//! Webhook deliveries on the outbox rows.
+//! Webhook deliveries on the outbox rows: claiming due ones under a lease (one conditional
+//! UPDATE, so two nodes never lease the same event), recording attempts, redelivery.
 
 use async_trait::async_trait;
-use reelay_core::apikey::KeyHash;
-use reelay_core::money::BalanceError;
-use reelay_core::{AccountId, Credits, GenerationId, GenerationStatus, KeyId};
+use deadpool_postgres::GenericClient;
+use reelay_core::{AccountId, GenerationId};
 use time::OffsetDateTime;
+use tokio_postgres::Row;
 
-use super::PgStore;
+use super::rows::{GENERATION_COLUMNS, corrupt, generation, get, parsed, unsigned};
+use super::{PgStore, backend};
 use crate::*;
+
+const EVENT_COLUMNS: &str = "id, generation_id, account_id, callback_url, payload, created_at, \
+    state, total_attempts, next_attempt_at, last_attempt_at, last_status_code, failure_reason, \
+    delivered_at, lease_owner IS NOT NULL AS in_flight";
+
+/// An HTTP status code kept in an integer column.
+fn status_code(row: &Row, column: &str) -> StoreResult<Option<u16>> {
+    let code: Option<i32> = get(row, column)?;
+    code.map(|c| u16::try_from(c).map_err(|_| corrupt(column, format!("{c} out of range"))))
+        .transpose()
+}
+
+fn event(row: &Row) -> StoreResult<Event> {
+    Ok(Event {
+        id: get(row, "id")?,
+        generation_id: GenerationId(get(row, "generation_id")?),
+        account_id: AccountId(get(row, "account_id")?),
+        callback_url: get(row, "callback_url")?,
+        payload: get(row, "payload")?,
+        created_at: get(row, "created_at")?,
+        state: parsed(row, "state")?,
+        total_attempts: unsigned::<i32, _>(row, "total_attempts")?,
+        next_attempt_at: get(row, "next_attempt_at")?,
+        last_attempt_at: get(row, "last_attempt_at")?,
+        last_status_code: status_code(row, "last_status_code")?,
+        failure_reason: get(row, "failure_reason")?,
+        delivered_at: get(row, "delivered_at")?,
+        in_flight: get(row, "in_flight")?,
+    })
+}
+
+/// An event's body: built from its generation, or as stored by a version of reelay that kept
+/// bodies (non-empty).
+fn body(
+    generation_id: GenerationId,
+    stored: String,
+    generation: Option<Generation>,
+) -> StoreResult<String> {
+    if !stored.is_empty() {
+        return Ok(stored);
+    }
+    let g = generation.ok_or(StoreError::NotFound)?;
+    webhook_body(&g).ok_or_else(|| {
+        StoreError::Backend(format!(
+            "generation {generation_id} has an event but has not ended"
+        ))
+    })
+}
+
+async fn event_for(c: &impl GenericClient, generation: GenerationId) -> StoreResult<Option<Event>> {
+    let statement = c
+        .prepare_cached(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE generation_id = $1"
+        ))
+        .await
+        .map_err(backend)?;
+    let Some(row) = c
+        .query_opt(&statement, &[&generation.0])
+        .await
+        .map_err(backend)?
+    else {
+        return Ok(None);
+    };
+    let mut e = event(&row)?;
+    let g = if e.payload.is_empty() {
+        super::generations::get(c, e.generation_id).await?
+    } else {
+        None
+    };
+    e.payload = body(e.generation_id, std::mem::take(&mut e.payload), g)?;
+    Ok(Some(e))
+}
+
+/// A count or limit as PostgreSQL's bigint.
+fn bigint(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+async fn due_for_destination(
+    c: &impl GenericClient,
+    destination: &str,
+    limit: usize,
+    now: OffsetDateTime,
+) -> StoreResult<Vec<String>> {
+    let statement = c
+        .prepare_cached(
+            "SELECT id FROM events \
+             WHERE state = 'pending' AND destination = $1 AND next_attempt_at <= $2 \
+             ORDER BY next_attempt_at LIMIT $3",
+        )
+        .await
+        .map_err(backend)?;
+    c.query(&statement, &[&destination, &now, &bigint(limit)])
+        .await
+        .map_err(backend)?
+        .iter()
+        .map(|r| get(r, "id"))
+        .collect()
+}
+
+/// Most destinations visited by one scan, so a scan's cost stays bounded.
+const SCAN_MAX_DESTINATIONS: i32 = 10_000;
+
+/// The scan as one statement: a loose index scan (a recursive CTE) that steps from one
+/// destination to the next through `events_due_by_destination`, one row per step, exactly as
+/// SQLite's loop does: from just after `$1` (`''` for the start) up, then one step that wraps
+/// to the beginning, then up to `$1` itself, never past it. Each step takes the due ids of its
+/// destination (none of a skipped one) up to what `$5` leaves, and the walk stops at `$5`
+/// found or `$6` steps.
+const SCAN_DUE: &str = "\
+WITH RECURSIVE walk (step, wrapped, destination, ids, found) AS (
+    SELECT 0, false, $1::text COLLATE \"C\", '{}'::text[], 0::bigint
+  UNION ALL
+    SELECT w.step + 1, w.wrapped OR n.next IS NULL, COALESCE(n.next, ''), d.ids,
+        w.found + cardinality(d.ids)
+    FROM walk w
+    LEFT JOIN LATERAL (
+        SELECT e.destination AS next FROM events e
+        WHERE e.state = 'pending' AND e.destination > w.destination
+        ORDER BY e.destination LIMIT 1
+    ) n ON true
+    CROSS JOIN LATERAL (
+        SELECT CASE WHEN n.next IS NULL OR n.next = ANY($3::text[]) THEN '{}'::text[]
+            ELSE ARRAY(SELECT e.id FROM events e
+                       WHERE e.state = 'pending' AND e.destination = n.next
+                           AND e.next_attempt_at <= $2
+                       ORDER BY e.next_attempt_at
+                       LIMIT LEAST($4::bigint, $5::bigint - w.found))
+        END AS ids
+        OFFSET 0
+    ) d
+    WHERE w.step < $6::integer AND w.found < $5::bigint
+        AND CASE WHEN n.next IS NULL THEN NOT w.wrapped AND $1::text <> ''
+            ELSE NOT (w.wrapped AND n.next > $1::text) END
+)
+SELECT w.destination, t.id
+FROM walk w CROSS JOIN LATERAL unnest(w.ids) WITH ORDINALITY AS t (id, k)
+ORDER BY w.step, t.k";
+
+async fn scan_due(
+    c: &impl GenericClient,
+    now: OffsetDateTime,
+    after: Option<&str>,
+    skip: &[String],
+    per_destination: usize,
+    limit: usize,
+) -> StoreResult<Vec<DueRef>> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let statement = c.prepare_cached(SCAN_DUE).await.map_err(backend)?;
+    c.query(
+        &statement,
+        &[
+            &after.unwrap_or(""),
+            &now,
+            &skip,
+            &bigint(per_destination),
+            &bigint(limit),
+            &SCAN_MAX_DESTINATIONS,
+        ],
+    )
+    .await
+    .map_err(backend)?
+    .iter()
+    .map(|r| {
+        Ok(DueRef {
+            event_id: get(r, "id")?,
+            destination: get(r, "destination")?,
+        })
+    })
+    .collect()
+}
+
+/// The lease is the UPDATE alone: when two nodes race for an event, PostgreSQL re-checks the
+/// WHERE on the row the first one wrote, so the second finds it no longer due. The bodies to
+/// build come from the same statement (the generations of events stored without one).
+async fn lease(
+    c: &impl GenericClient,
+    owner: &str,
+    event_ids: &[String],
+    lease_until: OffsetDateTime,
+    now: OffsetDateTime,
+) -> StoreResult<Vec<DueDelivery>> {
+    let statement = c
+        .prepare_cached(&format!(
+            "WITH leased AS ( \
+                 UPDATE events SET lease_owner = $1, next_attempt_at = $2 \
+                 WHERE id = ANY($4) AND state = 'pending' AND next_attempt_at <= $3 \
+                 RETURNING id AS event_id, generation_id AS event_generation_id, \
+                     account_id AS event_account_id, callback_url AS url, destination, \
+                     payload, created_at AS event_created_at, round_attempts) \
+             SELECT l.*, g.id IS NOT NULL AS has_generation, {} \
+             FROM leased l LEFT JOIN generations g \
+                 ON l.payload = '' AND g.id = l.event_generation_id",
+            GENERATION_COLUMNS
+                .split(", ")
+                .map(|column| format!("g.{column}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+        .await
+        .map_err(backend)?;
+    c.query(&statement, &[&owner, &lease_until, &now, &event_ids])
+        .await
+        .map_err(backend)?
+        .iter()
+        .map(|r| {
+            let generation_id = GenerationId(get(r, "event_generation_id")?);
+            let g = if get(r, "has_generation")? {
+                Some(generation(r)?)
+            } else {
+                None
+            };
+            Ok(DueDelivery {
+                event_id: get(r, "event_id")?,
+                generation_id,
+                account_id: AccountId(get(r, "event_account_id")?),
+                url: get(r, "url")?,
+                destination: get(r, "destination")?,
+                payload: body(generation_id, get(r, "payload")?, g)?,
+                created_at: get(r, "event_created_at")?,
+                round_attempts: unsigned::<i32, _>(r, "round_attempts")?,
+            })
+        })
+        .collect()
+}
+
+/// One transaction: the attempt's number (the event row stays locked from there to the end,
+/// so concurrent attempts number in turn), its log entry, then the move, fenced by the lease.
+async fn record_attempt(c: &impl GenericClient, a: &AttemptRecord) -> StoreResult<bool> {
+    let status = a.status_code.map(i32::from);
+    let bump = c
+        .prepare_cached(
+            "UPDATE events SET total_attempts = total_attempts + 1, last_attempt_at = $2, \
+                 last_status_code = $3 \
+             WHERE id = $1 RETURNING total_attempts",
+        )
+        .await
+        .map_err(backend)?;
+    let number: i32 = c
+        .query_opt(&bump, &[&a.event_id, &a.started_at, &status])
+        .await
+        .map_err(backend)?
+        .ok_or(StoreError::NotFound)?
+        .try_get(0)
+        .map_err(|e| corrupt("total_attempts", e))?;
+    let log = c
+        .prepare_cached(
+            "INSERT INTO delivery_attempts (event_id, number, started_at, duration_ms, \
+                 outcome, status_code, response_body, error) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .await
+        .map_err(backend)?;
+    let duration_ms = i64::try_from(a.duration_ms).unwrap_or(i64::MAX);
+    c.execute(
+        &log,
+        &[
+            &a.event_id,
+            &number,
+            &a.started_at,
+            &duration_ms,
+            &a.outcome.as_str(),
+            &status,
+            &a.response_body,
+            &a.error,
+        ],
+    )
+    .await
+    .map_err(backend)?;
+    let (state, next_at, reason, delivered_at) = match &a.next {
+        AfterAttempt::Delivered => ("delivered", None, None, Some(a.started_at)),
+        AfterAttempt::RetryAt(at) => ("pending", Some(*at), None, None),
+        AfterAttempt::Failed(reason) => ("failed", None, Some(reason.as_str()), None),
+    };
+    let advance = c
+        .prepare_cached(
+            "UPDATE events SET state = $3, next_attempt_at = $4, failure_reason = $5, \
+                 delivered_at = $6, round_attempts = round_attempts + 1, lease_owner = NULL \
+             WHERE id = $1 AND state = 'pending' AND lease_owner = $2",
+        )
+        .await
+        .map_err(backend)?;
+    let moved = c
+        .execute(
+            &advance,
+            &[
+                &a.event_id,
+                &a.owner,
+                &state,
+                &next_at,
+                &reason,
+                &delivered_at,
+            ],
+        )
+        .await
+        .map_err(backend)?;
+    Ok(moved == 1)
+}
+
+/// The columns a new round resets.
+const NEW_ROUND: &str = "state = 'pending', round_attempts = 0, next_attempt_at = $2, \
+    lease_owner = NULL, failure_reason = NULL, delivered_at = NULL";
+
+/// In a transaction: the event row is locked before the decision, so the answer is about the
+/// row the new round starts from.
+async fn redeliver(
+    c: &impl GenericClient,
+    generation: GenerationId,
+    now: OffsetDateTime,
+) -> StoreResult<Redelivery> {
+    let lock = c
+        .prepare_cached("SELECT id, state FROM events WHERE generation_id = $1 FOR UPDATE")
+        .await
+        .map_err(backend)?;
+    let Some(row) = c
+        .query_opt(&lock, &[&generation.0])
+        .await
+        .map_err(backend)?
+    else {
+        return Ok(Redelivery::NotFinished);
+    };
+    let id: String = get(&row, "id")?;
+    match parsed::<DeliveryState>(&row, "state")? {
+        DeliveryState::None => return Ok(Redelivery::NoCallback),
+        DeliveryState::Pending => return Ok(Redelivery::AlreadyPending),
+        DeliveryState::Delivered | DeliveryState::Failed => {}
+    }
+    let start = c
+        .prepare_cached(&format!("UPDATE events SET {NEW_ROUND} WHERE id = $1"))
+        .await
+        .map_err(backend)?;
+    c.execute(&start, &[&id, &now]).await.map_err(backend)?;
+    Ok(Redelivery::Started { webhook_id: id })
+}
 
 #[async_trait]
 impl DeliveryStore for PgStore {
     async fn event_for(&self, generation: GenerationId) -> StoreResult<Option<Event>> {
-        todo!("postgres: event_for")
+        event_for(&self.conn().await?, generation).await
     }
 
     async fn due_for_destination(
@@ -21,7 +359,7 @@ impl DeliveryStore for PgStore {
         limit: usize,
         now: OffsetDateTime,
     ) -> StoreResult<Vec<String>> {
-        todo!("postgres: due_for_destination")
+        due_for_destination(&self.conn().await?, destination, limit, now).await
     }
 
     async fn scan_due(
@@ -32,7 +370,8 @@ impl DeliveryStore for PgStore {
         per_destination: usize,
         limit: usize,
     ) -> StoreResult<Vec<DueRef>> {
-        todo!("postgres: scan_due")
+        let c = self.conn().await?;
+        scan_due(&c, now, after.as_deref(), &skip, per_destination, limit).await
     }
 
     async fn lease_deliveries(
@@ -42,11 +381,18 @@ impl DeliveryStore for PgStore {
         lease_until: OffsetDateTime,
         now: OffsetDateTime,
     ) -> StoreResult<Vec<DueDelivery>> {
-        todo!("postgres: lease_deliveries")
+        if event_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        lease(&self.conn().await?, owner, &event_ids, lease_until, now).await
     }
 
     async fn record_attempt(&self, attempt: AttemptRecord) -> StoreResult<bool> {
-        todo!("postgres: record_attempt")
+        let mut c = self.conn().await?;
+        let tx = c.transaction().await.map_err(backend)?;
+        let moved = record_attempt(&tx, &attempt).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(moved)
     }
 
     async fn release_delivery(
@@ -55,19 +401,72 @@ impl DeliveryStore for PgStore {
         owner: &str,
         at: OffsetDateTime,
     ) -> StoreResult<()> {
-        todo!("postgres: release_delivery")
+        let c = self.conn().await?;
+        let statement = c
+            .prepare_cached(
+                "UPDATE events SET next_attempt_at = $3, lease_owner = NULL \
+                 WHERE id = $1 AND state = 'pending' AND lease_owner = $2",
+            )
+            .await
+            .map_err(backend)?;
+        c.execute(&statement, &[&event_id, &owner, &at])
+            .await
+            .map_err(backend)?;
+        Ok(())
     }
 
     async fn release_delivery_leases(&self, owner: &str, now: OffsetDateTime) -> StoreResult<u64> {
-        todo!("postgres: release_delivery_leases")
+        let c = self.conn().await?;
+        let statement = c
+            .prepare_cached(
+                "UPDATE events SET next_attempt_at = LEAST(created_at, $1), lease_owner = NULL \
+                 WHERE state = 'pending' AND lease_owner = $2",
+            )
+            .await
+            .map_err(backend)?;
+        c.execute(&statement, &[&now, &owner])
+            .await
+            .map_err(backend)
     }
 
     async fn next_delivery_due(&self) -> StoreResult<Option<OffsetDateTime>> {
-        todo!("postgres: next_delivery_due")
+        let c = self.conn().await?;
+        let statement = c
+            .prepare_cached(
+                "SELECT MIN(next_attempt_at) AS next FROM events WHERE state = 'pending'",
+            )
+            .await
+            .map_err(backend)?;
+        let row = c.query_one(&statement, &[]).await.map_err(backend)?;
+        get(&row, "next")
     }
 
     async fn attempts(&self, event_id: &str) -> StoreResult<Vec<Attempt>> {
-        todo!("postgres: attempts")
+        let c = self.conn().await?;
+        let statement = c
+            .prepare_cached(
+                "SELECT number, started_at, duration_ms, outcome, status_code, response_body, \
+                     error \
+                 FROM delivery_attempts WHERE event_id = $1 ORDER BY number",
+            )
+            .await
+            .map_err(backend)?;
+        c.query(&statement, &[&event_id])
+            .await
+            .map_err(backend)?
+            .iter()
+            .map(|r| {
+                Ok(Attempt {
+                    number: unsigned::<i32, _>(r, "number")?,
+                    started_at: get(r, "started_at")?,
+                    duration_ms: unsigned::<i64, _>(r, "duration_ms")?,
+                    outcome: parsed(r, "outcome")?,
+                    status_code: status_code(r, "status_code")?,
+                    response_body: get(r, "response_body")?,
+                    error: get(r, "error")?,
+                })
+            })
+            .collect()
     }
 
     async fn redeliver(
@@ -75,7 +474,11 @@ impl DeliveryStore for PgStore {
         generation: GenerationId,
         now: OffsetDateTime,
     ) -> StoreResult<Redelivery> {
-        todo!("postgres: redeliver")
+        let mut c = self.conn().await?;
+        let tx = c.transaction().await.map_err(backend)?;
+        let answer = redeliver(&tx, generation, now).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(answer)
     }
 
     async fn redeliver_failed(
@@ -85,10 +488,38 @@ impl DeliveryStore for PgStore {
         until: OffsetDateTime,
         now: OffsetDateTime,
     ) -> StoreResult<u64> {
-        todo!("postgres: redeliver_failed")
+        let c = self.conn().await?;
+        let statement = c
+            .prepare_cached(&format!(
+                "UPDATE events SET {NEW_ROUND} \
+                 WHERE account_id = $1 AND state = 'failed' AND created_at >= $3 \
+                     AND created_at < $4"
+            ))
+            .await
+            .map_err(backend)?;
+        c.execute(&statement, &[&account.0, &now, &since, &until])
+            .await
+            .map_err(backend)
     }
 
     async fn delivery_counts(&self, now: OffsetDateTime) -> StoreResult<DeliveryCounts> {
-        todo!("postgres: delivery_counts")
+        let c = self.conn().await?;
+        let statement = c
+            .prepare_cached(
+                "SELECT COUNT(*) FILTER (WHERE lease_owner IS NOT NULL OR next_attempt_at <= $1) \
+                     AS due, \
+                 COUNT(*) FILTER (WHERE lease_owner IS NULL AND next_attempt_at > $1) \
+                     AS scheduled, \
+                 (SELECT COUNT(*) FROM events WHERE state = 'failed') AS failed \
+                 FROM events WHERE state = 'pending'",
+            )
+            .await
+            .map_err(backend)?;
+        let row = c.query_one(&statement, &[&now]).await.map_err(backend)?;
+        Ok(DeliveryCounts {
+            due: unsigned::<i64, _>(&row, "due")?,
+            scheduled: unsigned::<i64, _>(&row, "scheduled")?,
+            failed: unsigned::<i64, _>(&row, "failed")?,
+        })
     }
 }

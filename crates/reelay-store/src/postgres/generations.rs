@@ -1,15 +1,17 @@
-//! Generations: creation with its charge, the queue under SKIP LOCKED claims, the terminal
-//! transition with its refund and outbox event.
+//! Generations: creation with its charge, the queue under `SKIP LOCKED` claims, and the
+//! terminal transition with its refund and outbox event, each one transaction that locks the
+//! rows it changes, so that nodes racing on one database never share a lease, charge past a
+//! balance or refund twice.
 
 use async_trait::async_trait;
-use reelay_core::apikey::KeyHash;
-use reelay_core::money::BalanceError;
-use reelay_core::{AccountId, Credits, GenerationId, GenerationStatus, KeyId};
-use time::OffsetDateTime;
-
 use deadpool_postgres::GenericClient;
+use reelay_core::destination::destination_key;
+use reelay_core::{AccountId, FailureCode, GenerationId, GenerationStatus};
+use time::OffsetDateTime;
+use uuid::Uuid;
 
-use super::rows::{GENERATION_COLUMNS, generation};
+use super::rows::{GENERATION_COLUMNS, generation, get as column, stored};
+use super::sql::{Param, execute, query, query_opt};
 use super::{PgStore, backend};
 use crate::*;
 
@@ -18,24 +20,325 @@ pub(super) async fn get(
     c: &impl GenericClient,
     id: GenerationId,
 ) -> StoreResult<Option<Generation>> {
-    let statement = c
-        .prepare_cached(&format!(
-            "SELECT {GENERATION_COLUMNS} FROM generations WHERE id = $1"
-        ))
-        .await
-        .map_err(backend)?;
-    c.query_opt(&statement, &[&id.0])
-        .await
-        .map_err(backend)?
+    let sql = format!("SELECT {GENERATION_COLUMNS} FROM generations WHERE id = $1");
+    query_opt(c, &sql, &[&id.0])
+        .await?
         .as_ref()
         .map(generation)
         .transpose()
 }
 
+async fn generations(
+    c: &impl GenericClient,
+    sql: &str,
+    params: &[Param<'_>],
+) -> StoreResult<Vec<Generation>> {
+    query(c, sql, params)
+        .await?
+        .iter()
+        .map(generation)
+        .collect()
+}
+
+/// Writes one ledger row. The unique index on (generation, kind) makes a second charge or
+/// refund of the same generation fail here, whatever the calling code does.
+async fn ledger(
+    c: &impl GenericClient,
+    account: AccountId,
+    generation: GenerationId,
+    kind: &str,
+    amount: i64,
+    now: OffsetDateTime,
+) -> StoreResult<()> {
+    execute(
+        c,
+        "INSERT INTO ledger (account_id, generation_id, kind, amount, created_at) \
+         VALUES ($1, $2, $3, $4, $5)",
+        &[&account.0, &generation.0, &kind, &amount, &now],
+    )
+    .await
+    .map(drop)
+}
+
+async fn create(store: &PgStore, new: NewGeneration) -> StoreResult<Created> {
+    let mut conn = store.conn().await?;
+    let tx = conn.transaction().await.map_err(backend)?;
+    let account = new.account_id;
+    if let Some(idem) = &new.idempotency {
+        // Creates with the same key queue here, on every node, so the second one sees the
+        // first one's row instead of racing it to the insert.
+        execute(
+            &tx,
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+            &[&format!("idempotency/{account}/{}", idem.key)],
+        )
+        .await?;
+        let seen = query_opt(
+            &tx,
+            "SELECT request_hash, generation_id, created_at FROM idempotency_keys \
+             WHERE account_id = $1 AND key = $2",
+            &[&account.0, &idem.key],
+        )
+        .await?;
+        if let Some(row) = seen {
+            let created_at: OffsetDateTime = column(&row, "created_at")?;
+            if created_at >= idem.not_before {
+                let hash: &[u8] = column(&row, "request_hash")?;
+                if hash != &idem.request_hash[..] {
+                    return Err(StoreError::IdempotencyConflict);
+                }
+                let id = GenerationId(column(&row, "generation_id")?);
+                let generation = get(&tx, id).await?.ok_or(StoreError::NotFound)?;
+                return Ok(Created {
+                    generation,
+                    replayed: true,
+                });
+            }
+            execute(
+                &tx,
+                "DELETE FROM idempotency_keys WHERE account_id = $1 AND key = $2",
+                &[&account.0, &idem.key],
+            )
+            .await?;
+        }
+    }
+
+    if new.price < Credits::ZERO {
+        return Err(StoreError::Backend(format!("negative price {}", new.price)));
+    }
+    // The row lock this takes makes racing creates of one account wait for each other, and
+    // each re-checks the balance the one before it left.
+    let charged = execute(
+        &tx,
+        "UPDATE accounts SET balance = balance - $2 WHERE id = $1 AND balance >= $2",
+        &[&account.0, &new.price.units()],
+    )
+    .await?;
+    if charged == 0 {
+        let exists = query_opt(&tx, "SELECT 1 FROM accounts WHERE id = $1", &[&account.0]).await?;
+        return Err(match exists {
+            Some(_) => StoreError::InsufficientCredits,
+            None => StoreError::NotFound,
+        });
+    }
+    let spec = &new.spec;
+    execute(
+        &tx,
+        "INSERT INTO generations (id, account_id, status, prompt, model, aspect_ratio, seed, \
+             watermark_text, callback_url, price, created_at, deadline_at, inputs) \
+         VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        &[
+            &new.id.0,
+            &account.0,
+            &spec.prompt,
+            &spec.model.as_str(),
+            &spec.aspect_ratio.as_str(),
+            &i64::from(spec.seed),
+            &spec.watermark_text,
+            &spec.callback_url,
+            &new.price.units(),
+            &new.created_at,
+            &new.deadline_at,
+            &InputFile::join(&spec.inputs),
+        ],
+    )
+    .await?;
+    ledger(
+        &tx,
+        account,
+        new.id,
+        "charge",
+        -new.price.units(),
+        new.created_at,
+    )
+    .await?;
+    if let Some(idem) = &new.idempotency {
+        execute(
+            &tx,
+            "INSERT INTO idempotency_keys (account_id, key, request_hash, generation_id, \
+                 created_at) VALUES ($1, $2, $3, $4, $5)",
+            &[
+                &account.0,
+                &idem.key,
+                &&idem.request_hash[..],
+                &new.id.0,
+                &new.created_at,
+            ],
+        )
+        .await?;
+    }
+    tx.commit().await.map_err(backend)?;
+    Ok(Created {
+        generation: Generation {
+            id: new.id,
+            account_id: new.account_id,
+            spec: new.spec,
+            price: new.price,
+            created_at: stored(new.created_at),
+            deadline_at: stored(new.deadline_at),
+            stage: Stage::Pending,
+            media_pruned_at: None,
+        },
+        replayed: false,
+    })
+}
+
+/// A claim in one statement: the oldest pending generations and the lapsed leases, each read
+/// in its own index's order and bounded by the limit, locked with `SKIP LOCKED` so that nodes
+/// claiming at once take different rows instead of waiting for each other, then the oldest
+/// `limit` of them taken. `{model}` narrows both reads to some models.
+const CLAIM: &str = "WITH pending AS ( \
+         SELECT id, created_at FROM generations \
+         WHERE status = 'pending' AND deadline_at > $1 {model} \
+         ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED), \
+     lapsed AS ( \
+         SELECT id, created_at FROM generations \
+         WHERE status = 'processing' AND lease_until < $1 AND deadline_at > $1 {model} \
+         ORDER BY lease_until LIMIT $2 FOR UPDATE SKIP LOCKED), \
+     picked AS ( \
+         SELECT id AS picked_id FROM (SELECT * FROM pending UNION ALL SELECT * FROM lapsed) c \
+         ORDER BY created_at, id LIMIT $2) \
+     UPDATE generations SET status = 'processing', started_at = $1, progress_pct = 0, \
+         lease_owner = $3, lease_until = $4, claims = claims + 1 \
+     FROM picked WHERE id = picked_id \
+     RETURNING {columns}";
+
+async fn claim(
+    store: &PgStore,
+    owner: &str,
+    limit: usize,
+    models: Option<Vec<String>>,
+    lease_until: OffsetDateTime,
+    now: OffsetDateTime,
+) -> StoreResult<Vec<Generation>> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let conn = store.conn().await?;
+    let mut claimed = match &models {
+        None => {
+            let sql = CLAIM
+                .replace("{model}", "")
+                .replace("{columns}", GENERATION_COLUMNS);
+            generations(&conn, &sql, &[&now, &limit, &owner, &lease_until]).await?
+        }
+        Some(models) => {
+            let sql = CLAIM
+                .replace("{model}", "AND model = ANY($5)")
+                .replace("{columns}", GENERATION_COLUMNS);
+            generations(&conn, &sql, &[&now, &limit, &owner, &lease_until, models]).await?
+        }
+    };
+    claimed.sort_unstable_by_key(|g| (g.created_at, g.id));
+    Ok(claimed)
+}
+
+async fn finish(
+    store: &PgStore,
+    id: GenerationId,
+    owner: Option<&str>,
+    outcome: Outcome,
+    now: OffsetDateTime,
+) -> StoreResult<Finished> {
+    let (status, code, reason, video) = match &outcome {
+        Outcome::Completed(video) => ("completed", None, None, Some(video)),
+        Outcome::Failed(f) => ("failed", Some(f.code), f.reason.as_deref(), None),
+    };
+    let mut conn = store.conn().await?;
+    let tx = conn.transaction().await.map_err(backend)?;
+    // A finish racing another waits for its row lock, then finds the status changed.
+    let sql = format!(
+        "UPDATE generations SET status = $2, completed_at = $3, failure_code = $4, \
+             video_file = $5, video_url = $6, \
+             progress_pct = CASE WHEN $2 = 'completed' THEN 100 ELSE progress_pct END, \
+             ended_lease = COALESCE($7, lease_owner), failure_reason = $8, \
+             lease_owner = NULL, lease_until = NULL \
+         WHERE id = $1 AND status IN ('pending', 'processing') \
+             AND ($7::text IS NULL OR (status = 'processing' AND lease_owner = $7)) \
+         RETURNING {GENERATION_COLUMNS}"
+    );
+    let updated = query_opt(
+        &tx,
+        &sql,
+        &[
+            &id.0,
+            &status,
+            &now,
+            &code.map(FailureCode::as_str),
+            &video.map(|v| v.file.as_str()),
+            &video.map(|v| v.url.as_str()),
+            &owner,
+            &reason,
+        ],
+    )
+    .await?;
+    let Some(generation) = updated.as_ref().map(generation).transpose()? else {
+        let current = get(&tx, id).await?.ok_or(StoreError::NotFound)?;
+        return Ok(Finished::Refused(current));
+    };
+    if code.is_some_and(FailureCode::refunded) {
+        let price = generation.price.units();
+        ledger(&tx, generation.account_id, id, "refund", price, now).await?;
+        let refunded = execute(
+            &tx,
+            "UPDATE accounts SET balance = balance + $2::bigint \
+             WHERE id = $1 AND balance <= $3::bigint - $2::bigint",
+            &[&generation.account_id.0, &price, &Credits::MAX.units()],
+        )
+        .await?;
+        if refunded != 1 {
+            return Err(StoreError::Backend(format!(
+                "refunding generation {id} would take account {}'s balance past the maximum \
+                 of {} credits",
+                generation.account_id,
+                Credits::MAX
+            )));
+        }
+    }
+    write_event(&tx, &generation, now).await?;
+    tx.commit().await.map_err(backend)?;
+    Ok(Finished::Applied(generation))
+}
+
+/// The outbox row for a generation that just became terminal; its body is built from the
+/// generation's row when it is sent ([`webhook_body`]).
+async fn write_event(
+    c: &impl GenericClient,
+    g: &Generation,
+    now: OffsetDateTime,
+) -> StoreResult<()> {
+    if g.stage.completed_at().is_none() {
+        return Err(StoreError::Backend(
+            "an event for an unfinished generation".into(),
+        ));
+    }
+    let url = g.spec.callback_url.as_deref();
+    let (state, due) = match url {
+        Some(_) => ("pending", Some(now)),
+        None => ("none", None),
+    };
+    execute(
+        c,
+        "INSERT INTO events (id, generation_id, account_id, callback_url, destination, \
+             created_at, state, next_attempt_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        &[
+            &event_id(g.id),
+            &g.id.0,
+            &g.account_id.0,
+            &url,
+            &url.and_then(destination_key),
+            &now,
+            &state,
+            &due,
+        ],
+    )
+    .await
+    .map(drop)
+}
+
 #[async_trait]
 impl GenerationStore for PgStore {
     async fn create_generation(&self, new: NewGeneration) -> StoreResult<Created> {
-        todo!("postgres: create_generation")
+        create(self, new).await
     }
 
     async fn generation(&self, id: GenerationId) -> StoreResult<Option<Generation>> {
@@ -49,11 +352,43 @@ impl GenerationStore for PgStore {
         limit: u32,
         offset: u64,
     ) -> StoreResult<Page<Generation>> {
-        todo!("postgres: list_generations")
+        let conn = self.conn().await?;
+        let status = status.map(GenerationStatus::as_str);
+        let (limit, offset) = (i64::from(limit), i64::try_from(offset).unwrap_or(i64::MAX));
+        let items = generations(
+            &conn,
+            &format!(
+                "SELECT {GENERATION_COLUMNS} FROM generations \
+                 WHERE account_id = $1 AND ($2::text IS NULL OR status = $2) \
+                 ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4"
+            ),
+            &[&account.0, &status, &limit, &offset],
+        )
+        .await?;
+        let total = query(
+            &conn,
+            "SELECT COUNT(*) AS n FROM generations \
+             WHERE account_id = $1 AND ($2::text IS NULL OR status = $2)",
+            &[&account.0, &status],
+        )
+        .await?;
+        let total: i64 = column(&total[0], "n")?;
+        Ok(Page {
+            items,
+            total: total as u64,
+        })
     }
 
     async fn pending_before(&self, created_at: OffsetDateTime) -> StoreResult<u64> {
-        todo!("postgres: pending_before")
+        let cap = QUEUE_POSITION_CAP as i64;
+        let rows = query(
+            &self.conn().await?,
+            "SELECT COUNT(*) AS n FROM (SELECT 1 FROM generations \
+                 WHERE status = 'pending' AND created_at < $1 LIMIT $2) older",
+            &[&created_at, &cap],
+        )
+        .await?;
+        column::<i64>(&rows[0], "n").map(|n| n as u64)
     }
 
     async fn claim(
@@ -63,7 +398,7 @@ impl GenerationStore for PgStore {
         lease_until: OffsetDateTime,
         now: OffsetDateTime,
     ) -> StoreResult<Vec<Generation>> {
-        todo!("postgres: claim")
+        claim(self, owner, limit, None, lease_until, now).await
     }
 
     async fn heartbeat(
@@ -73,7 +408,15 @@ impl GenerationStore for PgStore {
         lease_until: OffsetDateTime,
         progress_pct: u8,
     ) -> StoreResult<bool> {
-        todo!("postgres: heartbeat")
+        let progress = i16::from(progress_pct.min(99));
+        execute(
+            &self.conn().await?,
+            "UPDATE generations SET lease_until = $3, progress_pct = GREATEST(progress_pct, $4) \
+             WHERE id = $1 AND status = 'processing' AND lease_owner = $2",
+            &[&id.0, &owner, &lease_until, &progress],
+        )
+        .await
+        .map(|n| n == 1)
     }
 
     async fn finish(
@@ -83,19 +426,47 @@ impl GenerationStore for PgStore {
         outcome: Outcome,
         now: OffsetDateTime,
     ) -> StoreResult<Finished> {
-        todo!("postgres: finish")
+        let owner = match by {
+            Finisher::LeaseHolder(owner) => Some(owner),
+            Finisher::Anyone => None,
+        };
+        finish(self, id, owner, outcome, now).await
     }
 
     async fn overdue(&self, now: OffsetDateTime, limit: usize) -> StoreResult<Vec<GenerationId>> {
-        todo!("postgres: overdue")
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        query(
+            &self.conn().await?,
+            "SELECT id FROM generations WHERE status IN ('pending', 'processing') \
+             AND deadline_at <= $1 ORDER BY deadline_at LIMIT $2",
+            &[&now, &limit],
+        )
+        .await?
+        .iter()
+        .map(|r| column::<Uuid>(r, "id").map(GenerationId))
+        .collect()
     }
 
     async fn next_deadline(&self) -> StoreResult<Option<OffsetDateTime>> {
-        todo!("postgres: next_deadline")
+        let rows = query(
+            &self.conn().await?,
+            "SELECT MIN(deadline_at) AS at FROM generations \
+             WHERE status IN ('pending', 'processing')",
+            &[],
+        )
+        .await?;
+        column(&rows[0], "at")
     }
 
     async fn release_leases(&self, owner: &str) -> StoreResult<u64> {
-        todo!("postgres: release_leases")
+        execute(
+            &self.conn().await?,
+            "UPDATE generations SET status = 'pending', started_at = NULL, progress_pct = 0, \
+                 lease_owner = NULL, lease_until = NULL \
+             WHERE status = 'processing' AND lease_owner = $1",
+            &[&owner],
+        )
+        .await
     }
 
     async fn claim_models(
@@ -106,15 +477,37 @@ impl GenerationStore for PgStore {
         lease_until: OffsetDateTime,
         now: OffsetDateTime,
     ) -> StoreResult<Vec<Generation>> {
-        todo!("postgres: claim_models")
+        if models.is_empty() {
+            return Ok(Vec::new());
+        }
+        let models = models.iter().map(|m| m.as_str().to_owned()).collect();
+        claim(self, owner, limit, Some(models), lease_until, now).await
     }
 
     async fn ended_lease(&self, id: GenerationId) -> StoreResult<Option<String>> {
-        todo!("postgres: ended_lease")
+        let row = query_opt(
+            &self.conn().await?,
+            "SELECT ended_lease FROM generations WHERE id = $1",
+            &[&id.0],
+        )
+        .await?;
+        Ok(row
+            .map(|r| column::<Option<String>>(&r, "ended_lease"))
+            .transpose()?
+            .flatten())
     }
 
     async fn lease_holder(&self, id: GenerationId) -> StoreResult<Option<String>> {
-        todo!("postgres: lease_holder")
+        let row = query_opt(
+            &self.conn().await?,
+            "SELECT lease_owner FROM generations WHERE id = $1 AND status = 'processing'",
+            &[&id.0],
+        )
+        .await?;
+        Ok(row
+            .map(|r| column::<Option<String>>(&r, "lease_owner"))
+            .transpose()?
+            .flatten())
     }
 
     async fn media_to_prune(
@@ -122,7 +515,7 @@ impl GenerationStore for PgStore {
         before: OffsetDateTime,
         limit: usize,
     ) -> StoreResult<Vec<ExpiredMedia>> {
-        todo!("postgres: media_to_prune")
+        super::retention::media_to_prune(self, before, limit).await
     }
 
     async fn mark_media_pruned(
@@ -130,11 +523,11 @@ impl GenerationStore for PgStore {
         ids: Vec<GenerationId>,
         now: OffsetDateTime,
     ) -> StoreResult<()> {
-        todo!("postgres: mark_media_pruned")
+        super::retention::mark_media_pruned(self, ids, now).await
     }
 
     async fn prune_records(&self, before: OffsetDateTime, limit: usize) -> StoreResult<u64> {
-        todo!("postgres: prune_records")
+        super::retention::prune_records(self, before, limit).await
     }
 
     async fn prunable(
@@ -142,6 +535,6 @@ impl GenerationStore for PgStore {
         media_before: OffsetDateTime,
         records_before: OffsetDateTime,
     ) -> StoreResult<Prunable> {
-        todo!("postgres: prunable")
+        super::retention::prunable(self, media_before, records_before).await
     }
 }

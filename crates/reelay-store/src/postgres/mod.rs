@@ -9,6 +9,7 @@ mod generations;
 mod retention;
 mod rows;
 mod secrets;
+mod sql;
 #[cfg(feature = "testing")]
 mod test_database;
 mod workers;
@@ -59,10 +60,15 @@ pub(crate) fn backend(e: tokio_postgres::Error) -> StoreError {
     ];
     let lost =
         e.is_closed() || std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
+    // A server error's own text ("db error") says nothing: show PostgreSQL's message.
+    let text = match e.as_db_error() {
+        Some(db) => format!("{db}"),
+        None => e.to_string(),
+    };
     if lost || e.code().is_some_and(|c| RETRYABLE.contains(c)) {
-        StoreError::Unavailable(e.to_string())
+        StoreError::Unavailable(text)
     } else {
-        StoreError::Backend(e.to_string())
+        StoreError::Backend(text)
     }
 }
 
