@@ -221,7 +221,9 @@ pub trait DeliveryStore: Send + Sync + 'static {
         limit: usize,
     ) -> StoreResult<Vec<DueRef>>;
     /// Leases those of `event_ids` still due (another node may have taken some) until
-    /// `lease_until`, and returns them ready to send.
+    /// `lease_until`, and returns them ready to send. A backend that several nodes share also
+    /// leaves out what would take a destination past its cluster-wide limit of attempts in
+    /// flight ([`crate::PgStore::with_destination_limit`]).
     async fn lease_deliveries(
         &self,
         owner: &str,

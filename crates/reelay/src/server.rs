@@ -81,7 +81,8 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
         Database::Postgres(url) => Arc::new(
             PgStore::connect(&url)
                 .await
-                .context("connecting to PostgreSQL (REELAY_DATABASE_URL)")?,
+                .context("connecting to PostgreSQL (REELAY_DATABASE_URL)")?
+                .with_destination_limit(config.webhook_per_destination),
         ),
     })
 }

@@ -56,14 +56,17 @@ fn generation_of(r: &Received) -> Option<String> {
 }
 
 /// How long the receiver takes to answer: long enough that attempts of one webhook-id in
-/// parallel would overlap visibly.
-const ANSWER_DELAY: Duration = Duration::from_millis(20);
+/// parallel would overlap visibly, and that a node killed mid-stream has webhooks in flight.
+const ANSWER_DELAY: Duration = Duration::from_millis(100);
 
 #[tokio::test]
 async fn three_nodes_share_the_work_and_a_killed_node_loses_nothing() {
     const TOTAL: usize = 2_000;
     let db = TestDatabase::create().await;
-    let mut nodes = start_nodes(3, &node_env(db.url())).await;
+    let mut env = node_env(db.url());
+    // Eight at a time per node: the deliveries take seconds, so the kill lands among them.
+    env.push(("REELAY_WEBHOOK_PER_DESTINATION".into(), "8".into()));
+    let mut nodes = start_nodes(3, &env).await;
     let rx = Receiver::with_plan(Plan::always(Reply::ok().delay(ANSWER_DELAY))).await;
     let account = nodes[0].create_account("cluster", "100000").await;
     let url = rx.url("/hook");
@@ -101,6 +104,11 @@ async fn three_nodes_share_the_work_and_a_killed_node_loses_nothing() {
         .await;
     nodes[2].kill9();
     let killed_at = Instant::now();
+    let at_kill: HashSet<String> = rx.requests().iter().filter_map(generation_of).collect();
+    assert!(
+        at_kill.len() < TOTAL / 2,
+        "the kill should land while the first half's webhooks are still arriving"
+    );
     created.extend(create(&nodes, key, &url, TOTAL / 2..TOTAL, 2).await);
     let created: HashSet<String> = created.into_iter().collect();
     assert_eq!(created.len(), TOTAL, "{TOTAL} distinct generations");
@@ -159,6 +167,54 @@ async fn three_nodes_share_the_work_and_a_killed_node_loses_nothing() {
     }
 }
 
+/// The most requests the receiver was answering at once.
+fn most_at_once(requests: &[Received]) -> usize {
+    let mut edges: Vec<(Instant, i32)> = Vec::new();
+    for r in requests {
+        edges.push((r.at, 1));
+        edges.push((r.answered_at.unwrap_or(r.at + ANSWER_DELAY), -1));
+    }
+    // An answer and an arrival at the same instant: the answer first.
+    edges.sort();
+    let (mut now, mut most) = (0i32, 0i32);
+    for (_, step) in edges {
+        now += step;
+        most = most.max(now);
+    }
+    most as usize
+}
+
+#[tokio::test]
+async fn a_destination_limit_holds_across_the_cluster() {
+    const TOTAL: usize = 300;
+    const LIMIT: usize = 8;
+    let db = TestDatabase::create().await;
+    let mut env = node_env(db.url());
+    env.push(("REELAY_WEBHOOK_PER_DESTINATION".into(), LIMIT.to_string()));
+    let nodes = start_nodes(3, &env).await;
+    let rx = Receiver::with_plan(Plan::always(Reply::ok().delay(ANSWER_DELAY))).await;
+    let account = nodes[0].create_account("limited", "1000").await;
+    let url = rx.url("/hook");
+    let created: Vec<String> = futures::stream::iter(0..TOTAL)
+        .map(|i| create_with_callback(&nodes[i % 3], &account.api_key, PROMPT, &url))
+        .buffer_unordered(24)
+        .collect()
+        .await;
+    let got = rx
+        .wait_until(Duration::from_secs(240), "every webhook", |reqs| {
+            let seen: HashSet<String> = reqs.iter().filter_map(generation_of).collect();
+            created.iter().all(|g| seen.contains(g))
+        })
+        .await;
+    let most = most_at_once(&got);
+    eprintln!("at most {most} requests at once from 3 nodes (limit {LIMIT} per destination)");
+    assert!(
+        most <= LIMIT,
+        "the receiver answered {most} requests at once; the limit is {LIMIT} for the cluster"
+    );
+    assert!(most > 1, "the nodes sent in parallel at all");
+}
+
 #[tokio::test]
 async fn credits_hold_across_nodes_and_refunds_happen_once() {
     let db = TestDatabase::create().await;
@@ -207,7 +263,7 @@ async fn credits_hold_across_nodes_and_refunds_happen_once() {
         let g = nodes[0]
             .wait_terminal(&account.api_key, id, Duration::from_secs(60))
             .await;
-        assert_eq!(g["error"]["code"], "TIMEOUT", "{g}");
+        assert_eq!(g["error"]["message"], "TIMEOUT", "{g}");
     }
     for n in &nodes {
         assert_eq!(

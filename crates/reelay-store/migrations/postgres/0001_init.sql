@@ -114,6 +114,9 @@ CREATE INDEX events_due ON events (next_attempt_at) WHERE state = 'pending';
 CREATE INDEX events_due_by_destination ON events (destination, next_attempt_at)
     WHERE state = 'pending';
 CREATE INDEX events_failed ON events (account_id, created_at) WHERE state = 'failed';
+-- The attempts in flight to each destination, counted across nodes before every lease so
+-- that a destination's limit holds for the whole cluster.
+CREATE INDEX events_in_flight ON events (destination) WHERE state = 'pending' AND lease_owner IS NOT NULL;
 
 CREATE TABLE delivery_attempts (
     event_id       text NOT NULL REFERENCES events (id),

@@ -187,18 +187,48 @@ async fn scan_due(
 /// The lease is the UPDATE alone: when two nodes race for an event, PostgreSQL re-checks the
 /// WHERE on the row the first one wrote, so the second finds it no longer due. The bodies to
 /// build come from the same statement (the generations of events stored without one).
+/// Takes each asked-for destination's advisory lock, in one order on every node (so two
+/// leases cannot deadlock), until the transaction ends: the count of live leases that follows,
+/// in a statement of its own (a snapshot taken after the locks), then sees every lease another
+/// node made of these destinations.
+const LOCK_DESTINATIONS: &str = "SELECT pg_advisory_xact_lock(hashtextextended(destination, 0)) \
+     FROM (SELECT DISTINCT destination FROM events \
+           WHERE id = ANY($1) AND state = 'pending' ORDER BY destination) asked";
+
+/// Which of the asked-for deliveries may be leased without any destination going past `$5`
+/// attempts in flight across the cluster: its live leases (any node's, unexpired) plus the
+/// new ones, oldest due first.
+const WITHIN_LIMIT: &str = "WITH asked AS ( \
+         SELECT id, destination, next_attempt_at FROM events \
+         WHERE id = ANY($4) AND state = 'pending' AND next_attempt_at <= $3), \
+     live AS ( \
+         SELECT d.destination, (SELECT COUNT(*) FROM events e \
+             WHERE e.destination = d.destination AND e.state = 'pending' \
+                 AND e.lease_owner IS NOT NULL AND e.next_attempt_at > $3) AS n \
+         FROM (SELECT DISTINCT destination FROM asked) d), \
+     ranked AS ( \
+         SELECT a.id, live.n + row_number() OVER ( \
+             PARTITION BY a.destination ORDER BY a.next_attempt_at, a.id) AS k \
+         FROM asked a JOIN live USING (destination)), \
+     chosen AS (SELECT id FROM ranked WHERE k <= $5)";
+
 async fn lease(
     c: &impl GenericClient,
     owner: &str,
     event_ids: &[String],
+    per_destination: i64,
     lease_until: OffsetDateTime,
     now: OffsetDateTime,
 ) -> StoreResult<Vec<DueDelivery>> {
+    let lock = c.prepare_cached(LOCK_DESTINATIONS).await.map_err(backend)?;
+    c.execute(&lock, &[&event_ids]).await.map_err(backend)?;
     let statement = c
         .prepare_cached(&format!(
-            "WITH leased AS ( \
+            "{WITHIN_LIMIT}, \
+             leased AS ( \
                  UPDATE events SET lease_owner = $1, next_attempt_at = $2 \
-                 WHERE id = ANY($4) AND state = 'pending' AND next_attempt_at <= $3 \
+                 WHERE id IN (SELECT id FROM chosen) \
+                     AND state = 'pending' AND next_attempt_at <= $3 \
                  RETURNING id AS event_id, generation_id AS event_generation_id, \
                      account_id AS event_account_id, callback_url AS url, destination, \
                      payload, created_at AS event_created_at, round_attempts) \
@@ -213,29 +243,32 @@ async fn lease(
         ))
         .await
         .map_err(backend)?;
-    c.query(&statement, &[&owner, &lease_until, &now, &event_ids])
-        .await
-        .map_err(backend)?
-        .iter()
-        .map(|r| {
-            let generation_id = GenerationId(get(r, "event_generation_id")?);
-            let g = if get(r, "has_generation")? {
-                Some(generation(r)?)
-            } else {
-                None
-            };
-            Ok(DueDelivery {
-                event_id: get(r, "event_id")?,
-                generation_id,
-                account_id: AccountId(get(r, "event_account_id")?),
-                url: get(r, "url")?,
-                destination: get(r, "destination")?,
-                payload: body(generation_id, get(r, "payload")?, g)?,
-                created_at: get(r, "event_created_at")?,
-                round_attempts: unsigned::<i32, _>(r, "round_attempts")?,
-            })
+    c.query(
+        &statement,
+        &[&owner, &lease_until, &now, &event_ids, &per_destination],
+    )
+    .await
+    .map_err(backend)?
+    .iter()
+    .map(|r| {
+        let generation_id = GenerationId(get(r, "event_generation_id")?);
+        let g = if get(r, "has_generation")? {
+            Some(generation(r)?)
+        } else {
+            None
+        };
+        Ok(DueDelivery {
+            event_id: get(r, "event_id")?,
+            generation_id,
+            account_id: AccountId(get(r, "event_account_id")?),
+            url: get(r, "url")?,
+            destination: get(r, "destination")?,
+            payload: body(generation_id, get(r, "payload")?, g)?,
+            created_at: get(r, "event_created_at")?,
+            round_attempts: unsigned::<i32, _>(r, "round_attempts")?,
         })
-        .collect()
+    })
+    .collect()
 }
 
 /// One transaction: the attempt's number (the event row stays locked from there to the end,
@@ -384,7 +417,12 @@ impl DeliveryStore for PgStore {
         if event_ids.is_empty() {
             return Ok(Vec::new());
         }
-        lease(&self.conn().await?, owner, &event_ids, lease_until, now).await
+        let per_destination = i64::try_from(self.per_destination).unwrap_or(i64::MAX);
+        let mut c = self.conn().await?;
+        let tx = c.transaction().await.map_err(backend)?;
+        let leased = lease(&tx, owner, &event_ids, per_destination, lease_until, now).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(leased)
     }
 
     async fn record_attempt(&self, attempt: AttemptRecord) -> StoreResult<bool> {

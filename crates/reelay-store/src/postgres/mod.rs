@@ -43,7 +43,13 @@ const CONNECTION_WAIT: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
+    /// The most webhook attempts in flight to one destination across every node (see
+    /// [`PgStore::with_destination_limit`]).
+    per_destination: usize,
 }
+
+/// [`PgStore::with_destination_limit`]'s default: `REELAY_WEBHOOK_PER_DESTINATION`'s.
+pub const DEFAULT_PER_DESTINATION: usize = 64;
 
 /// Errors after which the same request may succeed: serialization failure, deadlock, the
 /// server shutting down or starting, and connections lost or never made.
@@ -108,7 +114,20 @@ impl PgStore {
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Backend(format!("the connection pool: {e}")))?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            per_destination: DEFAULT_PER_DESTINATION,
+        })
+    }
+
+    /// Holds every destination to `limit` attempts in flight across all the nodes on this
+    /// database: [`crate::DeliveryStore::lease_deliveries`] counts every node's live leases
+    /// under a per-destination lock, so a receiver sized for `limit` concurrent requests never
+    /// sees more, however many nodes send. (One node's dispatcher holds the same limit in
+    /// memory; on a shared database that alone would allow `limit` per node.)
+    pub fn with_destination_limit(mut self, limit: usize) -> Self {
+        self.per_destination = limit.max(1);
+        self
     }
 
     /// Applies the migrations this database lacks, under an advisory lock so that several
@@ -135,12 +154,19 @@ impl PgStore {
 }
 
 async fn apply(conn: &mut Object) -> StoreResult<usize> {
-    conn.batch_execute(
-        "CREATE TABLE IF NOT EXISTS reelay_migrations ( \
-             version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
-    )
-    .await
-    .map_err(backend)?;
+    let exists: bool = conn
+        .query_one("SELECT to_regclass('reelay_migrations') IS NOT NULL", &[])
+        .await
+        .map_err(backend)?
+        .get(0);
+    if !exists {
+        conn.batch_execute(
+            "CREATE TABLE reelay_migrations ( \
+                 version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .await
+        .map_err(backend)?;
+    }
     let done: i64 = conn
         .query_one("SELECT COUNT(*) FROM reelay_migrations", &[])
         .await

@@ -33,6 +33,9 @@ impl TestDatabase {
             .rsplit_once('/')
             .expect("REELAY_TEST_DATABASE_URL looks like postgres://user@host:port/database");
         let url = format!("{base}/{name}");
+        if std::env::var_os("REELAY_TEST_DATABASE_URL").is_none() {
+            ensure_local_server().await;
+        }
         run(&server, &format!("CREATE DATABASE {name}")).await;
         Self { server, name, url }
     }
@@ -41,6 +44,25 @@ impl TestDatabase {
     pub fn url(&self) -> &str {
         &self.url
     }
+}
+
+/// Starts the machine's PostgreSQL when it does not answer (`scripts/postgres.sh`), once per
+/// test process.
+async fn ensure_local_server() {
+    static READY: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    READY
+        .get_or_init(|| async {
+            if tokio_postgres::connect(DEFAULT_SERVER, NoTls).await.is_ok() {
+                return;
+            }
+            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/postgres.sh");
+            let status = tokio::process::Command::new(script)
+                .status()
+                .await
+                .unwrap_or_else(|e| panic!("running {script}: {e}"));
+            assert!(status.success(), "{script} could not start PostgreSQL");
+        })
+        .await;
 }
 
 async fn run(server: &str, sql: &str) {
