@@ -77,7 +77,7 @@ pub(crate) struct Inner {
 
 impl Engine {
     pub fn new(store: Arc<dyn Store>, generator: Arc<dyn Generator>, config: EngineConfig) -> Self {
-        Self {
+        let engine = Self {
             inner: Arc::new(Inner {
                 store,
                 slots: Arc::new(Semaphore::new(generator.concurrency().max(1))),
@@ -88,7 +88,16 @@ impl Engine {
                 config,
                 running: Mutex::new(HashMap::new()),
             }),
-        }
+        };
+        // Work queued by another node on a shared database wakes this one too.
+        let inner = Arc::downgrade(&engine.inner);
+        engine.inner.store.watch_work(Box::new(move || {
+            if let Some(inner) = inner.upgrade() {
+                inner.work.notify_one();
+                inner.worker_work.notify_waiters();
+            }
+        }));
+        engine
     }
 
     /// Creates a generation for `account`, charged its model's price, and starts it. With an
@@ -148,6 +157,7 @@ impl Engine {
     pub fn wake(&self) {
         self.inner.work.notify_one();
         self.inner.worker_work.notify_waiters();
+        self.inner.store.announce_work();
     }
 
     /// The absolute URL a finished generation's video is served at.

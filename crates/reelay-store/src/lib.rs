@@ -31,6 +31,9 @@ impl<T: AccountStore + GenerationStore + DeliveryStore + SecretStore> Store for 
 /// same in a backlog of any size; a position equal to it means "this many or more".
 pub const QUEUE_POSITION_CAP: u64 = 1_000;
 
+/// What [`GenerationStore::watch_work`] calls.
+pub type WakeFn = Box<dyn Fn() + Send + Sync>;
+
 /// Most generations timed out by one [`GenerationStore::expire`] call.
 pub const EXPIRE_BATCH: usize = 1_000;
 /// How many of them are ended at a time.
@@ -76,6 +79,16 @@ pub trait AccountStore: Send + Sync + 'static {
 /// with its refund and outbox event, and retention.
 #[async_trait]
 pub trait GenerationStore: Send + Sync + 'static {
+    /// Tells every node on this database that work was queued, so that their engines and
+    /// waiting workers look at once instead of at their next poll. Returns at once; a backend
+    /// may coalesce a burst into one signal. Nothing to do where one node is the only one.
+    fn announce_work(&self) {}
+    /// Calls `wake` whenever some node announces work ([`GenerationStore::announce_work`]),
+    /// for as long as the process runs; returns at once. A lost signal costs only latency:
+    /// every consumer polls as well.
+    fn watch_work(&self, wake: WakeFn) {
+        drop(wake);
+    }
     /// Creates a generation and charges its price in one transaction, or replays the
     /// generation an idempotency key already made.
     async fn create_generation(&self, new: NewGeneration) -> StoreResult<Created>;

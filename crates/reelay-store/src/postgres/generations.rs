@@ -337,6 +337,14 @@ async fn write_event(
 
 #[async_trait]
 impl GenerationStore for PgStore {
+    fn announce_work(&self) {
+        self.announce();
+    }
+
+    fn watch_work(&self, wake: WakeFn) {
+        self.watch(wake);
+    }
+
     async fn create_generation(&self, new: NewGeneration) -> StoreResult<Created> {
         create(self, new).await
     }

@@ -9,6 +9,7 @@ mod generations;
 mod retention;
 mod rows;
 mod secrets;
+mod signals;
 mod sql;
 #[cfg(feature = "testing")]
 mod test_database;
@@ -43,6 +44,9 @@ const CONNECTION_WAIT: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
+    /// For connections of its own outside the pool (LISTEN).
+    config: tokio_postgres::Config,
+    announcer: std::sync::Arc<signals::Announcer>,
     /// The most webhook attempts in flight to one destination across every node (see
     /// [`PgStore::with_destination_limit`]).
     per_destination: usize,
@@ -101,7 +105,7 @@ impl PgStore {
         config.application_name("reelay");
         config.connect_timeout(CONNECTION_WAIT);
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -116,6 +120,8 @@ impl PgStore {
             .map_err(|e| StoreError::Backend(format!("the connection pool: {e}")))?;
         Ok(Self {
             pool,
+            config,
+            announcer: Default::default(),
             per_destination: DEFAULT_PER_DESTINATION,
         })
     }

@@ -1,0 +1,103 @@
+//! Wake-ups across nodes: a node that queues work sends `NOTIFY reelay_work` (a burst
+//! coalesced into one every [`COALESCE`]), and every node keeps one connection of its own
+//! `LISTEN`ing, reconnecting after [`RECONNECT`] when it drops. Polling remains the fallback,
+//! so a lost notification delays work by at most a poll interval; nothing is lost.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::{Notify, mpsc};
+use tokio_postgres::{AsyncMessage, NoTls};
+
+use super::PgStore;
+use crate::WakeFn;
+
+const CHANNEL: &str = "reelay_work";
+/// The longest a node waits to pass a burst of new work on as one notification.
+const COALESCE: Duration = Duration::from_millis(20);
+/// How long a node waits before listening again after its connection dropped.
+const RECONNECT: Duration = Duration::from_secs(1);
+
+/// The announcing side: a task started on first use that sends one `NOTIFY` per burst.
+#[derive(Default)]
+pub(super) struct Announcer {
+    pending: OnceLock<Arc<Notify>>,
+}
+
+impl PgStore {
+    pub(super) fn announce(&self) {
+        let pending = self.announcer.pending.get_or_init(|| {
+            let pending = Arc::new(Notify::new());
+            tokio::spawn(announce_bursts(self.clone(), pending.clone()));
+            pending
+        });
+        pending.notify_one();
+    }
+
+    pub(super) fn watch(&self, wake: WakeFn) {
+        tokio::spawn(listen(self.config.clone(), wake));
+    }
+}
+
+async fn announce_bursts(store: PgStore, pending: Arc<Notify>) {
+    loop {
+        pending.notified().await;
+        tokio::time::sleep(COALESCE).await;
+        let sent = match store.conn().await {
+            Ok(c) => c
+                .batch_execute(&format!("NOTIFY {CHANNEL}"))
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(error) = sent {
+            tracing::debug!(%error, "announcing work to the other nodes failed; they will poll");
+        }
+    }
+}
+
+async fn listen(config: tokio_postgres::Config, wake: WakeFn) {
+    loop {
+        match listen_once(&config, &wake).await {
+            Ok(()) => tracing::warn!("the connection listening for other nodes' work closed"),
+            Err(error) => {
+                tracing::warn!(%error, "listening for other nodes' work failed; polling meanwhile")
+            }
+        }
+        tokio::time::sleep(RECONNECT).await;
+    }
+}
+
+/// Listens on one connection until it drops.
+async fn listen_once(
+    config: &tokio_postgres::Config,
+    wake: &WakeFn,
+) -> Result<(), tokio_postgres::Error> {
+    let (client, mut connection) = config.connect(NoTls).await?;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    // The connection delivers notifications only while it is polled, which also carries
+    // the client's own LISTEN below.
+    let driver = tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(AsyncMessage::Notification(_)) => {
+                    if tx.send(()).is_err() {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    });
+    client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+    // Work may have been announced while this node was not listening.
+    wake();
+    while rx.recv().await.is_some() {
+        wake();
+    }
+    driver.abort();
+    Ok(())
+}
