@@ -3,6 +3,7 @@
 //! with its generation, a refund at most once, an event with every terminal state) is kept
 //! inside one transaction here.
 
+pub mod copy;
 mod error;
 mod model;
 pub mod postgres;

@@ -7,6 +7,7 @@ mod config;
 mod front_door;
 mod lingering;
 mod listen;
+mod migrate;
 mod server;
 mod worker;
 mod workers_admin;
@@ -54,6 +55,16 @@ enum Command {
     Listen(listen::ListenArgs),
     /// Run jobs for a server with external workers: on the built-in renderer or a Cog model
     Worker(worker::WorkerArgs),
+    /// Bring the database's schema up to date (servers also do it when they start), or copy
+    /// a SQLite installation into an empty PostgreSQL database
+    Migrate {
+        /// The SQLite database to copy: sqlite://PATH (stop its server first)
+        #[arg(long, value_name = "URL", requires = "to")]
+        from: Option<String>,
+        /// The empty PostgreSQL database to copy into: postgres://…
+        #[arg(long, value_name = "URL", requires = "from")]
+        to: Option<String>,
+    },
     /// Delete what is past retention now (the server does it every minute by itself)
     Prune {
         /// Only say how much would be deleted
@@ -213,6 +224,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate { client, args } => client::generate(client, args).await,
         Command::Listen(args) => listen::listen(args).await,
         Command::Worker(args) => worker::run(args).await,
+        Command::Migrate { from, to } => {
+            let config = Config::load(&cli.config, json!({}))?;
+            match (from, to) {
+                (Some(from), Some(to)) => migrate::copy(&from, &to).await,
+                _ => {
+                    drop(server::open_store(&config).await?);
+                    println!("the database schema is up to date");
+                    Ok(())
+                }
+            }
+        }
         Command::Prune { dry_run, json } => {
             let config = Config::load(&cli.config, json!({}))?;
             let store = server::open_store(&config).await?;

@@ -42,15 +42,21 @@ fn lock_data_dir(config: &Config) -> anyhow::Result<Option<File>> {
     if !matches!(config.database(), Database::Sqlite(_)) {
         return Ok(None);
     }
-    let path = config.data_dir.join("reelay.lock");
+    lock_dir(
+        &config.data_dir,
+        "another reelay server is using it; stop it or choose another --data-dir",
+    )
+    .map(Some)
+}
+
+/// Takes `<dir>/reelay.lock`, or fails saying `busy` when another process holds it.
+pub fn lock_dir(dir: &Path, busy: &str) -> anyhow::Result<File> {
+    let path = dir.join("reelay.lock");
     let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
     if file.try_lock().is_err() {
-        bail!(
-            "another reelay server is using {}; stop it or choose another --data-dir",
-            config.data_dir.display()
-        );
+        bail!("{}: {busy}", dir.display());
     }
-    Ok(Some(file))
+    Ok(file)
 }
 
 /// This node's name on the leases it takes, kept in `<data dir>/node-id` so that it survives a

@@ -263,6 +263,12 @@ impl TestServer {
         terminate_child(self.child.take()?, deadline).await
     }
 
+    /// Changes (or adds) one setting for the next start.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_owned(), value.to_owned()));
+    }
+
     /// Kills the server with SIGKILL and starts it again on the same data directory and
     /// configuration. The port (and so `self.url`) changes.
     pub async fn restart(&mut self) {
