@@ -102,7 +102,8 @@ fn input_frames(
 async fn write_atomically(path: PathBuf, bytes: Vec<u8>) -> std::io::Result<()> {
     tokio::task::spawn_blocking(move || {
         use std::io::Write;
-        let tmp = path.with_extension("part");
+        // Named for this process: nodes sharing a data directory may write one file at once.
+        let tmp = path.with_extension(format!("{}.part", std::process::id()));
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(&bytes)?;
         file.sync_all()?;

@@ -59,21 +59,57 @@ pub fn lock_dir(dir: &Path, busy: &str) -> anyhow::Result<File> {
     Ok(file)
 }
 
-/// This node's name on the leases it takes, kept in `<data dir>/node-id` so that it survives a
-/// restart: a restarting node then releases exactly the work it held and nobody else's (an
-/// external worker's lease goes on, another node's on a shared database is not stolen).
-fn node_id(config: &Config) -> anyhow::Result<String> {
+/// This node's name on the leases it takes. On SQLite it is kept in `<data dir>/node-id`, so
+/// that a restarting server releases exactly the work it held and nobody else's (an external
+/// worker's lease goes on). On PostgreSQL it is new at every start: nodes may share one data
+/// directory (a network volume), where one kept name would make them one node; a dead node's
+/// work comes back when its leases lapse.
+fn node_id(config: &Config) -> anyhow::Result<(String, Restart)> {
+    let fresh = || format!("node-{}", uuid::Uuid::new_v4().simple());
+    if let Database::Postgres(_) = config.database() {
+        return Ok((fresh(), Restart::Fresh));
+    }
     let path = config.data_dir.join("node-id");
     match std::fs::read_to_string(&path) {
-        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_owned()),
+        Ok(id) if !id.trim().is_empty() => return Ok((id.trim().to_owned(), Restart::Same)),
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     }
-    let id = format!("node-{}", uuid::Uuid::new_v4().simple());
+    let id = fresh();
     std::fs::write(&path, format!("{id}\n"))
         .with_context(|| format!("writing {}", path.display()))?;
-    Ok(id)
+    Ok((id, Restart::Same))
+}
+
+/// Whether this start continues an earlier one's leases.
+#[derive(PartialEq, Eq)]
+enum Restart {
+    /// The same node as before the last stop: what it held was interrupted.
+    Same,
+    /// A node of its own: earlier holders' leases lapse by themselves.
+    Fresh,
+}
+
+/// Gives back what this node held when it last stopped.
+async fn release_interrupted(store: &dyn Store, node_id: &str) -> anyhow::Result<()> {
+    let released = store.release_leases(node_id).await?;
+    if released > 0 {
+        tracing::info!(
+            count = released,
+            "generations interrupted by the last stop are queued again"
+        );
+    }
+    let resent = store
+        .release_delivery_leases(node_id, OffsetDateTime::now_utc())
+        .await?;
+    if resent > 0 {
+        tracing::info!(
+            count = resent,
+            "webhooks in flight at the last stop will be sent again"
+        );
+    }
+    Ok(())
 }
 
 /// Opens the configured database, bringing its schema up to date.
@@ -210,22 +246,9 @@ pub async fn serve(
     let store = open_store(&config).await?;
     let master = master_key(&config)?;
     let video_key = VideoKey::new(master.derive("video-url"));
-    let node_id = node_id(&config)?;
-    let released = store.release_leases(&node_id).await?;
-    if released > 0 {
-        tracing::info!(
-            count = released,
-            "generations interrupted by the last stop are queued again"
-        );
-    }
-    let resent = store
-        .release_delivery_leases(&node_id, OffsetDateTime::now_utc())
-        .await?;
-    if resent > 0 {
-        tracing::info!(
-            count = resent,
-            "webhooks in flight at the last stop will be sent again"
-        );
+    let (node_id, restart) = node_id(&config)?;
+    if restart == Restart::Same {
+        release_interrupted(store.as_ref(), &node_id).await?;
     }
     let videos_dir = config.videos_dir();
     std::fs::create_dir_all(&videos_dir)?;

@@ -66,6 +66,12 @@ async fn three_nodes_share_the_work_and_a_killed_node_loses_nothing() {
     let mut env = node_env(db.url());
     // Eight at a time per node: the deliveries take seconds, so the kill lands among them.
     env.push(("REELAY_WEBHOOK_PER_DESTINATION".into(), "8".into()));
+    // One data directory for the three, as on a shared volume (videos, inputs, master key).
+    let shared = tempfile::tempdir().unwrap();
+    env.push((
+        "REELAY_DATA_DIR".into(),
+        shared.path().display().to_string(),
+    ));
     let mut nodes = start_nodes(3, &env).await;
     let rx = Receiver::with_plan(Plan::always(Reply::ok().delay(ANSWER_DELAY))).await;
     let account = nodes[0].create_account("cluster", "100000").await;
