@@ -14,7 +14,6 @@ use reelay_store::{
 use reelay_webhooks::timestamp;
 use serde::Serialize;
 use serde_json::{Value, json};
-use time::OffsetDateTime;
 
 use crate::auth::Caller;
 use crate::body::CreateBody;
@@ -330,11 +329,7 @@ pub async fn redeliver(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let g = owned(&state, caller, &id).await?;
     let conflict = |message: &str| ApiError::new(StatusCode::CONFLICT, "CONFLICT", message);
-    match state
-        .store
-        .redeliver(g.id, OffsetDateTime::now_utc())
-        .await?
-    {
+    match state.store.redeliver(g.id, state.store.now()).await? {
         Redelivery::Started { webhook_id } => {
             state.dispatcher.due(DueRef::of(&g).into_iter().collect());
             Ok((

@@ -83,11 +83,7 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Respo
     let Some(render) = &state.metrics else {
         return (StatusCode::NOT_FOUND, "metrics are disabled").into_response();
     };
-    match state
-        .store
-        .delivery_counts(time::OffsetDateTime::now_utc())
-        .await
-    {
+    match state.store.delivery_counts(state.store.now()).await {
         Ok(counts) => reelay_delivery::metrics::waiting(counts),
         Err(e) => tracing::warn!(error = %e, "reading delivery counts for metrics failed"),
     }

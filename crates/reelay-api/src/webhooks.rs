@@ -112,7 +112,7 @@ pub async fn redeliver_failed(
             )
         })?
     };
-    let now = OffsetDateTime::now_utc();
+    let now = state.store.now();
     let mut errors = Vec::new();
     let mut when = |field: &str, value: Option<&str>| match value {
         None => None,

@@ -16,7 +16,6 @@ use reelay_store::{
     AfterAttempt, AttemptRecord, DueDelivery, DueRef, OutboxListener, Store, StoreResult,
 };
 use reelay_webhooks::sign_header;
-use time::OffsetDateTime;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -131,7 +130,7 @@ impl Dispatcher {
         let found = inner
             .store
             .scan_due(
-                OffsetDateTime::now_utc(),
+                inner.store.now(),
                 cursor.clone(),
                 inner.board.saturated(),
                 per,
@@ -162,7 +161,7 @@ impl Dispatcher {
         if budget == 0 {
             return Ok(0);
         }
-        let now = OffsetDateTime::now_utc();
+        let now = inner.store.now();
         let pick = inner.board.pick(
             budget,
             inner.in_flight.available_permits(),
@@ -216,14 +215,13 @@ impl Dispatcher {
         let Ok(Some(next_due)) = inner.store.next_delivery_due().await else {
             return routine;
         };
-        let last_scan_at =
-            OffsetDateTime::now_utc() - last_scan.map(|at| at.elapsed()).unwrap_or_default();
+        let last_scan_at = inner.store.now() - last_scan.map(|at| at.elapsed()).unwrap_or_default();
         if next_due <= last_scan_at {
             // Already due at the last scan: it is on the board or waits for a busy
             // destination, whose freed slots wake the loop.
             return routine;
         }
-        let until: Duration = (next_due - OffsetDateTime::now_utc())
+        let until: Duration = (next_due - inner.store.now())
             .try_into()
             .unwrap_or(Duration::ZERO);
         if until < routine {
@@ -239,7 +237,7 @@ impl Dispatcher {
         _local: OwnedSemaphorePermit,
     ) {
         let inner = &self.inner;
-        let started_at = OffsetDateTime::now_utc();
+        let started_at = inner.store.now();
         let secrets = match inner.keyring.signing(d.account_id).await {
             Ok(secrets) => secrets,
             Err(e) => {
@@ -283,7 +281,7 @@ impl Dispatcher {
             result.retry_after,
         ) {
             Next::Delivered => AfterAttempt::Delivered,
-            Next::RetryAfter(wait) => AfterAttempt::RetryAt(OffsetDateTime::now_utc() + wait),
+            Next::RetryAfter(wait) => AfterAttempt::RetryAt(inner.store.now() + wait),
             Next::GiveUp(reason) => AfterAttempt::Failed(reason),
         };
         metrics::attempt(result.outcome, result.duration);

@@ -116,7 +116,7 @@ impl Keyring {
     /// rotation, judged by the stored secret's creation time, so every node enforces it alike.
     pub async fn rotate(&self, account: AccountId) -> Result<AccountSecrets, RotateError> {
         self.load(account).await?; // make sure there is one to rotate out
-        let now = OffsetDateTime::now_utc();
+        let now = self.store.now();
         let fresh = new_secret();
         let rotated = self
             .store
@@ -144,7 +144,7 @@ impl Keyring {
         &self,
         account: AccountId,
     ) -> StoreResult<Vec<(Secret, OffsetDateTime, Option<OffsetDateTime>)>> {
-        let now = OffsetDateTime::now_utc();
+        let now = self.store.now();
         let mut sealed = self.store.signing_secrets(account, now).await?;
         if sealed.first().is_none_or(|s| s.retired_at.is_some()) {
             let fresh = new_secret();

@@ -15,7 +15,6 @@ use reelay_store::{
     Created, DueRef, Failure, Finished, Finisher, Generation, Idempotency, NewGeneration,
     OutboxListener, Outcome, Spec, Stage, Store, StoreError, StoreResult, Video,
 };
-use time::OffsetDateTime;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -109,7 +108,7 @@ impl Engine {
         idempotency_key: Option<String>,
     ) -> StoreResult<Created> {
         let config = &self.inner.config;
-        let now = OffsetDateTime::now_utc();
+        let now = self.inner.store.now();
         let idempotency = idempotency_key.map(|key| Idempotency {
             key,
             request_hash: request.fingerprint(),
@@ -178,7 +177,7 @@ impl Engine {
                 id,
                 Finisher::Anyone,
                 Outcome::Failed(FailureCode::Cancelled.into()),
-                OffsetDateTime::now_utc(),
+                self.inner.store.now(),
             )
             .await?;
         if let Finished::Applied(done) = &finished {
@@ -206,7 +205,7 @@ impl Engine {
             let free = inner.slots.available_permits();
             let mut claimed = 0;
             if free > 0 {
-                let now = OffsetDateTime::now_utc();
+                let now = inner.store.now();
                 match inner
                     .store
                     .claim(&inner.config.node_id, free, now + inner.config.lease, now)
@@ -258,7 +257,7 @@ impl Engine {
             let holder = Finisher::LeaseHolder(&inner.config.node_id);
             match inner
                 .store
-                .finish(g.id, holder, outcome, OffsetDateTime::now_utc())
+                .finish(g.id, holder, outcome, inner.store.now())
                 .await
             {
                 Ok(Finished::Applied(done)) => {
@@ -291,7 +290,7 @@ impl Engine {
             let every = inner.config.lease / 3;
             loop {
                 tokio::time::sleep(every).await;
-                let until = OffsetDateTime::now_utc() + inner.config.lease;
+                let until = inner.store.now() + inner.config.lease;
                 match inner
                     .store
                     .heartbeat(g.id, &inner.config.node_id, until, progress.get())
@@ -323,7 +322,7 @@ impl Engine {
     async fn watchdog(self, shutdown: CancellationToken) {
         let inner = &self.inner;
         loop {
-            let now = OffsetDateTime::now_utc();
+            let now = inner.store.now();
             match inner.store.expire(now).await {
                 Ok(expired) if !expired.is_empty() => {
                     tracing::info!(count = expired.len(), "generations timed out");
@@ -334,7 +333,7 @@ impl Engine {
                 Err(e) => tracing::error!(error = %e, "expiring generations failed"),
             }
             let wait = match inner.store.next_deadline().await {
-                Ok(Some(deadline)) => (deadline - OffsetDateTime::now_utc())
+                Ok(Some(deadline)) => (deadline - inner.store.now())
                     .try_into()
                     .unwrap_or(Duration::ZERO)
                     .min(inner.config.poll_interval),

@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use reelay_core::GenerationId;
 use reelay_store::{ExpiredMedia, Prunable, Store, StoreResult};
-use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 /// Generations handled per transaction.
@@ -65,7 +64,7 @@ impl Retention {
 
     /// What a pass would delete now.
     pub async fn preview(&self, store: &dyn Store) -> StoreResult<Prunable> {
-        let now = OffsetDateTime::now_utc();
+        let now = store.now();
         store
             .prunable(now - self.media, now - self.records.max(self.media))
             .await
@@ -73,7 +72,7 @@ impl Retention {
 
     /// One pass: media first, then the records whose media are gone.
     pub async fn prune(&self, store: &dyn Store, stop: &CancellationToken) -> StoreResult<Pruned> {
-        let now = OffsetDateTime::now_utc();
+        let now = store.now();
         let mut pruned = Pruned::default();
         while !stop.is_cancelled() {
             let batch = store.media_to_prune(now - self.media, BATCH).await?;

@@ -156,7 +156,7 @@ impl Engine {
     ) -> Result<Vec<WorkerJob>, WorkerError> {
         let inner = &self.inner;
         let owner = new_owner();
-        let now = OffsetDateTime::now_utc();
+        let now = inner.store.now();
         let lease_until = now + inner.config.worker_lease;
         let claimed = inner
             .store
@@ -171,7 +171,7 @@ impl Engine {
                         g.id,
                         Finisher::LeaseHolder(&owner),
                         Outcome::Failed(failure),
-                        OffsetDateTime::now_utc(),
+                        inner.store.now(),
                     )
                     .await?;
                 if let Finished::Applied(done) = refused {
@@ -201,7 +201,7 @@ impl Engine {
         log: Option<&str>,
     ) -> Result<Beat, WorkerError> {
         let inner = &self.inner;
-        let until = OffsetDateTime::now_utc() + inner.config.worker_lease;
+        let until = inner.store.now() + inner.config.worker_lease;
         if let Some(log) = log {
             tracing::info!(generation = %lease.generation, progress_pct, log, "worker log");
         }
@@ -282,7 +282,7 @@ impl Engine {
                 lease.generation,
                 Finisher::LeaseHolder(&lease.owner),
                 outcome,
-                OffsetDateTime::now_utc(),
+                inner.store.now(),
             )
             .await
         {

@@ -24,9 +24,18 @@ pub use sqlite::SqliteStore;
 /// must pass `tests/conformance.rs`; the rules that are the product's, not a backend's (the
 /// stage check of a queue position, a timeout ending like any other end), are provided here
 /// once, above them.
-pub trait Store: AccountStore + GenerationStore + DeliveryStore + SecretStore {}
+pub trait Store: AccountStore + GenerationStore + DeliveryStore + SecretStore + Clock {}
 
-impl<T: AccountStore + GenerationStore + DeliveryStore + SecretStore> Store for T {}
+impl<T: AccountStore + GenerationStore + DeliveryStore + SecretStore + Clock> Store for T {}
+
+/// The time every lease, deadline and due time is reckoned in. Nodes sharing a database take
+/// it from the database, so that a node whose own clock runs ahead never sees another's
+/// lease as lapsed early (and sends a webhook twice in parallel); one node's is its own.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> OffsetDateTime {
+        OffsetDateTime::now_utc()
+    }
+}
 
 /// The most pending generations a queue position counts, so that a status read costs the
 /// same in a backlog of any size; a position equal to it means "this many or more".

@@ -16,7 +16,6 @@ use reelay_engine::{
     BuiltinRenderer, Engine, EngineConfig, ExternalWorkers, Generator, InstantGenerator,
 };
 use reelay_store::{PgStore, SqliteStore, Store};
-use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -100,9 +99,7 @@ async fn release_interrupted(store: &dyn Store, node_id: &str) -> anyhow::Result
             "generations interrupted by the last stop are queued again"
         );
     }
-    let resent = store
-        .release_delivery_leases(node_id, OffsetDateTime::now_utc())
-        .await?;
+    let resent = store.release_delivery_leases(node_id, store.now()).await?;
     if resent > 0 {
         tracing::info!(
             count = resent,

@@ -4,6 +4,7 @@
 //! nodes ever hold the same generation or delivery, and a dead node's leases simply lapse.
 
 mod accounts;
+mod clock;
 mod deliveries;
 mod generations;
 mod retention;
@@ -47,6 +48,7 @@ pub struct PgStore {
     /// For connections of its own outside the pool (LISTEN).
     config: tokio_postgres::Config,
     announcer: std::sync::Arc<signals::Announcer>,
+    offset: std::sync::Arc<clock::Offset>,
     /// The most webhook attempts in flight to one destination across every node (see
     /// [`PgStore::with_destination_limit`]).
     per_destination: usize,
@@ -94,6 +96,7 @@ impl PgStore {
     pub async fn connect(url: &str) -> StoreResult<Self> {
         let store = Self::connect_without_migrating(url)?;
         store.migrate().await?;
+        store.sync_clock().await?;
         Ok(store)
     }
 
@@ -122,6 +125,7 @@ impl PgStore {
             pool,
             config,
             announcer: Default::default(),
+            offset: Default::default(),
             per_destination: DEFAULT_PER_DESTINATION,
         })
     }

@@ -150,6 +150,9 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
     tx.commit().map_err(backend)
 }
 
+/// One node: its own clock.
+impl Clock for SqliteStore {}
+
 #[async_trait]
 impl AccountStore for SqliteStore {
     async fn create_account(
