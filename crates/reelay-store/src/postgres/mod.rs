@@ -107,6 +107,12 @@ impl PgStore {
             .map_err(|e| StoreError::Backend(format!("the database URL: {e}")))?;
         config.application_name("reelay");
         config.connect_timeout(CONNECTION_WAIT);
+        // A database that vanished without closing its connections (a cut network, a host
+        // gone) is noticed within about half a minute instead of TCP's hours.
+        config.keepalives_idle(Duration::from_secs(10));
+        config.keepalives_interval(Duration::from_secs(5));
+        config.keepalives_retries(3);
+        config.tcp_user_timeout(Duration::from_secs(30));
         let manager = Manager::from_config(
             config.clone(),
             NoTls,
