@@ -300,7 +300,7 @@ impl Dispatcher {
         } else {
             tracing::warn!(webhook_id = %d.event_id, generation = %d.generation_id, %callback,
                 attempt = number, outcome = result.outcome.as_str(), status = result.status,
-                duration_ms, error = result.error.as_deref().unwrap_or(""), next = ?next,
+                duration_ms, error = result.error.as_deref().unwrap_or(""), next = %next,
                 "webhook attempt failed");
         }
         let record = AttemptRecord {

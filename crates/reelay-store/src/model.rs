@@ -394,6 +394,22 @@ pub enum AfterAttempt {
     Failed(String),
 }
 
+/// As a log line shows it: `delivered`, `retry at 2026-12-02T14:00:30Z`, `failed: why`.
+impl std::fmt::Display for AfterAttempt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Delivered => f.write_str("delivered"),
+            Self::RetryAt(at) => {
+                let at = at
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .map_err(|_| std::fmt::Error)?;
+                write!(f, "retry at {at}")
+            }
+            Self::Failed(reason) => write!(f, "failed: {reason}"),
+        }
+    }
+}
+
 /// One attempt to record, with what follows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttemptRecord {
