@@ -14,6 +14,7 @@ use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 
 use super::rows::{get, stored};
+use super::sql::{execute, execute_or, query, query_one, query_opt};
 use super::{PgStore, backend, workers};
 use crate::*;
 
@@ -29,15 +30,9 @@ fn account(row: &Row) -> StoreResult<Account> {
 }
 
 async fn get_account(c: &impl GenericClient, id: AccountId) -> StoreResult<Option<Account>> {
-    let statement = c
-        .prepare_cached(&format!(
-            "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = $1"
-        ))
-        .await
-        .map_err(backend)?;
-    c.query_opt(&statement, &[&id.0])
-        .await
-        .map_err(backend)?
+    let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = $1");
+    query_opt(c, &sql, &[&id.0])
+        .await?
         .as_ref()
         .map(account)
         .transpose()
@@ -51,13 +46,8 @@ async fn add_credits(
     amount: Credits,
     now: OffsetDateTime,
 ) -> StoreResult<Result<Credits, BalanceError>> {
-    let lock = c
-        .prepare_cached(&format!(
-            "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = $1 FOR NO KEY UPDATE"
-        ))
-        .await
-        .map_err(backend)?;
-    let Some(row) = c.query_opt(&lock, &[&id.0]).await.map_err(backend)? else {
+    let lock = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = $1 FOR NO KEY UPDATE");
+    let Some(row) = query_opt(c, &lock, &[&id.0]).await? else {
         return Err(StoreError::NotFound);
     };
     let current = account(&row)?;
@@ -67,24 +57,20 @@ async fn add_credits(
         Ok(balance) => balance,
         Err(refused) => return Ok(Err(refused)),
     };
-    let update = c
-        .prepare_cached("UPDATE accounts SET balance = $2 WHERE id = $1")
-        .await
-        .map_err(backend)?;
-    c.execute(&update, &[&id.0, &balance.units()])
-        .await
-        .map_err(backend)?;
+    execute(
+        c,
+        "UPDATE accounts SET balance = $2 WHERE id = $1",
+        &[&id.0, &balance.units()],
+    )
+    .await?;
     if amount != Credits::ZERO {
-        let ledger = c
-            .prepare_cached(
-                "INSERT INTO ledger (account_id, kind, amount, created_at) \
-                 VALUES ($1, 'credit', $2, $3)",
-            )
-            .await
-            .map_err(backend)?;
-        c.execute(&ledger, &[&id.0, &amount.units(), &stored(now)])
-            .await
-            .map_err(backend)?;
+        execute(
+            c,
+            "INSERT INTO ledger (account_id, kind, amount, created_at) \
+             VALUES ($1, 'credit', $2, $3)",
+            &[&id.0, &amount.units(), &stored(now)],
+        )
+        .await?;
     }
     Ok(Ok(balance))
 }
@@ -93,14 +79,13 @@ async fn add_credits(
 /// (SUM of bigint is numeric; the balance rule keeps it within bigint, and the cast would
 /// fail rather than round if it were not.)
 async fn held(c: &impl GenericClient, id: AccountId) -> StoreResult<Credits> {
-    let statement = c
-        .prepare_cached(
-            "SELECT COALESCE(SUM(price), 0)::bigint AS held FROM generations \
-             WHERE account_id = $1 AND status IN ('pending', 'processing')",
-        )
-        .await
-        .map_err(backend)?;
-    let row = c.query_one(&statement, &[&id.0]).await.map_err(backend)?;
+    let row = query_one(
+        c,
+        "SELECT COALESCE(SUM(price), 0)::bigint AS held FROM generations \
+         WHERE account_id = $1 AND status IN ('pending', 'processing')",
+        &[&id.0],
+    )
+    .await?;
     Ok(Credits::from_units(get(&row, "held")?))
 }
 
@@ -132,15 +117,12 @@ impl AccountStore for PgStore {
         let id = AccountId::random();
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(backend)?;
-        let insert = tx
-            .prepare_cached(
-                "INSERT INTO accounts (id, name, balance, created_at) VALUES ($1, $2, 0, $3)",
-            )
-            .await
-            .map_err(backend)?;
-        tx.execute(&insert, &[&id.0, &name, &now])
-            .await
-            .map_err(backend)?;
+        execute(
+            &tx,
+            "INSERT INTO accounts (id, name, balance, created_at) VALUES ($1, $2, 0, $3)",
+            &[&id.0, &name, &now],
+        )
+        .await?;
         // From zero, only a negative amount could be refused, and that was refused above.
         let balance = add_credits(&tx, id, credits, now)
             .await?
@@ -159,17 +141,12 @@ impl AccountStore for PgStore {
     }
 
     async fn account_by_name(&self, name: &str) -> StoreResult<Option<Account>> {
-        let c = self.conn().await?;
-        let statement = c
-            .prepare_cached(&format!(
-                "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE name = $1 \
-                 ORDER BY created_at, id LIMIT 1"
-            ))
-            .await
-            .map_err(backend)?;
-        c.query_opt(&statement, &[&name])
-            .await
-            .map_err(backend)?
+        let sql = format!(
+            "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE name = $1 \
+             ORDER BY created_at, id LIMIT 1"
+        );
+        query_opt(&self.conn().await?, &sql, &[&name])
+            .await?
             .as_ref()
             .map(account)
             .transpose()
@@ -195,19 +172,13 @@ impl AccountStore for PgStore {
 
     async fn create_key(&self, key: NewKey, now: OffsetDateTime) -> StoreResult<ApiKeyInfo> {
         let now = stored(now);
-        let c = self.conn().await?;
-        let statement = c
-            .prepare_cached(
-                "INSERT INTO api_keys \
-                 (id, account_id, name, shown_prefix, secret_hash, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .await
-            .map_err(backend)?;
         // One statement: the foreign key is the account's existence check, so an account
         // cannot vanish between a check and the insert.
-        c.execute(
-            &statement,
+        execute_or(
+            &self.conn().await?,
+            "INSERT INTO api_keys \
+             (id, account_id, name, shown_prefix, secret_hash, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
             &[
                 &key.id.0,
                 &key.account_id.0,
@@ -216,15 +187,15 @@ impl AccountStore for PgStore {
                 &&key.hash.0[..],
                 &now,
             ],
+            |e| {
+                if e.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) {
+                    StoreError::NotFound
+                } else {
+                    backend(e)
+                }
+            },
         )
-        .await
-        .map_err(|e| {
-            if e.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) {
-                StoreError::NotFound
-            } else {
-                backend(e)
-            }
-        })?;
+        .await?;
         Ok(ApiKeyInfo {
             id: key.id,
             account_id: key.account_id,
@@ -236,49 +207,36 @@ impl AccountStore for PgStore {
     }
 
     async fn list_keys(&self, account: Option<AccountId>) -> StoreResult<Vec<ApiKeyInfo>> {
-        let c = self.conn().await?;
-        let statement = c
-            .prepare_cached(&format!(
-                "SELECT {KEY_COLUMNS} FROM api_keys \
-                 WHERE $1::uuid IS NULL OR account_id = $1 ORDER BY created_at, id"
-            ))
-            .await
-            .map_err(backend)?;
-        c.query(&statement, &[&account.map(|a| a.0)])
-            .await
-            .map_err(backend)?
+        let sql = format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys \
+             WHERE $1::uuid IS NULL OR account_id = $1 ORDER BY created_at, id"
+        );
+        query(&self.conn().await?, &sql, &[&account.map(|a| a.0)])
+            .await?
             .iter()
             .map(key)
             .collect()
     }
 
     async fn revoke_key(&self, id: KeyId, now: OffsetDateTime) -> StoreResult<bool> {
-        let c = self.conn().await?;
-        let statement = c
-            .prepare_cached(
-                "UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
-            )
-            .await
-            .map_err(backend)?;
-        c.execute(&statement, &[&id.0, &stored(now)])
-            .await
-            .map(|n| n == 1)
-            .map_err(backend)
+        execute(
+            &self.conn().await?,
+            "UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+            &[&id.0, &stored(now)],
+        )
+        .await
+        .map(|n| n == 1)
     }
 
     async fn authenticate(&self, hash: KeyHash) -> StoreResult<Option<AccountId>> {
-        let c = self.conn().await?;
-        let statement = c
-            .prepare_cached(
-                "SELECT account_id FROM api_keys WHERE secret_hash = $1 AND revoked_at IS NULL",
-            )
-            .await
-            .map_err(backend)?;
-        c.query_opt(&statement, &[&&hash.0[..]])
-            .await
-            .map_err(backend)?
-            .map(|row| get(&row, "account_id").map(AccountId))
-            .transpose()
+        query_opt(
+            &self.conn().await?,
+            "SELECT account_id FROM api_keys WHERE secret_hash = $1 AND revoked_at IS NULL",
+            &[&&hash.0[..]],
+        )
+        .await?
+        .map(|row| get(&row, "account_id").map(AccountId))
+        .transpose()
     }
 
     async fn create_worker(&self, new: NewWorker, now: OffsetDateTime) -> StoreResult<WorkerInfo> {

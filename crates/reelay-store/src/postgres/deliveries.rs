@@ -8,6 +8,7 @@ use time::OffsetDateTime;
 use tokio_postgres::Row;
 
 use super::rows::{GENERATION_COLUMNS, corrupt, generation, get, parsed, unsigned};
+use super::sql::{execute, query, query_one, query_opt};
 use super::{PgStore, backend};
 use crate::*;
 
@@ -60,17 +61,8 @@ fn body(
 }
 
 async fn event_for(c: &impl GenericClient, generation: GenerationId) -> StoreResult<Option<Event>> {
-    let statement = c
-        .prepare_cached(&format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE generation_id = $1"
-        ))
-        .await
-        .map_err(backend)?;
-    let Some(row) = c
-        .query_opt(&statement, &[&generation.0])
-        .await
-        .map_err(backend)?
-    else {
+    let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE generation_id = $1");
+    let Some(row) = query_opt(c, &sql, &[&generation.0]).await? else {
         return Ok(None);
     };
     let mut e = event(&row)?;
@@ -94,20 +86,17 @@ async fn due_for_destination(
     limit: usize,
     now: OffsetDateTime,
 ) -> StoreResult<Vec<String>> {
-    let statement = c
-        .prepare_cached(
-            "SELECT id FROM events \
-             WHERE state = 'pending' AND destination = $1 AND next_attempt_at <= $2 \
-             ORDER BY next_attempt_at LIMIT $3",
-        )
-        .await
-        .map_err(backend)?;
-    c.query(&statement, &[&destination, &now, &bigint(limit)])
-        .await
-        .map_err(backend)?
-        .iter()
-        .map(|r| get(r, "id"))
-        .collect()
+    query(
+        c,
+        "SELECT id FROM events \
+         WHERE state = 'pending' AND destination = $1 AND next_attempt_at <= $2 \
+         ORDER BY next_attempt_at LIMIT $3",
+        &[&destination, &now, &bigint(limit)],
+    )
+    .await?
+    .iter()
+    .map(|r| get(r, "id"))
+    .collect()
 }
 
 /// Most destinations visited by one scan, so a scan's cost stays bounded.
@@ -160,9 +149,9 @@ async fn scan_due(
     if limit == 0 {
         return Ok(Vec::new());
     }
-    let statement = c.prepare_cached(SCAN_DUE).await.map_err(backend)?;
-    c.query(
-        &statement,
+    query(
+        c,
+        SCAN_DUE,
         &[
             &after.unwrap_or(""),
             &now,
@@ -172,8 +161,7 @@ async fn scan_due(
             &SCAN_MAX_DESTINATIONS,
         ],
     )
-    .await
-    .map_err(backend)?
+    .await?
     .iter()
     .map(|r| {
         Ok(DueRef {
@@ -220,35 +208,31 @@ async fn lease(
     lease_until: OffsetDateTime,
     now: OffsetDateTime,
 ) -> StoreResult<Vec<DueDelivery>> {
-    let lock = c.prepare_cached(LOCK_DESTINATIONS).await.map_err(backend)?;
-    c.execute(&lock, &[&event_ids]).await.map_err(backend)?;
-    let statement = c
-        .prepare_cached(&format!(
-            "{WITHIN_LIMIT}, \
-             leased AS ( \
-                 UPDATE events SET lease_owner = $1, next_attempt_at = $2 \
-                 WHERE id IN (SELECT id FROM chosen) \
-                     AND state = 'pending' AND next_attempt_at <= $3 \
-                 RETURNING id AS event_id, generation_id AS event_generation_id, \
-                     account_id AS event_account_id, callback_url AS url, destination, \
-                     payload, created_at AS event_created_at, round_attempts) \
-             SELECT l.*, g.id IS NOT NULL AS has_generation, {} \
-             FROM leased l LEFT JOIN generations g \
-                 ON l.payload = '' AND g.id = l.event_generation_id",
-            GENERATION_COLUMNS
-                .split(", ")
-                .map(|column| format!("g.{column}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))
-        .await
-        .map_err(backend)?;
-    c.query(
-        &statement,
+    execute(c, LOCK_DESTINATIONS, &[&event_ids]).await?;
+    let sql = format!(
+        "{WITHIN_LIMIT}, \
+         leased AS ( \
+             UPDATE events SET lease_owner = $1, next_attempt_at = $2 \
+             WHERE id IN (SELECT id FROM chosen) \
+                 AND state = 'pending' AND next_attempt_at <= $3 \
+             RETURNING id AS event_id, generation_id AS event_generation_id, \
+                 account_id AS event_account_id, callback_url AS url, destination, \
+                 payload, created_at AS event_created_at, round_attempts) \
+         SELECT l.*, g.id IS NOT NULL AS has_generation, {} \
+         FROM leased l LEFT JOIN generations g \
+             ON l.payload = '' AND g.id = l.event_generation_id",
+        GENERATION_COLUMNS
+            .split(", ")
+            .map(|column| format!("g.{column}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    query(
+        c,
+        &sql,
         &[&owner, &lease_until, &now, &event_ids, &per_destination],
     )
-    .await
-    .map_err(backend)?
+    .await?
     .iter()
     .map(|r| {
         let generation_id = GenerationId(get(r, "event_generation_id")?);
@@ -275,32 +259,23 @@ async fn lease(
 /// so concurrent attempts number in turn), its log entry, then the move, fenced by the lease.
 async fn record_attempt(c: &impl GenericClient, a: &AttemptRecord) -> StoreResult<bool> {
     let status = a.status_code.map(i32::from);
-    let bump = c
-        .prepare_cached(
-            "UPDATE events SET total_attempts = total_attempts + 1, last_attempt_at = $2, \
-                 last_status_code = $3 \
-             WHERE id = $1 RETURNING total_attempts",
-        )
-        .await
-        .map_err(backend)?;
-    let number: i32 = c
-        .query_opt(&bump, &[&a.event_id, &a.started_at, &status])
-        .await
-        .map_err(backend)?
-        .ok_or(StoreError::NotFound)?
-        .try_get(0)
-        .map_err(|e| corrupt("total_attempts", e))?;
-    let log = c
-        .prepare_cached(
-            "INSERT INTO delivery_attempts (event_id, number, started_at, duration_ms, \
-                 outcome, status_code, response_body, error) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .await
-        .map_err(backend)?;
+    let number: i32 = query_opt(
+        c,
+        "UPDATE events SET total_attempts = total_attempts + 1, last_attempt_at = $2, \
+             last_status_code = $3 \
+         WHERE id = $1 RETURNING total_attempts",
+        &[&a.event_id, &a.started_at, &status],
+    )
+    .await?
+    .ok_or(StoreError::NotFound)?
+    .try_get(0)
+    .map_err(|e| corrupt("total_attempts", e))?;
     let duration_ms = i64::try_from(a.duration_ms).unwrap_or(i64::MAX);
-    c.execute(
-        &log,
+    execute(
+        c,
+        "INSERT INTO delivery_attempts (event_id, number, started_at, duration_ms, \
+             outcome, status_code, response_body, error) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         &[
             &a.event_id,
             &number,
@@ -312,35 +287,27 @@ async fn record_attempt(c: &impl GenericClient, a: &AttemptRecord) -> StoreResul
             &a.error,
         ],
     )
-    .await
-    .map_err(backend)?;
+    .await?;
     let (state, next_at, reason, delivered_at) = match &a.next {
         AfterAttempt::Delivered => ("delivered", None, None, Some(a.started_at)),
         AfterAttempt::RetryAt(at) => ("pending", Some(*at), None, None),
         AfterAttempt::Failed(reason) => ("failed", None, Some(reason.as_str()), None),
     };
-    let advance = c
-        .prepare_cached(
-            "UPDATE events SET state = $3, next_attempt_at = $4, failure_reason = $5, \
-                 delivered_at = $6, round_attempts = round_attempts + 1, lease_owner = NULL \
-             WHERE id = $1 AND state = 'pending' AND lease_owner = $2",
-        )
-        .await
-        .map_err(backend)?;
-    let moved = c
-        .execute(
-            &advance,
-            &[
-                &a.event_id,
-                &a.owner,
-                &state,
-                &next_at,
-                &reason,
-                &delivered_at,
-            ],
-        )
-        .await
-        .map_err(backend)?;
+    let moved = execute(
+        c,
+        "UPDATE events SET state = $3, next_attempt_at = $4, failure_reason = $5, \
+             delivered_at = $6, round_attempts = round_attempts + 1, lease_owner = NULL \
+         WHERE id = $1 AND state = 'pending' AND lease_owner = $2",
+        &[
+            &a.event_id,
+            &a.owner,
+            &state,
+            &next_at,
+            &reason,
+            &delivered_at,
+        ],
+    )
+    .await?;
     Ok(moved == 1)
 }
 
@@ -355,15 +322,8 @@ async fn redeliver(
     generation: GenerationId,
     now: OffsetDateTime,
 ) -> StoreResult<Redelivery> {
-    let lock = c
-        .prepare_cached("SELECT id, state FROM events WHERE generation_id = $1 FOR UPDATE")
-        .await
-        .map_err(backend)?;
-    let Some(row) = c
-        .query_opt(&lock, &[&generation.0])
-        .await
-        .map_err(backend)?
-    else {
+    let lock = "SELECT id, state FROM events WHERE generation_id = $1 FOR UPDATE";
+    let Some(row) = query_opt(c, lock, &[&generation.0]).await? else {
         return Ok(Redelivery::NotFinished);
     };
     let id: String = get(&row, "id")?;
@@ -372,11 +332,8 @@ async fn redeliver(
         DeliveryState::Pending => return Ok(Redelivery::AlreadyPending),
         DeliveryState::Delivered | DeliveryState::Failed => {}
     }
-    let start = c
-        .prepare_cached(&format!("UPDATE events SET {NEW_ROUND} WHERE id = $1"))
-        .await
-        .map_err(backend)?;
-    c.execute(&start, &[&id, &now]).await.map_err(backend)?;
+    let start = format!("UPDATE events SET {NEW_ROUND} WHERE id = $1");
+    execute(c, &start, &[&id, &now]).await?;
     Ok(Redelivery::Started { webhook_id: id })
 }
 
@@ -439,72 +396,58 @@ impl DeliveryStore for PgStore {
         owner: &str,
         at: OffsetDateTime,
     ) -> StoreResult<()> {
-        let c = self.conn().await?;
-        let statement = c
-            .prepare_cached(
-                "UPDATE events SET next_attempt_at = $3, lease_owner = NULL \
-                 WHERE id = $1 AND state = 'pending' AND lease_owner = $2",
-            )
-            .await
-            .map_err(backend)?;
-        c.execute(&statement, &[&event_id, &owner, &at])
-            .await
-            .map_err(backend)?;
-        Ok(())
+        execute(
+            &self.conn().await?,
+            "UPDATE events SET next_attempt_at = $3, lease_owner = NULL \
+             WHERE id = $1 AND state = 'pending' AND lease_owner = $2",
+            &[&event_id, &owner, &at],
+        )
+        .await
+        .map(drop)
     }
 
     async fn release_delivery_leases(&self, owner: &str, now: OffsetDateTime) -> StoreResult<u64> {
-        let c = self.conn().await?;
-        let statement = c
-            .prepare_cached(
-                "UPDATE events SET next_attempt_at = LEAST(created_at, $1), lease_owner = NULL \
-                 WHERE state = 'pending' AND lease_owner = $2",
-            )
-            .await
-            .map_err(backend)?;
-        c.execute(&statement, &[&now, &owner])
-            .await
-            .map_err(backend)
+        execute(
+            &self.conn().await?,
+            "UPDATE events SET next_attempt_at = LEAST(created_at, $1), lease_owner = NULL \
+             WHERE state = 'pending' AND lease_owner = $2",
+            &[&now, &owner],
+        )
+        .await
     }
 
     async fn next_delivery_due(&self) -> StoreResult<Option<OffsetDateTime>> {
-        let c = self.conn().await?;
-        let statement = c
-            .prepare_cached(
-                "SELECT MIN(next_attempt_at) AS next FROM events WHERE state = 'pending'",
-            )
-            .await
-            .map_err(backend)?;
-        let row = c.query_one(&statement, &[]).await.map_err(backend)?;
+        let row = query_one(
+            &self.conn().await?,
+            "SELECT MIN(next_attempt_at) AS next FROM events WHERE state = 'pending'",
+            &[],
+        )
+        .await?;
         get(&row, "next")
     }
 
     async fn attempts(&self, event_id: &str) -> StoreResult<Vec<Attempt>> {
-        let c = self.conn().await?;
-        let statement = c
-            .prepare_cached(
-                "SELECT number, started_at, duration_ms, outcome, status_code, response_body, \
-                     error \
-                 FROM delivery_attempts WHERE event_id = $1 ORDER BY number",
-            )
-            .await
-            .map_err(backend)?;
-        c.query(&statement, &[&event_id])
-            .await
-            .map_err(backend)?
-            .iter()
-            .map(|r| {
-                Ok(Attempt {
-                    number: unsigned::<i32, _>(r, "number")?,
-                    started_at: get(r, "started_at")?,
-                    duration_ms: unsigned::<i64, _>(r, "duration_ms")?,
-                    outcome: parsed(r, "outcome")?,
-                    status_code: status_code(r, "status_code")?,
-                    response_body: get(r, "response_body")?,
-                    error: get(r, "error")?,
-                })
+        query(
+            &self.conn().await?,
+            "SELECT number, started_at, duration_ms, outcome, status_code, response_body, \
+                 error \
+             FROM delivery_attempts WHERE event_id = $1 ORDER BY number",
+            &[&event_id],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(Attempt {
+                number: unsigned::<i32, _>(r, "number")?,
+                started_at: get(r, "started_at")?,
+                duration_ms: unsigned::<i64, _>(r, "duration_ms")?,
+                outcome: parsed(r, "outcome")?,
+                status_code: status_code(r, "status_code")?,
+                response_body: get(r, "response_body")?,
+                error: get(r, "error")?,
             })
-            .collect()
+        })
+        .collect()
     }
 
     async fn redeliver(
@@ -526,34 +469,31 @@ impl DeliveryStore for PgStore {
         until: OffsetDateTime,
         now: OffsetDateTime,
     ) -> StoreResult<u64> {
-        let c = self.conn().await?;
-        let statement = c
-            .prepare_cached(&format!(
-                "UPDATE events SET {NEW_ROUND} \
-                 WHERE account_id = $1 AND state = 'failed' AND created_at >= $3 \
-                     AND created_at < $4"
-            ))
-            .await
-            .map_err(backend)?;
-        c.execute(&statement, &[&account.0, &now, &since, &until])
-            .await
-            .map_err(backend)
+        let sql = format!(
+            "UPDATE events SET {NEW_ROUND} \
+             WHERE account_id = $1 AND state = 'failed' AND created_at >= $3 \
+                 AND created_at < $4"
+        );
+        execute(
+            &self.conn().await?,
+            &sql,
+            &[&account.0, &now, &since, &until],
+        )
+        .await
     }
 
     async fn delivery_counts(&self, now: OffsetDateTime) -> StoreResult<DeliveryCounts> {
-        let c = self.conn().await?;
-        let statement = c
-            .prepare_cached(
-                "SELECT COUNT(*) FILTER (WHERE lease_owner IS NOT NULL OR next_attempt_at <= $1) \
-                     AS due, \
-                 COUNT(*) FILTER (WHERE lease_owner IS NULL AND next_attempt_at > $1) \
-                     AS scheduled, \
-                 (SELECT COUNT(*) FROM events WHERE state = 'failed') AS failed \
-                 FROM events WHERE state = 'pending'",
-            )
-            .await
-            .map_err(backend)?;
-        let row = c.query_one(&statement, &[&now]).await.map_err(backend)?;
+        let row = query_one(
+            &self.conn().await?,
+            "SELECT COUNT(*) FILTER (WHERE lease_owner IS NOT NULL OR next_attempt_at <= $1) \
+                 AS due, \
+             COUNT(*) FILTER (WHERE lease_owner IS NULL AND next_attempt_at > $1) \
+                 AS scheduled, \
+             (SELECT COUNT(*) FROM events WHERE state = 'failed') AS failed \
+             FROM events WHERE state = 'pending'",
+            &[&now],
+        )
+        .await?;
         Ok(DeliveryCounts {
             due: unsigned::<i64, _>(&row, "due")?,
             scheduled: unsigned::<i64, _>(&row, "scheduled")?,

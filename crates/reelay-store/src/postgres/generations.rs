@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::rows::{GENERATION_COLUMNS, generation, get as column, stored};
-use super::sql::{Param, execute, query, query_opt};
+use super::sql::{Param, execute, query, query_one, query_opt};
 use super::{PgStore, backend};
 use crate::*;
 
@@ -389,14 +389,14 @@ impl GenerationStore for PgStore {
 
     async fn pending_before(&self, created_at: OffsetDateTime) -> StoreResult<u64> {
         let cap = QUEUE_POSITION_CAP as i64;
-        let rows = query(
+        let row = query_one(
             &self.conn().await?,
             "SELECT COUNT(*) AS n FROM (SELECT 1 FROM generations \
                  WHERE status = 'pending' AND created_at < $1 LIMIT $2) older",
             &[&created_at, &cap],
         )
         .await?;
-        column::<i64>(&rows[0], "n").map(|n| n as u64)
+        column::<i64>(&row, "n").map(|n| n as u64)
     }
 
     async fn claim(
@@ -456,14 +456,14 @@ impl GenerationStore for PgStore {
     }
 
     async fn next_deadline(&self) -> StoreResult<Option<OffsetDateTime>> {
-        let rows = query(
+        let row = query_one(
             &self.conn().await?,
             "SELECT MIN(deadline_at) AS at FROM generations \
              WHERE status IN ('pending', 'processing')",
             &[],
         )
         .await?;
-        column(&rows[0], "at")
+        column(&row, "at")
     }
 
     async fn release_leases(&self, owner: &str) -> StoreResult<u64> {

@@ -7,7 +7,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::rows::get;
-use super::sql::{execute, query};
+use super::sql::{execute, query, query_one};
 use super::{PgStore, backend};
 use crate::*;
 
@@ -118,8 +118,8 @@ pub async fn prunable(
     let count = |sql: &'static str, before: OffsetDateTime| {
         let conn = &conn;
         async move {
-            let rows = query(conn, sql, &[&before]).await?;
-            get::<i64>(&rows[0], "n").map(|n| n as u64)
+            let row = query_one(conn, sql, &[&before]).await?;
+            get::<i64>(&row, "n").map(|n| n as u64)
         }
     };
     Ok(Prunable {

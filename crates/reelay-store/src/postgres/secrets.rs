@@ -10,20 +10,14 @@ use reelay_core::AccountId;
 use time::OffsetDateTime;
 
 use super::rows::{get, stored};
+use super::sql::{execute, query, query_opt};
 use super::{PgStore, backend};
 use crate::*;
 
 /// Locks the account's row until the transaction `c` ends; NotFound when there is none.
 async fn lock_account(c: &impl GenericClient, account: AccountId) -> StoreResult<()> {
-    let statement = c
-        .prepare_cached("SELECT id FROM accounts WHERE id = $1 FOR NO KEY UPDATE")
-        .await
-        .map_err(backend)?;
-    match c
-        .query_opt(&statement, &[&account.0])
-        .await
-        .map_err(backend)?
-    {
+    let sql = "SELECT id FROM accounts WHERE id = $1 FOR NO KEY UPDATE";
+    match query_opt(c, sql, &[&account.0]).await? {
         Some(_) => Ok(()),
         None => Err(StoreError::NotFound),
     }
@@ -38,27 +32,23 @@ impl SecretStore for PgStore {
         account: AccountId,
         now: OffsetDateTime,
     ) -> StoreResult<Vec<SealedSecret>> {
-        let c = self.conn().await?;
-        let statement = c
-            .prepare_cached(
-                "SELECT sealed, created_at, retired_at FROM signing_secrets \
-                 WHERE account_id = $1 AND (retired_at IS NULL OR retired_at > $2) \
-                 ORDER BY retired_at IS NOT NULL, id DESC LIMIT 2",
-            )
-            .await
-            .map_err(backend)?;
-        c.query(&statement, &[&account.0, &stored(now)])
-            .await
-            .map_err(backend)?
-            .iter()
-            .map(|row| {
-                Ok(SealedSecret {
-                    sealed: get(row, "sealed")?,
-                    created_at: get(row, "created_at")?,
-                    retired_at: get(row, "retired_at")?,
-                })
+        query(
+            &self.conn().await?,
+            "SELECT sealed, created_at, retired_at FROM signing_secrets \
+             WHERE account_id = $1 AND (retired_at IS NULL OR retired_at > $2) \
+             ORDER BY retired_at IS NOT NULL, id DESC LIMIT 2",
+            &[&account.0, &stored(now)],
+        )
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(SealedSecret {
+                sealed: get(row, "sealed")?,
+                created_at: get(row, "created_at")?,
+                retired_at: get(row, "retired_at")?,
             })
-            .collect()
+        })
+        .collect()
     }
 
     /// Under the account's lock, so that it never races a rotation of an account without a
@@ -72,20 +62,15 @@ impl SecretStore for PgStore {
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(backend)?;
         lock_account(&tx, account).await?;
-        let statement = tx
-            .prepare_cached(
-                "INSERT INTO signing_secrets (account_id, sealed, created_at) \
-                 VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-            )
-            .await
-            .map_err(backend)?;
-        let added = tx
-            .execute(&statement, &[&account.0, &sealed, &stored(now)])
-            .await
-            .map_err(backend)?
-            == 1;
+        let inserted = execute(
+            &tx,
+            "INSERT INTO signing_secrets (account_id, sealed, created_at) \
+             VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            &[&account.0, &sealed, &stored(now)],
+        )
+        .await?;
         tx.commit().await.map_err(backend)?;
-        Ok(added)
+        Ok(inserted == 1)
     }
 
     async fn rotate_signing_secret(
@@ -101,19 +86,15 @@ impl SecretStore for PgStore {
         lock_account(&tx, account).await?;
         // The current secret, and whether a rotation made it (an older secret exists) rather
         // than first use: the first secret is made on demand, and rotating it at once is fine.
-        let current = tx
-            .prepare_cached(
-                "SELECT id, created_at, EXISTS (SELECT 1 FROM signing_secrets o \
-                     WHERE o.account_id = s.account_id AND o.id < s.id) AS rotated \
-                 FROM signing_secrets s WHERE account_id = $1 AND retired_at IS NULL",
-            )
-            .await
-            .map_err(backend)?;
-        if let Some(row) = tx
-            .query_opt(&current, &[&account.0])
-            .await
-            .map_err(backend)?
-        {
+        let current = query_opt(
+            &tx,
+            "SELECT id, created_at, EXISTS (SELECT 1 FROM signing_secrets o \
+                 WHERE o.account_id = s.account_id AND o.id < s.id) AS rotated \
+             FROM signing_secrets s WHERE account_id = $1 AND retired_at IS NULL",
+            &[&account.0],
+        )
+        .await?;
+        if let Some(row) = current {
             let id: i64 = get(&row, "id")?;
             let created_at: OffsetDateTime = get(&row, "created_at")?;
             let rotated: bool = get(&row, "rotated")?;
@@ -124,33 +105,26 @@ impl SecretStore for PgStore {
                 });
             }
             // Older secrets still in their overlap stop now; the one rotated out gets its own.
-            let stop_older = tx
-                .prepare_cached(
-                    "UPDATE signing_secrets SET retired_at = $2 \
-                     WHERE account_id = $1 AND retired_at > $2",
-                )
-                .await
-                .map_err(backend)?;
-            tx.execute(&stop_older, &[&account.0, &now])
-                .await
-                .map_err(backend)?;
-            let retire = tx
-                .prepare_cached("UPDATE signing_secrets SET retired_at = $2 WHERE id = $1")
-                .await
-                .map_err(backend)?;
-            tx.execute(&retire, &[&id, &stored(rotation.overlap_until)])
-                .await
-                .map_err(backend)?;
-        }
-        let insert = tx
-            .prepare_cached(
-                "INSERT INTO signing_secrets (account_id, sealed, created_at) VALUES ($1, $2, $3)",
+            execute(
+                &tx,
+                "UPDATE signing_secrets SET retired_at = $2 \
+                 WHERE account_id = $1 AND retired_at > $2",
+                &[&account.0, &now],
             )
-            .await
-            .map_err(backend)?;
-        tx.execute(&insert, &[&account.0, &sealed, &now])
-            .await
-            .map_err(backend)?;
+            .await?;
+            execute(
+                &tx,
+                "UPDATE signing_secrets SET retired_at = $2 WHERE id = $1",
+                &[&id, &stored(rotation.overlap_until)],
+            )
+            .await?;
+        }
+        execute(
+            &tx,
+            "INSERT INTO signing_secrets (account_id, sealed, created_at) VALUES ($1, $2, $3)",
+            &[&account.0, &sealed, &now],
+        )
+        .await?;
         tx.commit().await.map_err(backend)?;
         Ok(Rotated::Done)
     }

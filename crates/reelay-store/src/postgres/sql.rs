@@ -2,9 +2,10 @@
 //! or a transaction.
 
 use deadpool_postgres::GenericClient;
+use tokio_postgres::Row;
 
 use super::backend;
-use crate::StoreResult;
+use crate::{StoreError, StoreResult};
 
 /// A statement parameter.
 pub type Param<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
@@ -13,7 +14,7 @@ pub async fn query(
     c: &impl GenericClient,
     sql: &str,
     params: &[Param<'_>],
-) -> StoreResult<Vec<tokio_postgres::Row>> {
+) -> StoreResult<Vec<Row>> {
     let statement = c.prepare_cached(sql).await.map_err(backend)?;
     c.query(&statement, params).await.map_err(backend)
 }
@@ -22,12 +23,33 @@ pub async fn query_opt(
     c: &impl GenericClient,
     sql: &str,
     params: &[Param<'_>],
-) -> StoreResult<Option<tokio_postgres::Row>> {
+) -> StoreResult<Option<Row>> {
     let statement = c.prepare_cached(sql).await.map_err(backend)?;
     c.query_opt(&statement, params).await.map_err(backend)
 }
 
-pub async fn execute(c: &impl GenericClient, sql: &str, params: &[Param<'_>]) -> StoreResult<u64> {
+/// A statement that always yields exactly one row (an aggregate): any other count is an error.
+pub async fn query_one(
+    c: &impl GenericClient,
+    sql: &str,
+    params: &[Param<'_>],
+) -> StoreResult<Row> {
     let statement = c.prepare_cached(sql).await.map_err(backend)?;
-    c.execute(&statement, params).await.map_err(backend)
+    c.query_one(&statement, params).await.map_err(backend)
+}
+
+pub async fn execute(c: &impl GenericClient, sql: &str, params: &[Param<'_>]) -> StoreResult<u64> {
+    execute_or(c, sql, params, backend).await
+}
+
+/// [`execute`], with the statement's errors mapped by `on_error`: for a failure the caller
+/// expects and names itself (a constraint violation), falling back to [`backend`].
+pub async fn execute_or(
+    c: &impl GenericClient,
+    sql: &str,
+    params: &[Param<'_>],
+    on_error: impl FnOnce(tokio_postgres::Error) -> StoreError,
+) -> StoreResult<u64> {
+    let statement = c.prepare_cached(sql).await.map_err(backend)?;
+    c.execute(&statement, params).await.map_err(on_error)
 }

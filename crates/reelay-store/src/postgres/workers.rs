@@ -6,8 +6,8 @@ use reelay_core::apikey::KeyHash;
 use time::OffsetDateTime;
 use tokio_postgres::Row;
 
-use super::backend;
 use super::rows::{get, stored};
+use super::sql::{execute, query, query_opt};
 use crate::{NewWorker, StoreResult, WorkerInfo};
 
 const WORKER_COLUMNS: &str = "id, name, models, shown_prefix, created_at, revoked_at";
@@ -44,15 +44,10 @@ pub(super) async fn create(
     now: OffsetDateTime,
 ) -> StoreResult<WorkerInfo> {
     let now = stored(now);
-    let statement = c
-        .prepare_cached(
-            "INSERT INTO worker_tokens (id, name, models, shown_prefix, secret_hash, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .await
-        .map_err(backend)?;
-    c.execute(
-        &statement,
+    execute(
+        c,
+        "INSERT INTO worker_tokens (id, name, models, shown_prefix, secret_hash, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
         &[
             &new.id,
             &new.name,
@@ -62,8 +57,7 @@ pub(super) async fn create(
             &now,
         ],
     )
-    .await
-    .map_err(backend)?;
+    .await?;
     Ok(WorkerInfo {
         id: new.id,
         name: new.name,
@@ -76,18 +70,8 @@ pub(super) async fn create(
 
 /// Every token, revoked ones too, oldest first.
 pub(super) async fn list(c: &impl GenericClient) -> StoreResult<Vec<WorkerInfo>> {
-    let statement = c
-        .prepare_cached(&format!(
-            "SELECT {WORKER_COLUMNS} FROM worker_tokens ORDER BY created_at, id"
-        ))
-        .await
-        .map_err(backend)?;
-    c.query(&statement, &[])
-        .await
-        .map_err(backend)?
-        .iter()
-        .map(worker)
-        .collect()
+    let sql = format!("SELECT {WORKER_COLUMNS} FROM worker_tokens ORDER BY created_at, id");
+    query(c, &sql, &[]).await?.iter().map(worker).collect()
 }
 
 pub(super) async fn revoke(
@@ -95,16 +79,13 @@ pub(super) async fn revoke(
     id: &str,
     now: OffsetDateTime,
 ) -> StoreResult<bool> {
-    let statement = c
-        .prepare_cached(
-            "UPDATE worker_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
-        )
-        .await
-        .map_err(backend)?;
-    c.execute(&statement, &[&id, &stored(now)])
-        .await
-        .map(|n| n == 1)
-        .map_err(backend)
+    execute(
+        c,
+        "UPDATE worker_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+        &[&id, &stored(now)],
+    )
+    .await
+    .map(|n| n == 1)
 }
 
 /// A live token by the hash of its secret. Never looks at API keys.
@@ -112,16 +93,12 @@ pub(super) async fn authenticate(
     c: &impl GenericClient,
     hash: KeyHash,
 ) -> StoreResult<Option<WorkerInfo>> {
-    let statement = c
-        .prepare_cached(&format!(
-            "SELECT {WORKER_COLUMNS} FROM worker_tokens \
-             WHERE secret_hash = $1 AND revoked_at IS NULL"
-        ))
-        .await
-        .map_err(backend)?;
-    c.query_opt(&statement, &[&&hash.0[..]])
-        .await
-        .map_err(backend)?
+    let sql = format!(
+        "SELECT {WORKER_COLUMNS} FROM worker_tokens \
+         WHERE secret_hash = $1 AND revoked_at IS NULL"
+    );
+    query_opt(c, &sql, &[&&hash.0[..]])
+        .await?
         .as_ref()
         .map(worker)
         .transpose()
