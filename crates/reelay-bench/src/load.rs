@@ -177,11 +177,11 @@ where
     out
 }
 
-/// Creates generations on one reelay.
+/// Creates generations on one reelay, or round-robin (by request number) on several nodes.
 #[derive(Clone)]
 pub struct Creator {
     client: reqwest::Client,
-    endpoint: Arc<str>,
+    endpoints: Arc<[String]>,
     auth: Arc<str>,
 }
 
@@ -197,33 +197,40 @@ struct CreatedView {
 }
 
 impl Creator {
-    pub fn new(client: reqwest::Client, base_url: &str, api_key: &str) -> Self {
+    pub fn round_robin(client: reqwest::Client, base_urls: &[&str], api_key: &str) -> Self {
         Self {
             client,
-            endpoint: format!("{base_url}/v1/veo/generate").into(),
+            endpoints: base_urls
+                .iter()
+                .map(|u| format!("{u}/v1/veo/generate"))
+                .collect(),
             auth: format!("Bearer {api_key}").into(),
         }
     }
 
     /// `POST /v1/veo/generate` with a callback; expects 201.
     pub async fn create(&self, n: u64, callback_url: &str) -> anyhow::Result<Created> {
-        self.send(format!(
-            r#"{{"prompt":"benchmark prompt number {n}","callback_url":"{callback_url}"}}"#
-        ))
+        self.send(
+            n,
+            format!(
+                r#"{{"prompt":"benchmark prompt number {n}","callback_url":"{callback_url}"}}"#
+            ),
+        )
         .await
     }
 
     /// `POST /v1/veo/generate` without a callback (a task for a worker, no webhook); expects 201.
     pub async fn create_without_callback(&self, n: u64) -> anyhow::Result<Created> {
-        self.send(format!(r#"{{"prompt":"benchmark prompt number {n}"}}"#))
+        self.send(n, format!(r#"{{"prompt":"benchmark prompt number {n}"}}"#))
             .await
     }
 
-    async fn send(&self, body: String) -> anyhow::Result<Created> {
+    async fn send(&self, n: u64, body: String) -> anyhow::Result<Created> {
+        let endpoint = &self.endpoints[(n % self.endpoints.len() as u64) as usize];
         let sent = Instant::now();
         let response = self
             .client
-            .post(&*self.endpoint)
+            .post(endpoint)
             .header("authorization", &*self.auth)
             .header("content-type", "application/json")
             .body(body)

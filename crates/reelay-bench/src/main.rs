@@ -1,8 +1,10 @@
 //! `reelay-bench`: starts reelay as a real process (SQLite in a temporary directory, or
-//! `--database-url`), a receiver and a load generator of its own, all on loopback, and prints
-//! a table and one JSON line per scenario. See BENCHMARKS.md.
+//! `--database-url`: on PostgreSQL a fresh database per setup, and `--nodes N` processes on
+//! it), a receiver and a load generator of its own, all on loopback, and prints a table and one
+//! JSON line per scenario. See BENCHMARKS.md.
 
 mod load;
+mod pg;
 mod receiver;
 mod reelay;
 mod report;
@@ -38,6 +40,14 @@ enum Scenario {
     All,
 }
 
+impl Scenario {
+    /// Whether the scenario means anything with `--nodes` > 1: the others restart, drive or
+    /// read one process (its redelivery, RSS, restart or worker protocol).
+    fn multi_node(self) -> bool {
+        matches!(self, Scenario::Limit | Scenario::Pipeline | Scenario::Cpu)
+    }
+}
+
 #[derive(Debug, Parser)]
 #[command(version, about = "Benchmarks reelay as a real process on loopback")]
 struct Cli {
@@ -47,10 +57,17 @@ struct Cli {
     /// Small sizes: `all` finishes in about a minute
     #[arg(long)]
     quick: bool,
-    /// reelay's database; a fresh SQLite file in a temporary directory per scenario when unset
-    /// (a URL given here is used as is: give an empty database)
+    /// reelay's database; a fresh SQLite file in a temporary directory per scenario when unset.
+    /// A `postgres://user@host:port/db` URL names a server: each setup gets a database of its
+    /// own created there (CREATE DATABASE, from `db`) and dropped after, so the role must be
+    /// allowed to create databases. Any other URL is used as is: give an empty database
     #[arg(long, value_name = "URL")]
     database_url: Option<String>,
+    /// `reelay serve` processes per setup, on the same PostgreSQL database (each its own data
+    /// directory and port; creates go round-robin to them; CPU adds them up). More than 1 needs
+    /// a postgres:// `--database-url`, and runs only limit, pipeline and cpu
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+    nodes: u16,
     /// Requests in flight for the saturation loops
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
@@ -65,6 +82,10 @@ struct Cli {
     /// (repeatable; a scenario's own settings win)
     #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_setting)]
     settings: Vec<(String, String)>,
+    /// A setting for each bench database on PostgreSQL, as `ALTER DATABASE <it> SET KEY =
+    /// 'VALUE'`, e.g. `log_min_duration_statement=50` to find slow queries (repeatable)
+    #[arg(long = "pg-set", value_name = "KEY=VALUE", value_parser = parse_setting)]
+    pg_settings: Vec<(String, String)>,
 }
 
 fn parse_setting(s: &str) -> Result<(String, String), String> {
@@ -96,9 +117,29 @@ async fn run(cli: Cli) -> i32 {
         }
     };
     let backend = match &cli.database_url {
-        Some(url) => Backend::Url(url.clone()),
+        Some(url) => Backend::from_url(url, cli.pg_settings.clone()),
         None => Backend::TempSqlite,
     };
+    if !cli.pg_settings.is_empty() && !backend.is_postgres() {
+        eprintln!("error: --pg-set needs a postgres:// --database-url");
+        return 2;
+    }
+    let nodes = usize::from(cli.nodes);
+    if nodes > 1 && !backend.is_postgres() {
+        eprintln!(
+            "error: --nodes {nodes} needs PostgreSQL (--database-url postgres://…): nodes share \
+             one database, and SQLite is one process's"
+        );
+        return 2;
+    }
+    if nodes > 1 && !cli.scenario.multi_node() && cli.scenario != Scenario::All {
+        eprintln!(
+            "error: {} measures one reelay process (it restarts, drives or reads one node); \
+             with --nodes {nodes} only limit, pipeline and cpu run",
+            format!("{:?}", cli.scenario).to_lowercase()
+        );
+        return 2;
+    }
     let client = match load::client() {
         Ok(c) => c,
         Err(e) => {
@@ -114,19 +155,21 @@ async fn run(cli: Cli) -> i32 {
         client,
         raw_requests_per_s: None,
         settings: cli.settings.clone(),
+        nodes,
     };
     // Refuse early and clearly when reelay cannot run on the backend asked for.
-    let probe = async {
-        let setup = reelay::Setup::new(&ctx.bin, &ctx.backend, &ctx.settings, &[])?;
-        setup.create_key().await?;
-        setup.serve(std::time::Duration::from_secs(30)).await
-    };
-    match probe.await {
+    if let Backend::Postgres { url, .. } = &ctx.backend
+        && let Err(e) = pg::probe(url).await
+    {
+        eprintln!("error: PostgreSQL is unreachable, so nothing was measured:\n  {e:#}");
+        return 3;
+    }
+    match ctx.start(&[]).await {
         Ok(r) => drop(r),
         Err(e) => {
             eprintln!(
                 "error: reelay cannot run on the {} backend, so nothing was measured:\n  {e:#}",
-                ctx.backend.name()
+                ctx.backend_label()
             );
             return 3;
         }
@@ -142,6 +185,13 @@ async fn run(cli: Cli) -> i32 {
         Scenario::Queue,
     ];
     let wanted: Vec<Scenario> = match cli.scenario {
+        Scenario::All if nodes > 1 => {
+            eprintln!(
+                "with --nodes {nodes}: running limit, pipeline and cpu only (the others measure \
+                 one process)"
+            );
+            order.into_iter().filter(|s| s.multi_node()).collect()
+        }
         Scenario::All => order.to_vec(),
         Scenario::Limit => vec![Scenario::Limit],
         one => vec![Scenario::Limit, one],
@@ -246,7 +296,7 @@ fn headline(name: &str, rows: &[Row], ctx: &Ctx) -> Row {
         _ => {}
     }
     if head.backend.is_empty() {
-        head.backend = ctx.backend.name().into();
+        head.backend = ctx.backend_label();
     }
     head
 }

@@ -18,31 +18,38 @@ pub enum Backend {
     TempSqlite,
     /// The URL given with `--database-url`.
     Url(String),
+    /// A PostgreSQL server (`--database-url postgres://…`): a fresh database per setup, with
+    /// `--pg-set` settings applied to it.
+    Postgres {
+        url: String,
+        settings: Vec<(String, String)>,
+    },
 }
 
 impl Backend {
     pub fn name(&self) -> &'static str {
         match self {
             Backend::TempSqlite => "sqlite",
-            Backend::Url(url) if is_postgres(url) => "postgres",
+            Backend::Postgres { .. } => "postgres",
             Backend::Url(_) => "sqlite",
         }
     }
 
     pub fn is_postgres(&self) -> bool {
-        matches!(self, Backend::Url(url) if is_postgres(url))
+        matches!(self, Backend::Postgres { .. })
     }
 
-    fn url(&self) -> Option<&str> {
-        match self {
-            Backend::TempSqlite => None,
-            Backend::Url(url) => Some(url),
+    /// `--database-url`: a postgres:// URL names a server, any other is used as is.
+    pub fn from_url(url: &str, pg_settings: Vec<(String, String)>) -> Self {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres {
+                url: url.to_owned(),
+                settings: pg_settings,
+            }
+        } else {
+            Backend::Url(url.to_owned())
         }
     }
-}
-
-fn is_postgres(url: &str) -> bool {
-    url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
 /// Finds `reelay` next to this executable (both are built into the same target directory),
@@ -52,7 +59,8 @@ pub fn locate(explicit: Option<PathBuf>, no_build: bool) -> anyhow::Result<PathB
         if !path.is_file() {
             bail!("--reelay {}: no such file", path.display());
         }
-        return Ok(path);
+        // reelay runs in its data directory: a relative path would not resolve there.
+        return Ok(std::fs::canonicalize(&path).unwrap_or(path));
     }
     let exe = std::env::current_exe().context("locating this executable")?;
     let dir = exe.parent().context("this executable has no directory")?;
@@ -88,20 +96,24 @@ pub fn locate(explicit: Option<PathBuf>, no_build: bool) -> anyhow::Result<PathB
     Ok(path)
 }
 
-/// One reelay data directory and the settings every process started on it gets.
+/// One reelay data directory (one more per extra node) and the settings every process started
+/// on it gets; on PostgreSQL, a database of its own, dropped with the setup.
 pub struct Setup {
     pub bin: PathBuf,
     pub backend: Backend,
     pub data_dir: PathBuf,
     pub log_dir: PathBuf,
     pub env: Vec<(String, String)>,
-    _tmp: tempfile::TempDir,
+    tmp: tempfile::TempDir,
+    /// After `tmp`: dropped last.
+    _database: Option<crate::pg::TempDatabase>,
 }
 
 impl Setup {
-    /// A fresh temporary directory, the common settings, the user's `settings` (`--set`) and
-    /// `extra` (the scenario's own, which win).
-    pub fn new(
+    /// A fresh temporary directory (and on PostgreSQL a fresh database, with one
+    /// `REELAY_MASTER_KEY` for all its nodes), the common settings, the user's `settings`
+    /// (`--set`) and `extra` (the scenario's own, which win).
+    pub async fn new(
         bin: &Path,
         backend: &Backend,
         settings: &[(String, String)],
@@ -120,8 +132,16 @@ impl Setup {
             ("REELAY_ADMIN_TOKEN".into(), BENCH_ADMIN_TOKEN.into()),
             ("RUST_LOG".into(), "warn".into()),
         ];
-        if let Some(url) = backend.url() {
-            env.push(("REELAY_DATABASE_URL".into(), url.to_owned()));
+        let mut database = None;
+        match backend {
+            Backend::TempSqlite => {}
+            Backend::Url(url) => env.push(("REELAY_DATABASE_URL".into(), url.to_owned())),
+            Backend::Postgres { url, settings } => {
+                let db = crate::pg::TempDatabase::create(url, settings).await?;
+                env.push(("REELAY_DATABASE_URL".into(), db.url.clone()));
+                env.push(("REELAY_MASTER_KEY".into(), crate::pg::master_key()));
+                database = Some(db);
+            }
         }
         let settings = settings.iter().map(|(k, v)| (k.as_str(), v.clone()));
         for (k, v) in settings.chain(extra.iter().cloned()) {
@@ -134,7 +154,8 @@ impl Setup {
             data_dir,
             log_dir,
             env,
-            _tmp: tmp,
+            tmp,
+            _database: database,
         })
     }
 
@@ -144,7 +165,21 @@ impl Setup {
         self.env.push((key.to_owned(), value.to_owned()));
     }
 
+    /// Node 0's data directory is `data_dir`; node N > 0 gets `data-N` beside it.
+    fn node_dir(&self, node: usize) -> anyhow::Result<PathBuf> {
+        if node == 0 {
+            return Ok(self.data_dir.clone());
+        }
+        let dir = self.tmp.path().join(format!("data-{node}"));
+        std::fs::create_dir_all(&dir)?;
+        Ok(dir)
+    }
+
     fn command(&self) -> tokio::process::Command {
+        self.command_in(&self.data_dir)
+    }
+
+    fn command_in(&self, data_dir: &Path) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(&self.bin);
         // The user's own REELAY_* settings and ./reelay.toml must not leak into a measurement.
         for (key, _) in std::env::vars_os() {
@@ -153,7 +188,8 @@ impl Setup {
             }
         }
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
-        cmd.current_dir(&self.data_dir);
+        cmd.env("REELAY_DATA_DIR", data_dir);
+        cmd.current_dir(data_dir);
         cmd.stdin(Stdio::null());
         cmd
     }
@@ -205,13 +241,18 @@ impl Setup {
 
     /// `reelay serve`, waiting (up to `within`) for its listening line and `/healthz`.
     pub async fn serve(&self, within: Duration) -> anyhow::Result<Reelay> {
+        self.serve_node(0, within).await
+    }
+
+    /// `reelay serve` as node `node`: its own data directory and port, the same database.
+    pub async fn serve_node(&self, node: usize, within: Duration) -> anyhow::Result<Reelay> {
         let deadline = Instant::now() + within;
         let n = std::fs::read_dir(&self.log_dir)?.count();
-        let stderr_path = self.log_dir.join(format!("reelay-{n}.stderr"));
+        let stderr_path = self.log_dir.join(format!("reelay-{n}-node{node}.stderr"));
         let stderr = std::fs::File::create(&stderr_path)?;
         let spawned = Instant::now();
         let mut child = self
-            .command()
+            .command_in(&self.node_dir(node)?)
             .arg("serve")
             .stdout(Stdio::piped())
             .stderr(stderr)

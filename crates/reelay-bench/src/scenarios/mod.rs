@@ -29,6 +29,8 @@ pub struct Ctx {
     pub raw_requests_per_s: Option<f64>,
     /// `--set KEY=VALUE` settings for every reelay.
     pub settings: Vec<(String, String)>,
+    /// `--nodes`: `reelay serve` processes per setup, on one database (PostgreSQL only).
+    pub nodes: usize,
 }
 
 impl Ctx {
@@ -38,47 +40,95 @@ impl Ctx {
     }
 
     pub fn row(&self, scenario: &str, variant: &str) -> Row {
-        Row::new(scenario, variant, self.backend.name())
+        Row::new(scenario, variant, &self.backend_label())
     }
 
-    /// A fresh data directory with `extra` settings, a key, and `reelay serve` on it.
+    /// `sqlite`, `postgres`, or `postgres x2` with two nodes.
+    pub fn backend_label(&self) -> String {
+        match self.nodes {
+            1 => self.backend.name().to_owned(),
+            n => format!("{} x{n}", self.backend.name()),
+        }
+    }
+
+    /// A fresh data directory (a fresh database on PostgreSQL) with `extra` settings, a key,
+    /// and `ctx.nodes` × `reelay serve` on it; creates go round-robin to the nodes.
     pub async fn start(&self, extra: &[(&str, String)]) -> anyhow::Result<Running> {
-        let setup = Setup::new(&self.bin, &self.backend, &self.settings, extra)?;
+        let setup = Setup::new(&self.bin, &self.backend, &self.settings, extra).await?;
         let key = setup.create_key().await?;
         let reelay = setup.serve(Duration::from_secs(30)).await?;
-        let creator = Creator::new(self.client.clone(), &reelay.url, &key);
+        let mut others = Vec::new();
+        for node in 1..self.nodes {
+            others.push(setup.serve_node(node, Duration::from_secs(30)).await?);
+        }
+        let urls: Vec<&str> = std::iter::once(&reelay)
+            .chain(&others)
+            .map(|r| r.url.as_str())
+            .collect();
+        let creator = Creator::round_robin(self.client.clone(), &urls, &key);
         Ok(Running {
-            setup,
             reelay,
+            others,
+            setup,
             key,
             creator,
         })
     }
 }
 
+/// Fields drop in order: the processes before the setup (and its database).
 pub struct Running {
-    pub setup: Setup,
+    /// Node 0 (the only one unless `--nodes`).
     pub reelay: Reelay,
+    /// Nodes 1.. with `--nodes`.
+    pub others: Vec<Reelay>,
+    pub setup: Setup,
     pub key: String,
     pub creator: Creator,
 }
 
-/// CPU time of reelay (and of a loopback PostgreSQL) from a starting point.
+impl Running {
+    pub fn nodes(&self) -> impl Iterator<Item = &Reelay> {
+        std::iter::once(&self.reelay).chain(&self.others)
+    }
+
+    /// RSS of all nodes together.
+    pub fn rss_mb(&self) -> Option<f64> {
+        self.nodes().map(Reelay::rss_mb).sum()
+    }
+}
+
+/// CPU time of reelay (all its nodes, added up) and of a loopback PostgreSQL from a starting
+/// point.
 pub struct CpuMeter {
-    pid: u32,
+    pids: Vec<u32>,
     reelay: Option<f64>,
     db: Option<f64>,
 }
 
 impl CpuMeter {
     pub fn start(reelay: &Reelay, backend: &Backend) -> Self {
+        Self::of([reelay], backend)
+    }
+
+    /// Every node of a run.
+    pub fn all(run: &Running, backend: &Backend) -> Self {
+        Self::of(run.nodes(), backend)
+    }
+
+    fn of<'a>(nodes: impl IntoIterator<Item = &'a Reelay>, backend: &Backend) -> Self {
+        let pids: Vec<u32> = nodes.into_iter().map(|r| r.pid).collect();
         Self {
-            pid: reelay.pid,
-            reelay: reelay.cpu_seconds(),
+            reelay: Self::reelay_seconds(&pids),
+            pids,
             db: backend
                 .is_postgres()
                 .then(crate::reelay::postgres_cpu_seconds),
         }
+    }
+
+    fn reelay_seconds(pids: &[u32]) -> Option<f64> {
+        pids.iter().map(|&p| crate::reelay::cpu_seconds(p)).sum()
     }
 
     /// (reelay, database) CPU seconds per 1,000 `delivered` since the start.
@@ -89,7 +139,7 @@ impl CpuMeter {
         let k = delivered as f64 / 1000.0;
         let reelay = self
             .reelay
-            .zip(crate::reelay::cpu_seconds(self.pid))
+            .zip(Self::reelay_seconds(&self.pids))
             .map(|(a, b)| (b - a) / k);
         let db = self
             .db

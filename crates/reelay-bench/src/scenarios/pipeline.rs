@@ -90,7 +90,7 @@ async fn saturation(
         "pipeline {variant}: up to {count} creates, {} in flight, for at most {within:?}",
         ctx.concurrency
     );
-    let cpu = CpuMeter::start(&run.reelay, &ctx.backend);
+    let cpu = CpuMeter::all(run, &ctx.backend);
     let out = creates_closed(ctx, run, &receiver, count, within).await;
     out.check("pipeline saturation")?;
     let complete = await_all(
@@ -108,7 +108,7 @@ async fn saturation(
     row = row.latency(d.latency()).against(ctx.raw_requests_per_s);
     row.lost = Some(d.lost);
     row.duplicates = Some(receiver.recorder.duplicates());
-    row.rss_mb = run.reelay.rss_mb();
+    row.rss_mb = run.rss_mb();
     row.storage_mb = Some(run.setup.storage_mb());
     row.cpu_s_per_1k = cpu;
     row.db_cpu_s_per_1k = db_cpu;
@@ -133,7 +133,7 @@ pub async fn fixed_rate(
     progress!("{scenario}: {per_s}/s for {seconds} s");
     let creator = run.creator.clone();
     let port = receiver.addr.port();
-    let cpu = CpuMeter::start(&run.reelay, &ctx.backend);
+    let cpu = CpuMeter::all(run, &ctx.backend);
     let out = open_loop(
         per_s as f64,
         per_s * seconds,
@@ -160,7 +160,7 @@ pub async fn fixed_rate(
     row = row.latency(d.latency());
     row.lost = Some(d.lost);
     row.duplicates = Some(receiver.recorder.duplicates());
-    row.rss_mb = run.reelay.rss_mb();
+    row.rss_mb = run.rss_mb();
     row.cpu_s_per_1k = cpu;
     row.db_cpu_s_per_1k = db_cpu;
     if let Some(note) = out.failure_note() {
