@@ -61,114 +61,121 @@ async fn ledger(
 }
 
 async fn create(store: &PgStore, new: NewGeneration) -> StoreResult<Created> {
+    let Some(idem) = &new.idempotency else {
+        return store.create_in_batch(new).await;
+    };
     let mut conn = store.conn().await?;
     let tx = conn.transaction().await.map_err(backend)?;
     let account = new.account_id;
-    if let Some(idem) = &new.idempotency {
-        // Creates with the same key queue here, on every node, so the second one sees the
-        // first one's row instead of racing it to the insert.
+    // Creates with the same key queue here, on every node, so the second one sees the first
+    // one's row instead of racing it to the insert.
+    execute(
+        &tx,
+        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+        &[&format!("idempotency/{account}/{}", idem.key)],
+    )
+    .await?;
+    let seen = query_opt(
+        &tx,
+        "SELECT request_hash, generation_id, created_at FROM idempotency_keys \
+         WHERE account_id = $1 AND key = $2",
+        &[&account.0, &idem.key],
+    )
+    .await?;
+    if let Some(row) = seen {
+        let created_at: OffsetDateTime = column(&row, "created_at")?;
+        if created_at >= idem.not_before {
+            let hash: &[u8] = column(&row, "request_hash")?;
+            if hash != &idem.request_hash[..] {
+                return Err(StoreError::IdempotencyConflict);
+            }
+            let id = GenerationId(column(&row, "generation_id")?);
+            let generation = get(&tx, id).await?.ok_or(StoreError::NotFound)?;
+            return Ok(Created {
+                generation,
+                replayed: true,
+            });
+        }
         execute(
             &tx,
-            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-            &[&format!("idempotency/{account}/{}", idem.key)],
-        )
-        .await?;
-        let seen = query_opt(
-            &tx,
-            "SELECT request_hash, generation_id, created_at FROM idempotency_keys \
-             WHERE account_id = $1 AND key = $2",
+            "DELETE FROM idempotency_keys WHERE account_id = $1 AND key = $2",
             &[&account.0, &idem.key],
         )
         .await?;
-        if let Some(row) = seen {
-            let created_at: OffsetDateTime = column(&row, "created_at")?;
-            if created_at >= idem.not_before {
-                let hash: &[u8] = column(&row, "request_hash")?;
-                if hash != &idem.request_hash[..] {
-                    return Err(StoreError::IdempotencyConflict);
-                }
-                let id = GenerationId(column(&row, "generation_id")?);
-                let generation = get(&tx, id).await?.ok_or(StoreError::NotFound)?;
-                return Ok(Created {
-                    generation,
-                    replayed: true,
-                });
-            }
-            execute(
-                &tx,
-                "DELETE FROM idempotency_keys WHERE account_id = $1 AND key = $2",
-                &[&account.0, &idem.key],
-            )
-            .await?;
-        }
     }
+    charge_and_insert(&tx, &new).await?;
+    execute(
+        &tx,
+        "INSERT INTO idempotency_keys (account_id, key, request_hash, generation_id, \
+             created_at) VALUES ($1, $2, $3, $4, $5)",
+        &[
+            &account.0,
+            &idem.key,
+            &&idem.request_hash[..],
+            &new.id.0,
+            &new.created_at,
+        ],
+    )
+    .await?;
+    tx.commit().await.map_err(backend)?;
+    Ok(created(new))
+}
 
+/// Charges a generation's price and inserts it with its ledger row, in one statement: nothing
+/// when the balance does not cover the price. The account row stays locked until the
+/// transaction ends, so racing creates of one account each see the balance the one before
+/// left.
+const CHARGE_AND_INSERT: &str = "WITH charged AS ( \
+         UPDATE accounts SET balance = balance - $3 WHERE id = $2 AND balance >= $3 \
+         RETURNING id), \
+     made AS ( \
+         INSERT INTO generations (id, account_id, status, prompt, model, aspect_ratio, seed, \
+             watermark_text, callback_url, price, created_at, deadline_at, inputs) \
+         SELECT $1, id, 'pending', $4, $5, $6, $7, $8, $9, $3, $10, $11, $12 FROM charged \
+         RETURNING id), \
+     charge AS ( \
+         INSERT INTO ledger (account_id, generation_id, kind, amount, created_at) \
+         SELECT $2, id, 'charge', -$3::bigint, $10 FROM made) \
+     SELECT EXISTS (SELECT 1 FROM made) AS made, \
+         EXISTS (SELECT 1 FROM accounts WHERE id = $2) AS known";
+
+pub(super) async fn charge_and_insert(
+    c: &impl GenericClient,
+    new: &NewGeneration,
+) -> StoreResult<()> {
     if new.price < Credits::ZERO {
         return Err(StoreError::Backend(format!("negative price {}", new.price)));
     }
-    // The row lock this takes makes racing creates of one account wait for each other, and
-    // each re-checks the balance the one before it left.
-    let charged = execute(
-        &tx,
-        "UPDATE accounts SET balance = balance - $2 WHERE id = $1 AND balance >= $2",
-        &[&account.0, &new.price.units()],
-    )
-    .await?;
-    if charged == 0 {
-        let exists = query_opt(&tx, "SELECT 1 FROM accounts WHERE id = $1", &[&account.0]).await?;
-        return Err(match exists {
-            Some(_) => StoreError::InsufficientCredits,
-            None => StoreError::NotFound,
-        });
-    }
     let spec = &new.spec;
-    execute(
-        &tx,
-        "INSERT INTO generations (id, account_id, status, prompt, model, aspect_ratio, seed, \
-             watermark_text, callback_url, price, created_at, deadline_at, inputs) \
-         VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+    let row = query_one(
+        c,
+        CHARGE_AND_INSERT,
         &[
             &new.id.0,
-            &account.0,
+            &new.account_id.0,
+            &new.price.units(),
             &spec.prompt,
             &spec.model.as_str(),
             &spec.aspect_ratio.as_str(),
             &i64::from(spec.seed),
             &spec.watermark_text,
             &spec.callback_url,
-            &new.price.units(),
             &new.created_at,
             &new.deadline_at,
             &InputFile::join(&spec.inputs),
         ],
     )
     .await?;
-    ledger(
-        &tx,
-        account,
-        new.id,
-        "charge",
-        -new.price.units(),
-        new.created_at,
-    )
-    .await?;
-    if let Some(idem) = &new.idempotency {
-        execute(
-            &tx,
-            "INSERT INTO idempotency_keys (account_id, key, request_hash, generation_id, \
-                 created_at) VALUES ($1, $2, $3, $4, $5)",
-            &[
-                &account.0,
-                &idem.key,
-                &&idem.request_hash[..],
-                &new.id.0,
-                &new.created_at,
-            ],
-        )
-        .await?;
+    match (column(&row, "made")?, column(&row, "known")?) {
+        (true, _) => Ok(()),
+        (false, true) => Err(StoreError::InsufficientCredits),
+        (false, false) => Err(StoreError::NotFound),
     }
-    tx.commit().await.map_err(backend)?;
-    Ok(Created {
+}
+
+/// What a create that made its generation answers.
+pub(super) fn created(new: NewGeneration) -> Created {
+    Created {
         generation: Generation {
             id: new.id,
             account_id: new.account_id,
@@ -180,7 +187,7 @@ async fn create(store: &PgStore, new: NewGeneration) -> StoreResult<Created> {
             media_pruned_at: None,
         },
         replayed: false,
-    })
+    }
 }
 
 /// A claim in one statement: the oldest pending generations and the lapsed leases, each read

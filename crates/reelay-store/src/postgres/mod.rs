@@ -4,6 +4,7 @@
 //! nodes ever hold the same generation or delivery, and a dead node's leases simply lapse.
 
 mod accounts;
+mod batch;
 mod clock;
 mod deliveries;
 mod generations;
@@ -49,6 +50,7 @@ pub struct PgStore {
     config: tokio_postgres::Config,
     announcer: std::sync::Arc<signals::Announcer>,
     offset: std::sync::Arc<clock::Offset>,
+    batches: std::sync::Arc<batch::Batches>,
     /// The most webhook attempts in flight to one destination across every node (see
     /// [`PgStore::with_destination_limit`]).
     per_destination: usize,
@@ -132,6 +134,7 @@ impl PgStore {
             config,
             announcer: Default::default(),
             offset: Default::default(),
+            batches: Default::default(),
             per_destination: DEFAULT_PER_DESTINATION,
         })
     }
