@@ -220,6 +220,24 @@ pub async fn sqlite_to_postgres(source: &Path, target: &PgStore) -> StoreResult<
         }
         copied.push((*table, rows.len() as u64));
     }
+    // SQLite keeps no destination on a generation; an unfinished one needs it for its event.
+    let unfinished = tx
+        .query(
+            "SELECT id, callback_url FROM generations \
+             WHERE callback_url IS NOT NULL AND completed_at IS NULL",
+            &[],
+        )
+        .await
+        .map_err(crate::postgres::backend)?;
+    for row in unfinished {
+        let (id, url): (Uuid, String) = (row.get(0), row.get(1));
+        tx.execute(
+            "UPDATE generations SET destination = $2 WHERE id = $1",
+            &[&id, &reelay_core::destination::destination_key(&url)],
+        )
+        .await
+        .map_err(crate::postgres::backend)?;
+    }
     tx.commit().await.map_err(crate::postgres::backend)?;
     Ok(copied)
 }

@@ -31,6 +31,8 @@ CREATE TABLE generations (
     seed             bigint NOT NULL,
     watermark_text   text,
     callback_url     text,
+    -- The callback's scheme, host and port, which its webhook event is delivered by.
+    destination      text,
     price            bigint NOT NULL,
     inputs           text NOT NULL DEFAULT '',
     created_at       timestamptz NOT NULL,

@@ -255,60 +255,59 @@ async fn lease(
     .collect()
 }
 
-/// One transaction: the attempt's number (the event row stays locked from there to the end,
-/// so concurrent attempts number in turn), its log entry, then the move, fenced by the lease.
+/// An attempt in one statement (one round trip, one commit): the event row is locked first
+/// (`mine`: still pending under this lease), then numbered and moved on only when it is
+/// `mine` (its outcome, a new due time, the lease let go), and the attempt is logged under
+/// its number whatever the lease. Attempts racing on one event number in turn.
+const RECORD_ATTEMPT: &str = "WITH locked AS ( \
+         SELECT state = 'pending' AND lease_owner IS NOT DISTINCT FROM $2 AS mine \
+         FROM events WHERE id = $1 FOR UPDATE), \
+     numbered AS ( \
+         UPDATE events SET total_attempts = total_attempts + 1, last_attempt_at = $3, \
+             last_status_code = $4, \
+             state = CASE WHEN mine THEN $5 ELSE state END, \
+             next_attempt_at = CASE WHEN mine THEN $6 ELSE next_attempt_at END, \
+             failure_reason = CASE WHEN mine THEN $7 ELSE failure_reason END, \
+             delivered_at = CASE WHEN mine THEN $8 ELSE delivered_at END, \
+             round_attempts = round_attempts + CASE WHEN mine THEN 1 ELSE 0 END, \
+             lease_owner = CASE WHEN mine THEN NULL ELSE lease_owner END \
+         FROM locked WHERE id = $1 \
+         RETURNING total_attempts AS number, mine), \
+     logged AS ( \
+         INSERT INTO delivery_attempts (event_id, number, started_at, duration_ms, outcome, \
+             status_code, response_body, error) \
+         SELECT $1, number, $3, $9, $10, $4, $11, $12 FROM numbered) \
+     SELECT mine FROM numbered";
+
 async fn record_attempt(c: &impl GenericClient, a: &AttemptRecord) -> StoreResult<bool> {
     let status = a.status_code.map(i32::from);
-    let number: i32 = query_opt(
-        c,
-        "UPDATE events SET total_attempts = total_attempts + 1, last_attempt_at = $2, \
-             last_status_code = $3 \
-         WHERE id = $1 RETURNING total_attempts",
-        &[&a.event_id, &a.started_at, &status],
-    )
-    .await?
-    .ok_or(StoreError::NotFound)?
-    .try_get(0)
-    .map_err(|e| corrupt("total_attempts", e))?;
     let duration_ms = i64::try_from(a.duration_ms).unwrap_or(i64::MAX);
-    execute(
-        c,
-        "INSERT INTO delivery_attempts (event_id, number, started_at, duration_ms, \
-             outcome, status_code, response_body, error) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        &[
-            &a.event_id,
-            &number,
-            &a.started_at,
-            &duration_ms,
-            &a.outcome.as_str(),
-            &status,
-            &a.response_body,
-            &a.error,
-        ],
-    )
-    .await?;
     let (state, next_at, reason, delivered_at) = match &a.next {
         AfterAttempt::Delivered => ("delivered", None, None, Some(a.started_at)),
         AfterAttempt::RetryAt(at) => ("pending", Some(*at), None, None),
         AfterAttempt::Failed(reason) => ("failed", None, Some(reason.as_str()), None),
     };
-    let moved = execute(
+    let row = query_opt(
         c,
-        "UPDATE events SET state = $3, next_attempt_at = $4, failure_reason = $5, \
-             delivered_at = $6, round_attempts = round_attempts + 1, lease_owner = NULL \
-         WHERE id = $1 AND state = 'pending' AND lease_owner = $2",
+        RECORD_ATTEMPT,
         &[
             &a.event_id,
             &a.owner,
+            &a.started_at,
+            &status,
             &state,
             &next_at,
             &reason,
             &delivered_at,
+            &duration_ms,
+            &a.outcome.as_str(),
+            &a.response_body,
+            &a.error,
         ],
     )
-    .await?;
-    Ok(moved == 1)
+    .await?
+    .ok_or(StoreError::NotFound)?;
+    row.try_get("mine").map_err(|e| corrupt("mine", e))
 }
 
 /// The columns a new round resets.
@@ -383,11 +382,7 @@ impl DeliveryStore for PgStore {
     }
 
     async fn record_attempt(&self, attempt: AttemptRecord) -> StoreResult<bool> {
-        let mut c = self.conn().await?;
-        let tx = c.transaction().await.map_err(backend)?;
-        let moved = record_attempt(&tx, &attempt).await?;
-        tx.commit().await.map_err(backend)?;
-        Ok(moved)
+        record_attempt(&self.conn().await?, &attempt).await
     }
 
     async fn release_delivery(

@@ -40,26 +40,6 @@ async fn generations(
         .collect()
 }
 
-/// Writes one ledger row. The unique index on (generation, kind) makes a second charge or
-/// refund of the same generation fail here, whatever the calling code does.
-async fn ledger(
-    c: &impl GenericClient,
-    account: AccountId,
-    generation: GenerationId,
-    kind: &str,
-    amount: i64,
-    now: OffsetDateTime,
-) -> StoreResult<()> {
-    execute(
-        c,
-        "INSERT INTO ledger (account_id, generation_id, kind, amount, created_at) \
-         VALUES ($1, $2, $3, $4, $5)",
-        &[&account.0, &generation.0, &kind, &amount, &now],
-    )
-    .await
-    .map(drop)
-}
-
 async fn create(store: &PgStore, new: NewGeneration) -> StoreResult<Created> {
     let Some(idem) = &new.idempotency else {
         return store.create_in_batch(new).await;
@@ -130,8 +110,10 @@ const CHARGE_AND_INSERT: &str = "WITH charged AS ( \
          RETURNING id), \
      made AS ( \
          INSERT INTO generations (id, account_id, status, prompt, model, aspect_ratio, seed, \
-             watermark_text, callback_url, price, created_at, deadline_at, inputs) \
-         SELECT $1, id, 'pending', $4, $5, $6, $7, $8, $9, $3, $10, $11, $12 FROM charged \
+             watermark_text, callback_url, destination, price, created_at, deadline_at, \
+             inputs) \
+         SELECT $1, id, 'pending', $4, $5, $6, $7, $8, $9, $13, $3, $10, $11, $12 \
+         FROM charged \
          RETURNING id), \
      charge AS ( \
          INSERT INTO ledger (account_id, generation_id, kind, amount, created_at) \
@@ -163,6 +145,7 @@ pub(super) async fn charge_and_insert(
             &new.created_at,
             &new.deadline_at,
             &InputFile::join(&spec.inputs),
+            &spec.callback_url.as_deref().and_then(destination_key),
         ],
     )
     .await?;
@@ -238,6 +221,37 @@ async fn claim(
     Ok(claimed)
 }
 
+/// A terminal transition in one statement (one round trip, one commit): the generation ends
+/// (only from pending or processing, and only under `$7`'s lease when one is named; a finish
+/// racing another waits for its row lock, then finds the status changed), its refund is
+/// written when `$9` says the code is refunded (the ledger's unique index refuses a second,
+/// and a balance past the largest bigint fails the whole statement, so nothing is half
+/// written), and its outbox event is inserted, due at once when it has a callback.
+const FINISH: &str = "WITH ended AS ( \
+         UPDATE generations SET status = $2, completed_at = $3, failure_code = $4, \
+             video_file = $5, video_url = $6, \
+             progress_pct = CASE WHEN $2 = 'completed' THEN 100 ELSE progress_pct END, \
+             ended_lease = COALESCE($7, lease_owner), failure_reason = $8, \
+             lease_owner = NULL, lease_until = NULL \
+         WHERE id = $1 AND status IN ('pending', 'processing') \
+             AND ($7::text IS NULL OR (status = 'processing' AND lease_owner = $7)) \
+         RETURNING {columns}, destination), \
+     refund AS ( \
+         INSERT INTO ledger (account_id, generation_id, kind, amount, created_at) \
+         SELECT account_id, id, 'refund', price, $3 FROM ended WHERE $9 \
+         RETURNING account_id, amount), \
+     refunded AS ( \
+         UPDATE accounts SET balance = balance + refund.amount \
+         FROM refund WHERE accounts.id = refund.account_id), \
+     event AS ( \
+         INSERT INTO events (id, generation_id, account_id, callback_url, destination, \
+             created_at, state, next_attempt_at) \
+         SELECT $10, id, account_id, callback_url, destination, $3, \
+             CASE WHEN callback_url IS NULL THEN 'none' ELSE 'pending' END, \
+             CASE WHEN callback_url IS NULL THEN NULL ELSE $3::timestamptz END \
+         FROM ended) \
+     SELECT {columns} FROM ended";
+
 async fn finish(
     store: &PgStore,
     id: GenerationId,
@@ -249,21 +263,10 @@ async fn finish(
         Outcome::Completed(video) => ("completed", None, None, Some(video)),
         Outcome::Failed(f) => ("failed", Some(f.code), f.reason.as_deref(), None),
     };
-    let mut conn = store.conn().await?;
-    let tx = conn.transaction().await.map_err(backend)?;
-    // A finish racing another waits for its row lock, then finds the status changed.
-    let sql = format!(
-        "UPDATE generations SET status = $2, completed_at = $3, failure_code = $4, \
-             video_file = $5, video_url = $6, \
-             progress_pct = CASE WHEN $2 = 'completed' THEN 100 ELSE progress_pct END, \
-             ended_lease = COALESCE($7, lease_owner), failure_reason = $8, \
-             lease_owner = NULL, lease_until = NULL \
-         WHERE id = $1 AND status IN ('pending', 'processing') \
-             AND ($7::text IS NULL OR (status = 'processing' AND lease_owner = $7)) \
-         RETURNING {GENERATION_COLUMNS}"
-    );
-    let updated = query_opt(
-        &tx,
+    let conn = store.conn().await?;
+    let sql = FINISH.replace("{columns}", GENERATION_COLUMNS);
+    let ended = query_opt(
+        &conn,
         &sql,
         &[
             &id.0,
@@ -274,72 +277,18 @@ async fn finish(
             &video.map(|v| v.url.as_str()),
             &owner,
             &reason,
+            &code.is_some_and(FailureCode::refunded),
+            &event_id(id),
         ],
     )
     .await?;
-    let Some(generation) = updated.as_ref().map(generation).transpose()? else {
-        let current = get(&tx, id).await?.ok_or(StoreError::NotFound)?;
-        return Ok(Finished::Refused(current));
-    };
-    if code.is_some_and(FailureCode::refunded) {
-        let price = generation.price.units();
-        ledger(&tx, generation.account_id, id, "refund", price, now).await?;
-        let refunded = execute(
-            &tx,
-            "UPDATE accounts SET balance = balance + $2::bigint \
-             WHERE id = $1 AND balance <= $3::bigint - $2::bigint",
-            &[&generation.account_id.0, &price, &Credits::MAX.units()],
-        )
-        .await?;
-        if refunded != 1 {
-            return Err(StoreError::Backend(format!(
-                "refunding generation {id} would take account {}'s balance past the maximum \
-                 of {} credits",
-                generation.account_id,
-                Credits::MAX
-            )));
+    match ended.as_ref().map(generation).transpose()? {
+        Some(generation) => Ok(Finished::Applied(generation)),
+        None => {
+            let current = get(&conn, id).await?.ok_or(StoreError::NotFound)?;
+            Ok(Finished::Refused(current))
         }
     }
-    write_event(&tx, &generation, now).await?;
-    tx.commit().await.map_err(backend)?;
-    Ok(Finished::Applied(generation))
-}
-
-/// The outbox row for a generation that just became terminal; its body is built from the
-/// generation's row when it is sent ([`webhook_body`]).
-async fn write_event(
-    c: &impl GenericClient,
-    g: &Generation,
-    now: OffsetDateTime,
-) -> StoreResult<()> {
-    if g.stage.completed_at().is_none() {
-        return Err(StoreError::Backend(
-            "an event for an unfinished generation".into(),
-        ));
-    }
-    let url = g.spec.callback_url.as_deref();
-    let (state, due) = match url {
-        Some(_) => ("pending", Some(now)),
-        None => ("none", None),
-    };
-    execute(
-        c,
-        "INSERT INTO events (id, generation_id, account_id, callback_url, destination, \
-             created_at, state, next_attempt_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        &[
-            &event_id(g.id),
-            &g.id.0,
-            &g.account_id.0,
-            &url,
-            &url.and_then(destination_key),
-            &now,
-            &state,
-            &due,
-        ],
-    )
-    .await
-    .map(drop)
 }
 
 #[async_trait]
