@@ -207,6 +207,48 @@ pub struct Created {
     pub replayed: bool,
 }
 
+impl Created {
+    /// What a create that made its generation answers: the new generation as a re-read
+    /// returns it.
+    pub(crate) fn made(new: NewGeneration) -> Self {
+        Self {
+            generation: Generation {
+                id: new.id,
+                account_id: new.account_id,
+                spec: new.spec,
+                price: new.price,
+                created_at: to_microseconds(new.created_at),
+                deadline_at: to_microseconds(new.deadline_at),
+                stage: Stage::Pending,
+                media_pruned_at: None,
+            },
+            replayed: false,
+        }
+    }
+}
+
+/// `t` as both backends keep it (to the microsecond), so a returned record equals a re-read
+/// one.
+pub(crate) fn to_microseconds(t: OffsetDateTime) -> OffsetDateTime {
+    t.replace_nanosecond(t.nanosecond() / 1_000 * 1_000)
+        .unwrap_or(t)
+}
+
+/// How a backend keeps a worker's models: their names, comma-separated ('' for every model).
+pub(crate) fn join_models(models: &[Model]) -> String {
+    models
+        .iter()
+        .map(|m| m.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Reads [`join_models`]'s text back. Unknown names (a model since removed) are dropped: such
+/// a worker claims only the rest.
+pub(crate) fn split_models(text: &str) -> Vec<Model> {
+    text.split(',').filter_map(|m| m.parse().ok()).collect()
+}
+
 /// How a generation ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {

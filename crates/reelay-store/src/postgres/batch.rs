@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock};
 use deadpool_postgres::Pool;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use super::generations::{charge_and_insert, created};
+use super::generations::charge_and_insert;
 use super::{PgStore, backend, pool_error};
 use crate::{Created, NewGeneration, StoreError, StoreResult};
 
@@ -95,7 +95,7 @@ async fn commit(pool: &Pool, mut batch: Vec<Job>) {
     match outcomes {
         Ok(outcomes) => {
             for ((new, done), outcome) in batch.into_iter().zip(outcomes) {
-                let _ = done.send(outcome.map(|()| created(new)));
+                let _ = done.send(outcome.map(|()| Created::made(new)));
             }
         }
         Err(e) => {

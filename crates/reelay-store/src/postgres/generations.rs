@@ -10,7 +10,7 @@ use reelay_core::{AccountId, FailureCode, GenerationId, GenerationStatus};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::rows::{GENERATION_COLUMNS, generation, get as column, stored};
+use super::rows::{GENERATION_COLUMNS, generation, get as column};
 use super::sql::{Param, execute, query, query_one, query_opt};
 use super::{PgStore, backend};
 use crate::*;
@@ -98,7 +98,7 @@ async fn create(store: &PgStore, new: NewGeneration) -> StoreResult<Created> {
     )
     .await?;
     tx.commit().await.map_err(backend)?;
-    Ok(created(new))
+    Ok(Created::made(new))
 }
 
 /// Charges a generation's price and inserts it with its ledger row, in one statement: nothing
@@ -153,23 +153,6 @@ pub(super) async fn charge_and_insert(
         (true, _) => Ok(()),
         (false, true) => Err(StoreError::InsufficientCredits),
         (false, false) => Err(StoreError::NotFound),
-    }
-}
-
-/// What a create that made its generation answers.
-pub(super) fn created(new: NewGeneration) -> Created {
-    Created {
-        generation: Generation {
-            id: new.id,
-            account_id: new.account_id,
-            spec: new.spec,
-            price: new.price,
-            created_at: stored(new.created_at),
-            deadline_at: stored(new.deadline_at),
-            stage: Stage::Pending,
-            media_pruned_at: None,
-        },
-        replayed: false,
     }
 }
 

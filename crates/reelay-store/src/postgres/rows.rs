@@ -36,11 +36,7 @@ where
     T::try_from(value).map_err(|_| corrupt(column, format!("{value} out of range")))
 }
 
-/// `t` as PostgreSQL keeps it (microseconds), so a returned record equals a re-read one.
-pub fn stored(t: OffsetDateTime) -> OffsetDateTime {
-    t.replace_nanosecond(t.nanosecond() / 1_000 * 1_000)
-        .unwrap_or(t)
-}
+pub(crate) use crate::model::to_microseconds as stored;
 
 /// The generation columns [`generation`] reads.
 pub const GENERATION_COLUMNS: &str = "id, account_id, status, prompt, model, aspect_ratio, seed, \

@@ -1,7 +1,6 @@
 //! Worker tokens, apart from API keys: their own table, their own lookup.
 
 use deadpool_postgres::GenericClient;
-use reelay_core::Model;
 use reelay_core::apikey::KeyHash;
 use time::OffsetDateTime;
 use tokio_postgres::Row;
@@ -17,25 +16,11 @@ fn worker(row: &Row) -> StoreResult<WorkerInfo> {
     Ok(WorkerInfo {
         id: get(row, "id")?,
         name: get(row, "name")?,
-        models: parse_models(models),
+        models: crate::model::split_models(models),
         shown_prefix: get(row, "shown_prefix")?,
         created_at: get(row, "created_at")?,
         revoked_at: get(row, "revoked_at")?,
     })
-}
-
-/// Unknown names (a model since removed) are dropped: such a worker claims only the rest.
-/// Empty means every model.
-fn parse_models(s: &str) -> Vec<Model> {
-    s.split(',').filter_map(|m| m.parse().ok()).collect()
-}
-
-fn join_models(models: &[Model]) -> String {
-    models
-        .iter()
-        .map(|m| m.as_str())
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 pub(super) async fn create(
@@ -51,7 +36,7 @@ pub(super) async fn create(
         &[
             &new.id,
             &new.name,
-            &join_models(&new.models),
+            &crate::model::join_models(&new.models),
             &new.shown_prefix,
             &&new.hash.0[..],
             &now,

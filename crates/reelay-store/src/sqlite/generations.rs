@@ -7,7 +7,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use time::OffsetDateTime;
 
 use super::backend;
-use super::rows::{GENERATION_COLUMNS, from_micros, generation, micros, parsed, stored};
+use super::rows::{GENERATION_COLUMNS, from_micros, generation, micros, parsed};
 use crate::*;
 
 pub fn get(c: &Connection, id: GenerationId) -> StoreResult<Option<Generation>> {
@@ -120,19 +120,7 @@ pub fn create(c: &Connection, new: NewGeneration) -> StoreResult<Created> {
         })
         .map_err(backend)?;
     }
-    Ok(Created {
-        generation: Generation {
-            id: new.id,
-            account_id: new.account_id,
-            spec: new.spec,
-            price: new.price,
-            created_at: stored(new.created_at),
-            deadline_at: stored(new.deadline_at),
-            stage: Stage::Pending,
-            media_pruned_at: None,
-        },
-        replayed: false,
-    })
+    Ok(Created::made(new))
 }
 
 /// Writes one ledger row. The unique index on (generation, kind) makes a second charge or

@@ -1,8 +1,8 @@
 //! Worker tokens, kept apart from API keys (their own table, their own lookup), and the lease
 //! a generation ended under, which lets a worker's repeated call be answered again.
 
+use reelay_core::GenerationId;
 use reelay_core::apikey::KeyHash;
-use reelay_core::{GenerationId, Model};
 use rusqlite::{Connection, OptionalExtension, params};
 use time::OffsetDateTime;
 
@@ -17,24 +17,11 @@ fn worker(row: &rusqlite::Row<'_>) -> rusqlite::Result<WorkerInfo> {
     Ok(WorkerInfo {
         id: row.get(0)?,
         name: row.get(1)?,
-        models: parse_models(&models),
+        models: crate::model::split_models(&models),
         shown_prefix: row.get(3)?,
         created_at: from_micros(row.get(4)?)?,
         revoked_at: row.get::<_, Option<i64>>(5)?.map(from_micros).transpose()?,
     })
-}
-
-/// Unknown names (a model since removed) are dropped: such a worker claims only the rest.
-fn parse_models(s: &str) -> Vec<Model> {
-    s.split(',').filter_map(|m| m.parse().ok()).collect()
-}
-
-fn join_models(models: &[Model]) -> String {
-    models
-        .iter()
-        .map(|m| m.as_str())
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 pub fn create(c: &Connection, new: NewWorker, now: OffsetDateTime) -> StoreResult<WorkerInfo> {
@@ -46,7 +33,7 @@ pub fn create(c: &Connection, new: NewWorker, now: OffsetDateTime) -> StoreResul
         s.execute(params![
             new.id,
             new.name,
-            join_models(&new.models),
+            crate::model::join_models(&new.models),
             new.shown_prefix,
             &new.hash.0[..],
             micros(now)
