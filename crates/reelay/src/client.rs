@@ -20,6 +20,8 @@ pub struct ClientArgs {
 pub struct GenerateArgs {
     /// What the video should show (10–4000 characters)
     pub prompt: String,
+    /// Where to send the webhook when the generation ends (https; http and loopback only
+    /// against `reelay dev`)
     #[arg(long)]
     pub callback_url: Option<String>,
     /// veo-3-fast or veo-3-quality
@@ -28,8 +30,10 @@ pub struct GenerateArgs {
     /// 16:9 or 9:16
     #[arg(long)]
     pub aspect_ratio: Option<String>,
+    /// The same seed and prompt give the same video; random when omitted
     #[arg(long)]
     pub seed: Option<u32>,
+    /// Text drawn over the video
     #[arg(long)]
     pub watermark_text: Option<String>,
     /// Wait until the generation finishes, showing its progress
@@ -38,6 +42,7 @@ pub struct GenerateArgs {
     /// Give up waiting after this long
     #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
     pub wait_timeout: Duration,
+    /// Print JSON instead of text
     #[arg(long)]
     pub json: bool,
 }

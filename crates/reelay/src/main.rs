@@ -30,10 +30,17 @@ use config::{Config, ConfigFlags};
     about = "Asynchronous generation tasks with webhooks"
 )]
 struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// A command on the database, with the settings that find it (client commands have none).
+#[derive(clap::Args)]
+struct OnDatabase<C: Subcommand> {
     #[command(flatten)]
     config: ConfigFlags,
     #[command(subcommand)]
-    command: Command,
+    command: C,
 }
 
 #[derive(Subcommand)]
@@ -43,14 +50,11 @@ enum Command {
     /// Run the server for local development: insecure callbacks allowed, a ready API key printed
     Dev(ServeArgs),
     /// Create, list and revoke API keys
-    #[command(subcommand)]
-    Keys(KeysCommand),
+    Keys(OnDatabase<KeysCommand>),
     /// Manage account credits
-    #[command(subcommand)]
-    Credits(CreditsCommand),
+    Credits(OnDatabase<CreditsCommand>),
     /// Create, list and revoke external workers' tokens
-    #[command(subcommand)]
-    Workers(workers_admin::WorkersCommand),
+    Workers(OnDatabase<workers_admin::WorkersCommand>),
     /// Receive webhooks locally: verify, print, optionally forward
     Listen(listen::ListenArgs),
     /// Run jobs for a server with external workers: on the built-in renderer or a Cog model
@@ -58,6 +62,8 @@ enum Command {
     /// Bring the database's schema up to date (servers also do it when they start), or copy
     /// a SQLite installation into an empty PostgreSQL database
     Migrate {
+        #[command(flatten)]
+        config: ConfigFlags,
         /// The SQLite database to copy: sqlite://PATH (stop its server first)
         #[arg(long, value_name = "URL", requires = "to")]
         from: Option<String>,
@@ -67,9 +73,13 @@ enum Command {
     },
     /// Delete what is past retention now (the server does it every minute by itself)
     Prune {
+        #[command(flatten)]
+        config: ConfigFlags,
         /// Only say how much would be deleted
         #[arg(long)]
         dry_run: bool,
+        /// Print one JSON object
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
@@ -84,6 +94,9 @@ enum Command {
 
 #[derive(clap::Args, Serialize)]
 struct ServeArgs {
+    #[command(flatten)]
+    #[serde(skip)]
+    config: ConfigFlags,
     /// Address to listen on
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -102,26 +115,32 @@ struct ServeArgs {
 enum KeysCommand {
     /// Create a key, for a new account (with --credits) or an existing one (--account)
     Create {
+        /// A name for the key, to tell it apart in `keys list`
         #[arg(long, default_value = "default")]
         name: String,
         /// Credits for the new account, or added to --account (a decimal, like 10 or 2.5)
         #[arg(long)]
         credits: Option<Credits>,
+        /// The account to add the key to (its id); a new account when omitted
         #[arg(long)]
         account: Option<AccountId>,
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
     /// List keys (never their secrets)
     List {
+        /// Only this account's keys
         #[arg(long)]
         account: Option<AccountId>,
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
     /// Revoke a key: it stops working at once
     Revoke {
         key_id: KeyId,
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
@@ -131,10 +150,13 @@ enum KeysCommand {
 enum CreditsCommand {
     /// Add credits to an account (a negative amount removes them)
     Add {
+        /// The account's id
         #[arg(long)]
         account: AccountId,
+        /// Credits to add, a decimal like 10 or 2.5; negative to remove
         #[arg(long, allow_hyphen_values = true)]
         amount: Credits,
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
@@ -168,7 +190,7 @@ async fn main() {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
-            let config = Config::load(&cli.config, serde_json::to_value(&args)?)?;
+            let config = Config::load(&args.config, serde_json::to_value(&args)?)?;
             if args.print_config {
                 print!("{}", config.to_toml()?);
                 return Ok(());
@@ -178,7 +200,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dev(args) => {
             let mut overrides = serde_json::to_value(&args)?;
             overrides["allow_insecure_callbacks"] = json!(true);
-            let config = Config::load(&cli.config, overrides)?;
+            let config = Config::load(&args.config, overrides)?;
             if args.print_config {
                 print!("{}", config.to_toml()?);
                 return Ok(());
@@ -199,17 +221,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await
         }
-        Command::Keys(command) => keys(&cli.config, command).await,
-        Command::Workers(command) => {
-            let store = server::open_store(&Config::load(&cli.config, json!({}))?).await?;
-            workers_admin::run(store.as_ref(), command).await
+        Command::Keys(on) => keys(&on.config, on.command).await,
+        Command::Workers(on) => {
+            let store = server::open_store(&Config::load(&on.config, json!({}))?).await?;
+            workers_admin::run(store.as_ref(), on.command).await
         }
-        Command::Credits(CreditsCommand::Add {
-            account,
-            amount,
-            json,
+        Command::Credits(OnDatabase {
+            config,
+            command:
+                CreditsCommand::Add {
+                    account,
+                    amount,
+                    json,
+                },
         }) => {
-            let store = server::open_store(&Config::load(&cli.config, json!({}))?).await?;
+            let store = server::open_store(&Config::load(&config, json!({}))?).await?;
             let balance = admin::add_credits(store.as_ref(), account, amount).await?;
             if json {
                 println!(
@@ -224,8 +250,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate { client, args } => client::generate(client, args).await,
         Command::Listen(args) => listen::listen(args).await,
         Command::Worker(args) => worker::run(args).await,
-        Command::Migrate { from, to } => {
-            let config = Config::load(&cli.config, json!({}))?;
+        Command::Migrate { config, from, to } => {
+            let config = Config::load(&config, json!({}))?;
             match (from, to) {
                 (Some(from), Some(to)) => migrate::copy(&from, &to).await,
                 _ => {
@@ -235,8 +261,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Prune { dry_run, json } => {
-            let config = Config::load(&cli.config, json!({}))?;
+        Command::Prune {
+            config,
+            dry_run,
+            json,
+        } => {
+            let config = Config::load(&config, json!({}))?;
             let store = server::open_store(&config).await?;
             let retention = config.retention();
             let (media, records) = if dry_run {

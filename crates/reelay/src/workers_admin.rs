@@ -20,22 +20,26 @@ const SHOWN: usize = 12;
 pub enum WorkersCommand {
     /// Create a worker token (printed once)
     Create {
+        /// A name for the worker, to tell it apart in `workers list`
         #[arg(long)]
         name: String,
         /// The models this worker may claim, comma-separated; every model when omitted
         #[arg(long, value_delimiter = ',')]
         models: Vec<Model>,
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
     /// List worker tokens (never their secrets)
     List {
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
     /// Revoke a worker token: it stops working at once
     Revoke {
         id: String,
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
