@@ -2,12 +2,15 @@
 //! empty PostgreSQL database, every table in one transaction, so that a platform outgrowing
 //! one machine keeps its accounts, keys, balances and ledger, generations, webhook history
 //! and signing secrets. Ids, hashes and sealed secrets are copied as they are: the nodes must
-//! use the installation's master key, and its API keys keep working.
+//! use the installation's master key, and its API keys keep working. Rows stream from a
+//! reader thread through a bounded queue, so an installation of any size copies in bounded
+//! memory.
 
 use std::path::Path;
 
 use rusqlite::types::Value;
 use time::OffsetDateTime;
+use tokio::sync::mpsc;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
@@ -166,10 +169,6 @@ pub type Copied = Vec<(&'static str, u64)>;
 /// must hold no account yet. Stop the server using `source` first.
 pub async fn sqlite_to_postgres(source: &Path, target: &PgStore) -> StoreResult<Copied> {
     drop(SqliteStore::open(source)?);
-    let source = source.to_owned();
-    let tables = tokio::task::spawn_blocking(move || read_all(&source))
-        .await
-        .map_err(|e| StoreError::Backend(format!("reading the SQLite database: {e}")))??;
     let mut conn = target.conn().await?;
     let tx = conn.transaction().await.map_err(crate::postgres::backend)?;
     let existing: i64 = tx
@@ -182,8 +181,13 @@ pub async fn sqlite_to_postgres(source: &Path, target: &PgStore) -> StoreResult<
             "the PostgreSQL database already holds accounts; copy into an empty one".into(),
         ));
     }
+    // A reader thread streams the rows through a bounded queue: memory stays at
+    // COPY_BUFFER rows whatever the installation's size.
+    let (rows_out, mut rows) = mpsc::channel(COPY_BUFFER);
+    let source = source.to_owned();
+    let reader = tokio::task::spawn_blocking(move || read_all(&source, &rows_out));
     let mut copied = Vec::new();
-    for ((table, columns), rows) in TABLES.iter().zip(tables) {
+    for (table, columns) in TABLES {
         let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
         let overriding = if names.first() == Some(&"id") && matches!(columns[0].1, I64) {
             "OVERRIDING SYSTEM VALUE"
@@ -199,12 +203,25 @@ pub async fn sqlite_to_postgres(source: &Path, target: &PgStore) -> StoreResult<
             ))
             .await
             .map_err(crate::postgres::backend)?;
-        for row in &rows {
+        let mut count = 0u64;
+        loop {
+            let row = match rows.recv().await {
+                Some(Ok(Read::Row(row))) => row,
+                Some(Ok(Read::TableEnd)) => break,
+                Some(Err(e)) => return Err(e),
+                None => {
+                    let stopped = reader.await.map_err(|e| e.to_string());
+                    return Err(StoreError::Backend(format!(
+                        "reading the SQLite database stopped: {stopped:?}"
+                    )));
+                }
+            };
             let params: Vec<&(dyn ToSql + Sync)> =
                 row.iter().map(|cell| cell.as_ref() as _).collect();
             tx.execute(&insert, &params)
                 .await
                 .map_err(crate::postgres::backend)?;
+            count += 1;
         }
         if !overriding.is_empty() {
             // The identity column goes on after the copied ids.
@@ -218,7 +235,7 @@ pub async fn sqlite_to_postgres(source: &Path, target: &PgStore) -> StoreResult<
             .await
             .map_err(crate::postgres::backend)?;
         }
-        copied.push((*table, rows.len() as u64));
+        copied.push((*table, count));
     }
     // SQLite keeps no destination on a generation; an unfinished one needs it for its event.
     let unfinished = tx
@@ -244,34 +261,51 @@ pub async fn sqlite_to_postgres(source: &Path, target: &PgStore) -> StoreResult<
 
 type Cell = Box<dyn ToSql + Sync + Send>;
 
-fn read_all(source: &Path) -> StoreResult<Vec<Vec<Vec<Cell>>>> {
+/// What the reader thread hands over: a table's rows, each table closed by `TableEnd`.
+enum Read {
+    Row(Vec<Cell>),
+    TableEnd,
+}
+
+/// Rows read ahead of the inserts at most.
+const COPY_BUFFER: usize = 1_024;
+
+/// Reads every table in [`TABLES`] order into `out`; stops early when the copy gave up.
+fn read_all(source: &Path, out: &mpsc::Sender<StoreResult<Read>>) {
+    if let Err(e) = read_tables(source, out) {
+        let _ = out.blocking_send(Err(e));
+    }
+}
+
+fn read_tables(source: &Path, out: &mpsc::Sender<StoreResult<Read>>) -> StoreResult<()> {
     let c =
         rusqlite::Connection::open_with_flags(source, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .map_err(crate::sqlite::backend)?;
-    TABLES
-        .iter()
-        .map(|(table, columns)| {
-            let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
-            let mut statement = c
-                .prepare(&format!("SELECT {} FROM {table}", names.join(", ")))
-                .map_err(crate::sqlite::backend)?;
-            let mut rows = statement.query([]).map_err(crate::sqlite::backend)?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.next().map_err(crate::sqlite::backend)? {
-                let cells = columns
-                    .iter()
-                    .enumerate()
-                    .map(|(i, (name, kind))| {
-                        let value: Value = row.get(i).map_err(crate::sqlite::backend)?;
-                        cell(value, *kind)
-                            .map_err(|what| StoreError::Backend(format!("{table}.{name}: {what}")))
-                    })
-                    .collect::<StoreResult<Vec<Cell>>>()?;
-                out.push(cells);
+    for (table, columns) in TABLES {
+        let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
+        let mut statement = c
+            .prepare(&format!("SELECT {} FROM {table}", names.join(", ")))
+            .map_err(crate::sqlite::backend)?;
+        let mut rows = statement.query([]).map_err(crate::sqlite::backend)?;
+        while let Some(row) = rows.next().map_err(crate::sqlite::backend)? {
+            let cells = columns
+                .iter()
+                .enumerate()
+                .map(|(i, (name, kind))| {
+                    let value: Value = row.get(i).map_err(crate::sqlite::backend)?;
+                    cell(value, *kind)
+                        .map_err(|what| StoreError::Backend(format!("{table}.{name}: {what}")))
+                })
+                .collect::<StoreResult<Vec<Cell>>>()?;
+            if out.blocking_send(Ok(Read::Row(cells))).is_err() {
+                return Ok(());
             }
-            Ok(out)
-        })
-        .collect()
+        }
+        if out.blocking_send(Ok(Read::TableEnd)).is_err() {
+            return Ok(());
+        }
+    }
+    Ok(())
 }
 
 fn cell(value: Value, kind: Kind) -> Result<Cell, String> {

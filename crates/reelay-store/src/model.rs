@@ -256,6 +256,23 @@ pub enum Outcome {
     Failed(Failure),
 }
 
+impl Outcome {
+    /// The ended row's columns: its status, failure code and reason, and video.
+    pub(crate) fn columns(
+        &self,
+    ) -> (
+        &'static str,
+        Option<FailureCode>,
+        Option<&str>,
+        Option<&Video>,
+    ) {
+        match self {
+            Outcome::Completed(video) => ("completed", None, None, Some(video)),
+            Outcome::Failed(f) => ("failed", Some(f.code), f.reason.as_deref(), None),
+        }
+    }
+}
+
 /// A failure: its code, and what the worker said of it when that is worth showing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {

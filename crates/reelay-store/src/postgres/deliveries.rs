@@ -1,6 +1,8 @@
 //! Webhook deliveries on the outbox rows: claiming due ones under a lease (one conditional
 //! UPDATE, so two nodes never lease the same event), recording attempts, redelivery.
 
+use std::sync::LazyLock;
+
 use async_trait::async_trait;
 use deadpool_postgres::GenericClient;
 use reelay_core::{AccountId, GenerationId};
@@ -209,8 +211,9 @@ async fn lease(
     now: OffsetDateTime,
 ) -> StoreResult<Vec<DueDelivery>> {
     execute(c, LOCK_DESTINATIONS, &[&event_ids]).await?;
-    let sql = format!(
-        "{WITHIN_LIMIT}, \
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "{WITHIN_LIMIT}, \
          leased AS ( \
              UPDATE events SET lease_owner = $1, next_attempt_at = $2 \
              WHERE id IN (SELECT id FROM chosen) \
@@ -221,15 +224,16 @@ async fn lease(
          SELECT l.*, g.id IS NOT NULL AS has_generation, {} \
          FROM leased l LEFT JOIN generations g \
              ON l.payload = '' AND g.id = l.event_generation_id",
-        GENERATION_COLUMNS
-            .split(", ")
-            .map(|column| format!("g.{column}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+            GENERATION_COLUMNS
+                .split(", ")
+                .map(|column| format!("g.{column}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    });
     query(
         c,
-        &sql,
+        &SQL,
         &[&owner, &lease_until, &now, &event_ids, &per_destination],
     )
     .await?

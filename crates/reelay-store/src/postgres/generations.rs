@@ -3,6 +3,8 @@
 //! rows it changes, so that nodes racing on one database never share a lease, charge past a
 //! balance or refund twice.
 
+use std::sync::LazyLock;
+
 use async_trait::async_trait;
 use deadpool_postgres::GenericClient;
 use reelay_core::destination::destination_key;
@@ -176,6 +178,12 @@ const CLAIM: &str = "WITH pending AS ( \
      FROM picked WHERE id = picked_id \
      RETURNING {columns}";
 
+fn claim_sql(model: &str) -> String {
+    CLAIM
+        .replace("{model}", model)
+        .replace("{columns}", GENERATION_COLUMNS)
+}
+
 async fn claim(
     store: &PgStore,
     owner: &str,
@@ -186,18 +194,13 @@ async fn claim(
 ) -> StoreResult<Vec<Generation>> {
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let conn = store.conn().await?;
+    static ANY_MODEL: LazyLock<String> = LazyLock::new(|| claim_sql(""));
+    static SOME_MODELS: LazyLock<String> = LazyLock::new(|| claim_sql("AND model = ANY($5)"));
     let mut claimed = match &models {
-        None => {
-            let sql = CLAIM
-                .replace("{model}", "")
-                .replace("{columns}", GENERATION_COLUMNS);
-            generations(&conn, &sql, &[&now, &limit, &owner, &lease_until]).await?
-        }
+        None => generations(&conn, &ANY_MODEL, &[&now, &limit, &owner, &lease_until]).await?,
         Some(models) => {
-            let sql = CLAIM
-                .replace("{model}", "AND model = ANY($5)")
-                .replace("{columns}", GENERATION_COLUMNS);
-            generations(&conn, &sql, &[&now, &limit, &owner, &lease_until, models]).await?
+            let params: [Param<'_>; 5] = [&now, &limit, &owner, &lease_until, models];
+            generations(&conn, &SOME_MODELS, &params).await?
         }
     };
     claimed.sort_unstable_by_key(|g| (g.created_at, g.id));
@@ -242,15 +245,13 @@ async fn finish(
     outcome: Outcome,
     now: OffsetDateTime,
 ) -> StoreResult<Finished> {
-    let (status, code, reason, video) = match &outcome {
-        Outcome::Completed(video) => ("completed", None, None, Some(video)),
-        Outcome::Failed(f) => ("failed", Some(f.code), f.reason.as_deref(), None),
-    };
+    let (status, code, reason, video) = outcome.columns();
+    static SQL: LazyLock<String> =
+        LazyLock::new(|| FINISH.replace("{columns}", GENERATION_COLUMNS));
     let conn = store.conn().await?;
-    let sql = FINISH.replace("{columns}", GENERATION_COLUMNS);
     let ended = query_opt(
         &conn,
-        &sql,
+        &SQL,
         &[
             &id.0,
             &status,

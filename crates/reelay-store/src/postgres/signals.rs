@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures::StreamExt;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, NoTls};
 
 use super::PgStore;
@@ -75,29 +75,29 @@ async fn listen_once(
     wake: &WakeFn,
 ) -> Result<(), tokio_postgres::Error> {
     let (client, mut connection) = config.connect(NoTls).await?;
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    // Notifications fold into one pending wake-up however many arrive, so nothing queues.
+    let arrived = Arc::new(Notify::new());
     // The connection delivers notifications only while it is polled, which also carries
     // the client's own LISTEN below.
-    let driver = tokio::spawn(async move {
-        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(message) = messages.next().await {
-            match message {
-                Ok(AsyncMessage::Notification(_)) => {
-                    if tx.send(()).is_err() {
-                        break;
-                    }
+    let mut driver = tokio::spawn({
+        let arrived = arrived.clone();
+        async move {
+            let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(Ok(message)) = messages.next().await {
+                if let AsyncMessage::Notification(_) = message {
+                    arrived.notify_one();
                 }
-                Ok(_) => {}
-                Err(_) => break,
             }
         }
     });
     client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
     // Work may have been announced while this node was not listening.
     wake();
-    while rx.recv().await.is_some() {
-        wake();
+    loop {
+        tokio::select! {
+            _ = arrived.notified() => wake(),
+            _ = &mut driver => break,
+        }
     }
-    driver.abort();
     Ok(())
 }

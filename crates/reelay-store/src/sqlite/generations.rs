@@ -322,10 +322,7 @@ pub fn finish(
     outcome: Outcome,
     now: OffsetDateTime,
 ) -> StoreResult<Finished> {
-    let (status, code, reason, video) = match &outcome {
-        Outcome::Completed(video) => ("completed", None, None, Some(video)),
-        Outcome::Failed(f) => ("failed", Some(f.code), f.reason.as_deref(), None),
-    };
+    let (status, code, reason, video) = outcome.columns();
     let updated = c
         .prepare_cached(&format!(
             "UPDATE generations SET status = ?2, completed_at = ?3, failure_code = ?4, \
