@@ -88,7 +88,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 }
 
 /// Parses a path id; a non-UUID is a client error distinct from an unknown id.
-fn generation_id(raw: &str) -> Result<GenerationId, ApiError> {
+pub(crate) fn generation_id(raw: &str) -> Result<GenerationId, ApiError> {
     raw.parse().map_err(|_| {
         ApiError::new(
             StatusCode::BAD_REQUEST,

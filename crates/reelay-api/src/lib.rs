@@ -5,6 +5,7 @@ mod account;
 mod auth;
 mod body;
 mod error;
+mod events;
 mod generations;
 mod ops;
 mod rate_limit;
@@ -63,6 +64,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/veo/generations", get(generations::list))
         .route("/v1/veo/generations/{id}", get(generations::get))
         .route("/v1/veo/generations/{id}/cancel", post(generations::cancel))
+        .route("/v1/veo/generations/{id}/events", get(events::events))
         .route(
             "/v1/veo/generations/{id}/deliveries",
             get(generations::deliveries),

@@ -18,11 +18,15 @@ use reelay_store::{
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use crate::changes::{Changes, MAX_STREAMS, MAX_STREAMS_PER_ACCOUNT, Watch, WatchRefused};
 use crate::generator::{Generator, Progress};
 use crate::inputs;
 
 /// Keeps the watchdog from spinning when a deadline is due but storage keeps failing.
 const MIN_WATCHDOG_WAIT: Duration = Duration::from_millis(10);
+/// How often a running generation's progress is written when it changes, so that status
+/// reads and streams (on any node) follow it closely; the lease is renewed by the same write.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 pub struct EngineConfig {
@@ -72,6 +76,8 @@ pub(crate) struct Inner {
     pub(crate) worker_polls: Arc<Semaphore>,
     slots: Arc<Semaphore>,
     running: Mutex<HashMap<GenerationId, CancellationToken>>,
+    /// Wakes the status streams of generations this process changes.
+    pub(crate) changes: Arc<Changes>,
 }
 
 impl Engine {
@@ -86,6 +92,7 @@ impl Engine {
                 worker_polls: Arc::new(Semaphore::new(config.max_worker_polls.max(1))),
                 config,
                 running: Mutex::new(HashMap::new()),
+                changes: Arc::new(Changes::new(MAX_STREAMS_PER_ACCOUNT, MAX_STREAMS)),
             }),
         };
         // Work queued by another node on a shared database wakes this one too.
@@ -168,6 +175,13 @@ impl Engine {
         )
     }
 
+    /// Opens a status stream's watch on generation `id` of `account`: it wakes whenever this
+    /// process changes the generation. Refused past the per-account or per-server cap on
+    /// streams; the place is given back when the watch is dropped.
+    pub fn watch(&self, account: AccountId, id: GenerationId) -> Result<Watch, WatchRefused> {
+        self.inner.changes.watch(account, id)
+    }
+
     /// Cancels a generation: it fails with CANCELLED (refunded) and any work on it stops.
     pub async fn cancel(&self, id: GenerationId) -> StoreResult<Finished> {
         let finished = self
@@ -189,9 +203,15 @@ impl Engine {
 
     /// Runs the claim loop and the time-limit watchdog until `shutdown` fires.
     pub async fn run(self, shutdown: CancellationToken) {
+        let changes = self.inner.changes.clone();
+        let close_streams = async {
+            shutdown.cancelled().await;
+            changes.close();
+        };
         tokio::join!(
             self.clone().claim_loop(shutdown.clone()),
-            self.watchdog(shutdown)
+            self.watchdog(shutdown.clone()),
+            close_streams
         );
     }
 
@@ -214,6 +234,7 @@ impl Engine {
                     Ok(generations) => {
                         claimed = generations.len();
                         for g in generations {
+                            inner.changes.changed(g.id);
                             let slot = inner
                                 .slots
                                 .clone()
@@ -287,16 +308,29 @@ impl Engine {
         let inner = &self.inner;
         let progress = Progress::default();
         let heartbeat = async {
-            let every = inner.config.lease / 3;
+            let renew_every = inner.config.lease / 3;
+            let mut renewed = tokio::time::Instant::now();
+            let mut written = 0;
             loop {
-                tokio::time::sleep(every).await;
+                tokio::time::sleep(renew_every.min(PROGRESS_EVERY)).await;
+                let pct = progress.get();
+                // Between renewals only a change of progress is worth a write.
+                if pct == written && renewed.elapsed() < renew_every {
+                    continue;
+                }
                 let until = inner.store.now() + inner.config.lease;
                 match inner
                     .store
-                    .heartbeat(g.id, &inner.config.node_id, until, progress.get())
+                    .heartbeat(g.id, &inner.config.node_id, until, pct)
                     .await
                 {
-                    Ok(true) => {}
+                    Ok(true) => {
+                        renewed = tokio::time::Instant::now();
+                        if pct != written {
+                            written = pct;
+                            inner.changes.changed(g.id);
+                        }
+                    }
                     Ok(false) => return,
                     Err(e) => tracing::warn!(generation = %g.id, error = %e, "heartbeat failed"),
                 }
@@ -327,6 +361,9 @@ impl Engine {
                 Ok(expired) if !expired.is_empty() => {
                     tracing::info!(count = expired.len(), "generations timed out");
                     inner.config.outbox.look();
+                    for id in &expired {
+                        inner.changes.changed(*id);
+                    }
                     inner.stop_work_on(&expired);
                 }
                 Ok(_) => {}
@@ -377,6 +414,7 @@ impl Inner {
 
     /// Hands the webhook a just-ended generation owes (if any) to the outbox's listener.
     pub(crate) fn ended(&self, generation: &Generation) {
+        self.changes.changed(generation.id);
         self.config
             .outbox
             .due(DueRef::of(generation).into_iter().collect());

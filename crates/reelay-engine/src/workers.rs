@@ -184,6 +184,7 @@ impl Engine {
                 owner: owner.clone(),
             };
             tracing::info!(generation = %g.id, "claimed by an external worker");
+            inner.changes.changed(g.id);
             jobs.push(WorkerJob {
                 generation: g,
                 lease_id: lease.id(),
@@ -210,6 +211,7 @@ impl Engine {
             .heartbeat(lease.generation, &lease.owner, until, progress_pct)
             .await?
         {
+            inner.changes.changed(lease.generation);
             return Ok(Beat {
                 lease_expires_at: until,
                 cancel_requested: false,

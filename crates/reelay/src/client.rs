@@ -1,9 +1,12 @@
 //! `reelay generate`: the API from the command line, for trying reelay and for scripts.
+//! `--wait` follows the generation (see [`wait`]).
 
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
+
+mod wait;
 
 /// Where the server is and who is calling.
 #[derive(Debug, Clone, clap::Args)]
@@ -48,7 +51,10 @@ pub struct GenerateArgs {
 }
 
 pub async fn generate(client: ClientArgs, args: GenerateArgs) -> anyhow::Result<()> {
-    let http = reqwest::Client::new();
+    let http = reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .build()
+        .context("building the HTTP client")?;
     let base = client.server.trim_end_matches('/');
     let mut body = json!({"prompt": args.prompt});
     for (field, value) in [
@@ -78,40 +84,39 @@ pub async fn generate(client: ClientArgs, args: GenerateArgs) -> anyhow::Result<
         print(&created, args.json);
         return Ok(());
     }
-    if !args.json {
-        eprintln!("created {id} (price {})", created["price"]);
+    let mut shown = wait::Display::new(args.json);
+    shown.created(&id, created["price"].as_str().unwrap_or("?"));
+    let waiting = wait::Waiting {
+        http: &http,
+        base,
+        api_key: &client.api_key,
+        id: &id,
+        deadline: tokio::time::Instant::now() + args.wait_timeout,
+    };
+    let outcome = match waiting.follow_events(&mut shown).await {
+        Ok(Some(generation)) => Ok(generation),
+        Ok(None) => waiting.poll(&mut shown).await,
+        Err(e) => Err(e),
+    };
+    // An error is printed under the bar, which stays as it was.
+    let generation = outcome.inspect_err(|_| shown.abandon())?;
+    shown.finish(&generation);
+    print(&generation, args.json);
+    if generation["status"] == "failed" {
+        bail!(
+            "the generation failed: {}",
+            generation["error"]["message"]
+                .as_str()
+                .unwrap_or("unknown error")
+        );
     }
-    let deadline = tokio::time::Instant::now() + args.wait_timeout;
-    loop {
-        let generation = call(
-            http.get(format!("{base}/v1/veo/generations/{id}"))
-                .bearer_auth(&client.api_key),
-        )
-        .await?;
-        let status = generation["status"].as_str().unwrap_or_default();
-        if status == "completed" || status == "failed" {
-            if !args.json {
-                eprintln!();
-            }
-            print(&generation, args.json);
-            return if status == "failed" {
-                bail!("the generation failed: {}", generation["error"]["message"])
-            } else {
-                Ok(())
-            };
-        }
-        if !args.json {
-            eprint!(
-                "\r{status:<10} {:>3}%  queue position {}   ",
-                generation["progress_pct"], generation["queue_position"]
-            );
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("gave up waiting for {id} after {:?}", args.wait_timeout);
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    Ok(())
 }
+
+/// How long to wait for the server to accept a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one API call may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn print(value: &Value, json: bool) {
     if json {
@@ -127,6 +132,7 @@ fn print(value: &Value, json: bool) {
 /// Sends a request and returns its JSON body, or the server's error message.
 async fn call(request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
     let response = request
+        .timeout(CALL_TIMEOUT)
         .send()
         .await
         .context("could not reach the reelay server (is it running? see --server)")?;
