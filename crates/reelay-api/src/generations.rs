@@ -102,7 +102,11 @@ pub(crate) fn generation_id(raw: &str) -> Result<GenerationId, ApiError> {
 }
 
 /// Loads a generation of the caller's; another account's answers exactly like an unknown one.
-async fn owned(state: &AppState, caller: Caller, raw: &str) -> Result<Generation, ApiError> {
+pub(crate) async fn owned(
+    state: &AppState,
+    caller: Caller,
+    raw: &str,
+) -> Result<Generation, ApiError> {
     let id = generation_id(raw)?;
     match state.store.generation(id).await? {
         Some(g) if g.account_id == caller.0 => Ok(g),
@@ -376,7 +380,7 @@ pub struct GenerationView {
 }
 
 impl GenerationView {
-    fn new(g: &Generation, queue_position: u64, event: Option<&Event>) -> Self {
+    pub(crate) fn new(g: &Generation, queue_position: u64, event: Option<&Event>) -> Self {
         let (video_url, error, progress_pct) = match &g.stage {
             Stage::Pending => (None, None, 0),
             Stage::Processing { progress_pct, .. } => (None, None, *progress_pct),

@@ -4,6 +4,7 @@
 mod account;
 mod auth;
 mod body;
+mod dashboard;
 mod error;
 mod events;
 mod generations;
@@ -56,6 +57,9 @@ pub struct AppState {
     pub worker_max_video_bytes: u64,
     /// One permit per create body over the small-body limit being handled (images).
     pub large_bodies: Arc<tokio::sync::Semaphore>,
+    /// Signs the dashboard's session cookies and CSRF tokens; derived from the master key, so
+    /// every node that shares the master key accepts the same sessions.
+    pub dashboard_key: [u8; 32],
 }
 
 pub fn router(state: AppState) -> Router {
@@ -101,6 +105,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .merge(dashboard::router(&state))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .with_state(state)

@@ -243,6 +243,7 @@ pub async fn serve(
     let store = open_store(&config).await?;
     let master = master_key(&config)?;
     let video_key = VideoKey::new(master.derive("video-url"));
+    let dashboard_key = master.derive("dashboard-session");
     let (node_id, restart) = node_id(&config)?;
     if restart == Restart::Same {
         release_interrupted(store.as_ref(), &node_id).await?;
@@ -334,6 +335,7 @@ pub async fn serve(
         large_bodies: Arc::new(tokio::sync::Semaphore::new(
             config.http_max_large_bodies.max(1),
         )),
+        dashboard_key,
     });
     let limits = front_door_limits(&config);
 

@@ -1,0 +1,310 @@
+//! The operator's view, behind the admin token (the one that guards `/metrics`): accounts and
+//! balances, the queue, workers and the generations being worked on with who holds each
+//! lease, and the webhook delivery success chart.
+//!
+//! Built only from the store's existing queries. Where none exists for a whole-server view
+//! (listing accounts, leases), it is assembled from per-account queries and capped, and the
+//! page says where it stopped.
+
+use std::collections::BTreeMap;
+
+use axum::Extension;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use maud::{Markup, html};
+use reelay_core::{AccountId, GenerationStatus};
+use reelay_store::{Account, Stage};
+use reelay_webhooks::timestamp;
+use time::OffsetDateTime;
+
+use super::form::Form;
+use super::history::History;
+use super::layout::{self, Nav, Section, page};
+use super::session::{self, Operator};
+use super::{forbidden, store_error};
+use crate::{AdminAccess, AppState};
+
+/// Accounts shown; the rest are counted.
+const MAX_ACCOUNTS: usize = 200;
+/// Accounts whose processing generations are looked up for the lease table.
+const LEASE_ACCOUNTS: usize = 50;
+/// Processing generations listed per account.
+const LEASES_PER_ACCOUNT: u32 = 20;
+
+fn sign_in_form(error: Option<&str>, closed: bool) -> Markup {
+    html! {
+        h1 { "Operator sign-in" }
+        @if closed {
+            p.error role="alert" { "The operator view is off: start the server with "
+                code { "REELAY_ADMIN_TOKEN" } " set, then sign in here with that token." }
+        } @else {
+            p { "Sign in with the server's admin token (" code { "REELAY_ADMIN_TOKEN" } ", the one that guards "
+                code { "/metrics" } ")." }
+            @if let Some(error) = error {
+                p.error role="alert" id="operator-error" { (error) }
+            }
+            form.card method="post" action="/dashboard/operator/sign-in" {
+                label for="admin_token" { "Admin token" }
+                input id="admin_token" name="admin_token" type="password" required
+                    autocomplete="off" spellcheck="false" autofocus;
+                button type="submit" { "Sign in" }
+            }
+        }
+        p.muted { a href="/dashboard/sign-in" { "Sign in with an API key instead" } }
+    }
+}
+
+pub async fn sign_in_page(State(state): State<AppState>) -> Response {
+    if matches!(state.admin, AdminAccess::Open) {
+        return Redirect::to("/dashboard/operator").into_response();
+    }
+    let closed = matches!(state.admin, AdminAccess::Closed);
+    let status = if closed {
+        StatusCode::FORBIDDEN
+    } else {
+        StatusCode::OK
+    };
+    (
+        status,
+        Html(page("Operator sign-in", None, sign_in_form(None, closed)).into_string()),
+    )
+        .into_response()
+}
+
+pub async fn sign_in(State(state): State<AppState>, headers: HeaderMap, form: Form) -> Response {
+    let token = form.get("admin_token").unwrap_or_default();
+    let cookie = (!token.is_empty() && session::admin_token_ok(&state.admin, token))
+        .then(|| session::open_operator(&state, &headers))
+        .flatten();
+    match cookie {
+        Some(cookie) => {
+            let mut response = Redirect::to("/dashboard/operator").into_response();
+            response.headers_mut().insert(header::SET_COOKIE, cookie);
+            response
+        }
+        None => {
+            let closed = matches!(state.admin, AdminAccess::Closed);
+            (
+                StatusCode::UNAUTHORIZED,
+                Html(
+                    page(
+                        "Operator sign-in",
+                        None,
+                        sign_in_form(Some("That is not the admin token."), closed),
+                    )
+                    .into_string(),
+                ),
+            )
+                .into_response()
+        }
+    }
+}
+
+pub async fn sign_out(operator: Operator, headers: HeaderMap, form: Form) -> Response {
+    if !operator.csrf_ok(form.get("csrf")) {
+        return forbidden();
+    }
+    let mut response = Redirect::to("/dashboard/operator/sign-in").into_response();
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, session::clear_operator(&headers));
+    response
+}
+
+/// Every account that has a key, with how many live keys it has, in the store's key order.
+async fn accounts(state: &AppState) -> Result<(Vec<(Account, usize)>, usize), Response> {
+    let keys = state.store.list_keys(None).await.map_err(store_error)?;
+    let mut live: BTreeMap<AccountId, usize> = BTreeMap::new();
+    let mut order = Vec::new();
+    for k in &keys {
+        let n = live.entry(k.account_id).or_insert_with(|| {
+            order.push(k.account_id);
+            0
+        });
+        if k.revoked_at.is_none() {
+            *n += 1;
+        }
+    }
+    let total = order.len();
+    let mut out = Vec::with_capacity(total.min(MAX_ACCOUNTS));
+    for id in order.into_iter().take(MAX_ACCOUNTS) {
+        if let Some(account) = state.store.account(id).await.map_err(store_error)? {
+            out.push((account, live.get(&id).copied().unwrap_or(0)));
+        }
+    }
+    Ok((out, total))
+}
+
+/// A processing generation and who holds its lease.
+struct Held {
+    account: String,
+    id: String,
+    started_at: OffsetDateTime,
+    progress_pct: u8,
+    claims: u32,
+    holder: Option<String>,
+}
+
+async fn leases(state: &AppState, accounts: &[(Account, usize)]) -> Result<Vec<Held>, Response> {
+    let mut out = Vec::new();
+    for (account, _) in accounts.iter().take(LEASE_ACCOUNTS) {
+        let page = state
+            .store
+            .list_generations(
+                account.id,
+                Some(GenerationStatus::Processing),
+                LEASES_PER_ACCOUNT,
+                0,
+            )
+            .await
+            .map_err(store_error)?;
+        for g in page.items {
+            let Stage::Processing {
+                started_at,
+                progress_pct,
+                claims,
+            } = g.stage
+            else {
+                continue;
+            };
+            let holder = state.store.lease_holder(g.id).await.map_err(store_error)?;
+            out.push(Held {
+                account: account.name.clone(),
+                id: g.id.to_string(),
+                started_at,
+                progress_pct,
+                claims,
+                holder,
+            });
+        }
+    }
+    Ok(out)
+}
+
+pub async fn view(
+    State(state): State<AppState>,
+    Extension(history): Extension<History>,
+    operator: Operator,
+) -> Response {
+    let now = state.store.now();
+    let (accounts, total_accounts) = match accounts(&state).await {
+        Ok(a) => a,
+        Err(response) => return response,
+    };
+    let far = now + time::Duration::days(365 * 100);
+    let pending = match state.store.pending_before(far).await {
+        Ok(n) => n,
+        Err(e) => return store_error(e),
+    };
+    let deliveries = match state.store.delivery_counts(now).await {
+        Ok(c) => c,
+        Err(e) => return store_error(e),
+    };
+    let workers = match state.store.list_workers().await {
+        Ok(w) => w,
+        Err(e) => return store_error(e),
+    };
+    let held = match leases(&state, &accounts).await {
+        Ok(h) => h,
+        Err(response) => return response,
+    };
+    let pending_text = if pending >= reelay_store::QUEUE_POSITION_CAP {
+        format!("{pending} or more")
+    } else {
+        pending.to_string()
+    };
+    let csrf = operator.csrf();
+    let body = html! {
+        h1 { "Operator" }
+        section aria-labelledby="queue-h" {
+            h2 id="queue-h" { "Queue" }
+            dl.tiles {
+                div { dt { "Pending generations" } dd id="queue-pending" { (pending_text) } }
+                div { dt { "Processing (listed below)" } dd { (held.len()) } }
+                div { dt { "Webhooks due now" } dd { (deliveries.due) } }
+                div { dt { "Webhooks waiting to retry" } dd { (deliveries.scheduled) } }
+                div { dt { "Webhooks failed" } dd { (deliveries.failed) } }
+            }
+        }
+        section aria-labelledby="chart-h" {
+            h2 id="chart-h" { "Webhook delivery success" }
+            (history.chart())
+        }
+        section aria-labelledby="leases-h" {
+            h2 id="leases-h" { "Work in progress and its leases" }
+            @if held.is_empty() {
+                p.empty { "Nothing is being generated right now." }
+            } @else {
+                div.scroll { table {
+                    thead { tr {
+                        th scope="col" { "Account" } th scope="col" { "Generation" }
+                        th scope="col" { "Started" } th scope="col" { "Progress" }
+                        th scope="col" { "Claims" } th scope="col" { "Lease holder" }
+                    } }
+                    tbody { @for h in &held { tr {
+                        td data-label="Account" { (h.account) }
+                        td data-label="Generation" { code.wrap { (h.id) } }
+                        td data-label="Started" { (layout::age(h.started_at, now)) }
+                        td data-label="Progress" { (h.progress_pct) "%" }
+                        td data-label="Claims" { (h.claims) }
+                        td data-label="Lease holder" { code.wrap { (h.holder.as_deref().unwrap_or("—")) } }
+                    } } }
+                } }
+            }
+            @if accounts.len() > LEASE_ACCOUNTS {
+                p.muted { "Looked at the first " (LEASE_ACCOUNTS) " accounts' work only." }
+            }
+        }
+        section aria-labelledby="workers-h" {
+            h2 id="workers-h" { "Workers" }
+            @if workers.is_empty() {
+                p.empty { "No worker tokens. Make one with " code { "reelay workers create" } "." }
+            } @else {
+                div.scroll { table {
+                    thead { tr {
+                        th scope="col" { "Name" } th scope="col" { "Token" } th scope="col" { "Models" }
+                        th scope="col" { "Created" } th scope="col" { "State" }
+                    } }
+                    tbody { @for w in &workers { tr {
+                        td data-label="Name" { (w.name) }
+                        td data-label="Token" { code { (w.shown_prefix) "…" } }
+                        td data-label="Models" {
+                            @if w.models.is_empty() { "all" }
+                            @else { (w.models.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", ")) }
+                        }
+                        td data-label="Created" { (layout::when(Some(&timestamp::format(w.created_at)))) }
+                        td data-label="State" {
+                            @if w.revoked_at.is_some() { span.badge.bad { "revoked" } }
+                            @else { span.badge.ok { "active" } }
+                        }
+                    } } }
+                } }
+            }
+        }
+        section aria-labelledby="accounts-h" {
+            h2 id="accounts-h" { "Accounts" }
+            div.scroll { table id="accounts" {
+                caption { (total_accounts) " accounts with API keys"
+                    @if total_accounts > accounts.len() { ", the first " (accounts.len()) " shown" } }
+                thead { tr {
+                    th scope="col" { "Name" } th scope="col" { "Account id" }
+                    th scope="col" { "Balance" } th scope="col" { "Live keys" } th scope="col" { "Created" }
+                } }
+                tbody { @for (a, keys) in &accounts { tr {
+                    td data-label="Name" { (a.name) }
+                    td data-label="Account id" { code.wrap { (a.id.to_string()) } }
+                    td data-label="Balance" { (a.balance.to_string()) }
+                    td data-label="Live keys" { (keys) }
+                    td data-label="Created" { (layout::age(a.created_at, now)) }
+                } } }
+            } }
+        }
+    };
+    let nav = Nav {
+        section: Section::Operator,
+        csrf: csrf.as_deref(),
+        sign_out: "/dashboard/operator/sign-out",
+    };
+    Html(page("Operator", Some(nav), body).into_string()).into_response()
+}
