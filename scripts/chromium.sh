@@ -4,7 +4,10 @@
 # ever downloaded from anywhere but Debian's own packages.
 set -euo pipefail
 
-if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
+# A font, or the screenshot the test takes shows boxes instead of text.
+FONT=/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
+
+if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] && [ -e "$FONT" ]; then
     exit 0
 fi
 
@@ -13,9 +16,9 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
-echo "chromium.sh: installing chromium and chromium-driver from Debian's packages" >&2
+echo "chromium.sh: installing chromium, chromium-driver and a font from Debian's packages" >&2
 export DEBIAN_FRONTEND=noninteractive
 # A stale or missing package list is the usual cause of "Unable to locate package".
 apt-get update -qq >/dev/null
-apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
-[ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]
+apt-get install -y -qq --no-install-recommends chromium chromium-driver fonts-dejavu-core >/dev/null
+[ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] && [ -e "$FONT" ]

@@ -32,8 +32,15 @@ fn repo_root() -> PathBuf {
 
 /// Installs Chromium and chromedriver when they are missing: this test never skips.
 fn ensure_chromium() {
-    let present =
-        || Path::new("/usr/bin/chromium").exists() && Path::new("/usr/bin/chromedriver").exists();
+    let present = || {
+        [
+            "/usr/bin/chromium",
+            "/usr/bin/chromedriver",
+            "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+        ]
+        .iter()
+        .all(|p| Path::new(p).exists())
+    };
     if present() {
         return;
     }
@@ -519,6 +526,25 @@ async fn the_dashboard_in_a_browser() {
         "bob's list shows alice's generation"
     );
     assert!(!browser.body_text().await.contains("paper boat"));
+    // On a phone's width nothing runs off the side of the list.
+    browser
+        .cmd(
+            reqwest::Method::POST,
+            "/window/rect",
+            Some(json!({"width": 390, "height": 844})),
+        )
+        .await;
+    let widths = browser
+        .script("return [document.documentElement.scrollWidth, window.innerWidth]")
+        .await;
+    assert!(
+        widths[1].as_u64().is_some_and(|w| w <= 400),
+        "the window did not become phone-sized: {widths}"
+    );
+    assert!(
+        widths[0].as_u64() <= widths[1].as_u64(),
+        "the list is wider than a phone: {widths}"
+    );
     browser
         .goto(&format!("{}/dashboard/generations/{id}", s.url))
         .await;
