@@ -459,3 +459,40 @@ async fn generate_wait_polls_when_the_server_has_no_event_stream() {
         "{stderr}"
     );
 }
+
+/// Two nodes on one PostgreSQL database: a stream on the node that does not render (its
+/// engine never touches the generation, so nothing wakes the stream there) still follows every
+/// change the other node makes, by re-reading the shared store.
+#[tokio::test]
+async fn a_stream_follows_a_generation_rendered_on_another_node() {
+    let db = reelay_store::postgres::TestDatabase::create().await;
+    let shared = [
+        ("REELAY_DATABASE_URL", db.url()),
+        (
+            "REELAY_MASTER_KEY",
+            "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=",
+        ),
+        ("REELAY_RENDER_DELAY", "3s"),
+    ];
+    let renderer = TestServer::start(&shared).await;
+    let mut watcher_env = shared.to_vec();
+    watcher_env.push(("REELAY_GENERATOR", "external"));
+    let watcher = TestServer::start(&watcher_env).await;
+    let a = watcher.create_account("events-cluster", "10").await;
+    let id = watcher.create_generation(&a.api_key, PROMPT).await;
+
+    let events = Stream::open(&watcher, &a.api_key, &id, None)
+        .await
+        .rest()
+        .await;
+    let shown = summary(&events);
+    assert!(
+        events.iter().any(|e| e.data["status"] == "processing"),
+        "{shown:?}"
+    );
+    assert!(events.iter().any(|e| e.name == "progress"), "{shown:?}");
+    assert_increasing(&events, 0);
+    let last = events.last().unwrap();
+    assert_eq!(last.name, "completed", "{shown:?}");
+    assert_eq!(last.data, renderer.generation(&a.api_key, &id).await);
+}
