@@ -184,7 +184,12 @@ struct Browser {
 }
 
 impl Browser {
-    async fn cmd(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+    async fn try_cmd(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, String> {
         let mut rb = self
             .http
             .request(method.clone(), format!("{}{path}", self.base));
@@ -196,14 +201,19 @@ impl Browser {
         let r = rb
             .send()
             .await
-            .unwrap_or_else(|e| panic!("WebDriver {path}: {e}"));
+            .map_err(|e| format!("WebDriver {path}: {e}"))?;
         let status = r.status();
         let v: Value = r.json().await.unwrap_or(Value::Null);
-        assert!(
-            status.is_success(),
-            "WebDriver {method} {path} -> {status}: {v}"
-        );
-        v["value"].clone()
+        match status.is_success() {
+            true => Ok(v["value"].clone()),
+            false => Err(format!("WebDriver {method} {path} -> {status}: {v}")),
+        }
+    }
+
+    async fn cmd(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        self.try_cmd(method, path, body)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     async fn goto(&self, url: &str) {
@@ -265,6 +275,21 @@ impl Browser {
             None,
         )
         .await;
+    }
+
+    /// Clicks the first element matching `css`, finding it again when the page's script
+    /// replaced it between the finding and the click (a live list is redrawn when it changes).
+    async fn click_css(&self, css: &str) {
+        let deadline = Instant::now() + SEEN;
+        loop {
+            let element = self.wait_for(css, SEEN).await;
+            let path = format!("/element/{element}/click");
+            match self.try_cmd(reqwest::Method::POST, &path, None).await {
+                Ok(_) => return,
+                Err(e) if Instant::now() > deadline => panic!("clicking `{css}`: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
     }
 
     async fn type_into(&self, element: &str, text: &str) {
@@ -453,8 +478,18 @@ async fn the_dashboard_in_a_browser() {
         .await;
 
     // Its page: the video, the payload, the delivered attempt.
-    let link = browser.wait_for(&format!("{row} a"), SEEN).await;
-    browser.click(&link).await;
+    // Keyboard users keep their place: a refresh with no news leaves the focus where it is.
+    browser
+        .script(&format!("document.getElementById('g-{id}').focus()"))
+        .await;
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let focused = browser.script("return document.activeElement.id").await;
+    assert_eq!(
+        focused,
+        json!(format!("g-{id}")),
+        "the list's refresh took the focus"
+    );
+    browser.click_css(&format!("{row} a")).await;
     let video = browser.wait_for("video[controls]", SEEN).await;
     let g = s.generation(&alice.api_key, &id).await;
     assert_eq!(
@@ -493,8 +528,7 @@ async fn the_dashboard_in_a_browser() {
 
     // Redeliver: a new attempt appears on the page by itself.
     let before = rx.count();
-    let redeliver = browser.wait_for("#redeliver", SEEN).await;
-    browser.click(&redeliver).await;
+    browser.click_css("#redeliver").await;
     browser.wait_for("p.notice", SEEN).await;
     browser
         .wait_for("tr.attempt[data-number=\"2\"]", SEEN)

@@ -129,7 +129,7 @@ async fn account_page(
         section aria-labelledby="balance-h" {
             h2 id="balance-h" { "Balance" }
             p.big { span id="balance" { (account.balance.to_string()) } " credits" }
-            dl {
+            dl.facts {
                 dt { "Account" } dd { (account.name) }
                 dt { "Account id" } dd { code { (account.id.to_string()) } }
             }
@@ -139,7 +139,7 @@ async fn account_page(
             p { "Webhooks are signed with this secret (Standard Webhooks). After a rotation the "
                 "old secret keeps signing beside the new one for 24 hours." }
             @if let Some(s) = secret {
-                dl id="secret" {
+                dl.facts id="secret" {
                     dt { "Secret" } dd { code.secret { (s.current.to_string()) } }
                     dt { "Since" } dd { (layout::when(Some(&timestamp::format(s.current_since)))) }
                     @if let Some(until) = s.previous_expires_at {

@@ -76,11 +76,13 @@ fn text<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
     v.get(key).and_then(Value::as_str)
 }
 
+/// The list's table, and a key that changes only when a row's news does (not its age), so
+/// the page's script replaces the table (and loses the focus in it) only then.
 async fn list_rows(
     state: &AppState,
     session: &Session,
     query: &ListQuery,
-) -> Result<Markup, Response> {
+) -> Result<(Markup, String), Response> {
     let page = state
         .store
         .list_generations(session.account, query.status, PAGE, query.offset)
@@ -96,7 +98,15 @@ async fn list_rows(
         rows.push((g, view(g, 0, event.as_ref())));
     }
     let shown_to = query.offset + page.items.len() as u64;
-    Ok(html! {
+    let mut news = format!("{}/{}", query.offset, page.total);
+    for (g, v) in &rows {
+        news.push_str(&format!(
+            "|{}:{}:{}:{}:{}",
+            g.id, v["status"], v["progress_pct"], v["webhook"]["state"], v["webhook"]["attempts"]
+        ));
+    }
+    let key = layout::key_of(&news);
+    let markup = html! {
         @if rows.is_empty() {
             p.empty { "No generations" @if let Some(s) = query.status { " with status " (s.as_str()) } " yet. "
                 "Create one with " code { "POST /v1/veo/generate" } " or " code { "reelay generate" } "." }
@@ -121,7 +131,7 @@ async fn list_rows(
                                 }
                             }
                             td data-label="Prompt" {
-                                a href=(format!("/dashboard/generations/{}", g.id)) {
+                                a id=(format!("g-{}", g.id)) href=(format!("/dashboard/generations/{}", g.id)) {
                                     (layout::shorten(&g.spec.prompt, PROMPT_IN_LIST))
                                 }
                             }
@@ -146,7 +156,8 @@ async fn list_rows(
                 a href=(format!("/dashboard?{}", query.to_query(shown_to))) { "Older →" }
             }
         }
-    })
+    };
+    Ok((markup, key))
 }
 
 pub async fn list(
@@ -155,7 +166,7 @@ pub async fn list(
     Query(raw): Query<HashMap<String, String>>,
 ) -> Response {
     let query = ListQuery::parse(&raw);
-    let rows = match list_rows(&state, &session, &query).await {
+    let (rows, key) = match list_rows(&state, &session, &query).await {
         Ok(rows) => rows,
         Err(response) => return response,
     };
@@ -185,7 +196,7 @@ pub async fn list(
             }
             button type="submit" { "Filter" }
         }
-        (layout::live("generations", "Generations", &fragment, false, rows))
+        (layout::live("generations", "Generations", &fragment, false, rows, Some(key)))
     };
     Html(page("Generations", Some(nav(&csrf)), body).into_string()).into_response()
 }
@@ -197,7 +208,7 @@ pub async fn list_fragment(
     Query(raw): Query<HashMap<String, String>>,
 ) -> Response {
     match list_rows(&state, &session, &ListQuery::parse(&raw)).await {
-        Ok(rows) => layout::fragment(rows),
+        Ok((rows, key)) => layout::fragment(rows, Some(key)),
         Err(response) => response,
     }
 }
@@ -406,6 +417,7 @@ pub async fn show(
             &format!("/dashboard/generations/{gid}/fragments/summary"),
             false,
             summary(&l, &csrf),
+            None,
         ))
         (layout::live(
             "deliveries",
@@ -413,6 +425,7 @@ pub async fn show(
             &format!("/dashboard/generations/{gid}/fragments/deliveries"),
             true,
             deliveries(&l),
+            None,
         ))
     };
     let mut response =
@@ -442,7 +455,7 @@ pub async fn fragment(
         "deliveries" => deliveries(&l),
         _ => return layout::error_page(StatusCode::NOT_FOUND, "No such part of the page."),
     };
-    layout::fragment(markup)
+    layout::fragment(markup, None)
 }
 
 fn back(id: impl std::fmt::Display, notice: &str) -> Response {

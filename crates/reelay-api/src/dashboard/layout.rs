@@ -84,16 +84,26 @@ pub fn key_of(html: &str) -> String {
     format!("{:016x}", h.finish())
 }
 
-/// A part of a page for the script to put in place, with its fingerprint.
-pub fn fragment(markup: Markup) -> Response {
+/// A part of a page for the script to put in place, with its fingerprint: `key` when the
+/// part has text that changes without news (ages), else the fingerprint of its HTML.
+pub fn fragment(markup: Markup, key: Option<String>) -> Response {
     let html = markup.into_string();
-    ([("x-fragment-key", key_of(&html))], Html(html)).into_response()
+    let key = key.unwrap_or_else(|| key_of(&html));
+    ([("x-fragment-key", key)], Html(html)).into_response()
 }
 
-/// A refreshable part of a page, rendered with its fingerprint and where to refresh it from.
-pub fn live(id: &str, label: &str, url: &str, polite: bool, markup: Markup) -> Markup {
+/// A refreshable part of a page, rendered with its fingerprint (as in [`fragment`]) and where
+/// to refresh it from.
+pub fn live(
+    id: &str,
+    label: &str,
+    url: &str,
+    polite: bool,
+    markup: Markup,
+    key: Option<String>,
+) -> Markup {
     let html = markup.into_string();
-    let key = key_of(&html);
+    let key = key.unwrap_or_else(|| key_of(&html));
     html! {
         @if polite {
             section id=(id) aria-label=(label) data-refresh=(url) data-key=(key) aria-live="polite" { (PreEscaped(html)) }
@@ -126,7 +136,8 @@ pub fn status_badge(status: &str) -> Markup {
     html! { span class=(class) { (status) } }
 }
 
-/// "12 s ago", "3 min ago", … in a `<time>` whose `datetime` is exact.
+/// "12 s ago", "3 min ago", … in a `<time>` whose `datetime` is exact. (The page's script
+/// writes the same words; keep the two alike.)
 pub fn age(at: OffsetDateTime, now: OffsetDateTime) -> Markup {
     let secs = (now - at).whole_seconds().max(0);
     let text = match secs {
@@ -135,7 +146,8 @@ pub fn age(at: OffsetDateTime, now: OffsetDateTime) -> Markup {
         3600..86_400 => format!("{} h ago", secs / 3600),
         _ => format!("{} d ago", secs / 86_400),
     };
-    html! { time datetime=(rfc3339(at)) title=(rfc3339(at)) { (text) } }
+    // The page's script keeps the text current from `datetime` between refreshes.
+    html! { time datetime=(rfc3339(at)) title=(rfc3339(at)) data-age { (text) } }
 }
 
 /// A timestamp as the API writes it, inside a `<time>`.

@@ -50,8 +50,34 @@
       });
   }
 
+  // The same words as the server's (layout.rs, `age`).
+  function ageText(seconds) {
+    if (seconds < 60) {
+      return seconds + " s ago";
+    }
+    if (seconds < 3600) {
+      return Math.floor(seconds / 60) + " min ago";
+    }
+    if (seconds < 86400) {
+      return Math.floor(seconds / 3600) + " h ago";
+    }
+    return Math.floor(seconds / 86400) + " d ago";
+  }
+
+  // Ages are kept current here, so that a list whose rows have no news is not replaced
+  // (which would take the keyboard focus away) just because time passed.
+  function ages() {
+    document.querySelectorAll("time[data-age]").forEach(function (el) {
+      var at = Date.parse(el.getAttribute("datetime"));
+      if (!isNaN(at)) {
+        el.textContent = ageText(Math.max(0, Math.floor((Date.now() - at) / 1000)));
+      }
+    });
+  }
+
   function tick() {
     if (!document.hidden) {
+      ages();
       document.querySelectorAll("[data-refresh]").forEach(refresh);
     }
   }
