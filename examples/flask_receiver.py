@@ -1,9 +1,18 @@
 """The seed's Flask webhook handler, with reelay's signature verification added.
 
-Run:  pip install flask
-      REELAY_WEBHOOK_SECRET=whsec_... flask --app flask_receiver run --port 5000
-Then create generations with "callback_url": "http://127.0.0.1:5000/webhook" (reelay dev allows
-plain http to loopback; in production the URL must be https).
+Run from the repository root (README, "First ten minutes", step 5):
+
+    python3 -m venv target/flask-venv && target/flask-venv/bin/pip install flask
+    REELAY_WEBHOOK_SECRET=whsec_... target/flask-venv/bin/flask --app examples/flask_receiver run --port 3000
+
+Then create generations with "callback_url": "http://127.0.0.1:3000/webhook" (reelay dev allows
+plain http to loopback; in production the URL must be https), or run
+`reelay listen --forward-to http://127.0.0.1:3000/webhook` and use the callback URL it prints.
+
+A verified webhook is answered 200 and logged as
+    INFO:root:Video ready for <generation_id>: <video_url>
+or  ERROR:root:Generation failed for <generation_id>: <CODE>
+A request whose signature does not verify is answered 401 (logged "POST /webhook ... 401").
 
 The secret comes from `GET /v1/webhooks/secret` (or `reelay dev`'s greeting). During a rotation,
 set REELAY_WEBHOOK_SECRET to "new,old" so either signature is accepted.
@@ -21,6 +30,8 @@ from flask import Flask, abort, jsonify, request
 app = Flask(__name__)
 logging.basicConfig(level=logging.INFO)
 
+if not os.environ.get("REELAY_WEBHOOK_SECRET"):
+    raise SystemExit("set REELAY_WEBHOOK_SECRET to the account's signing secret (whsec_...)")
 SECRETS = [
     base64.b64decode(s.strip().removeprefix("whsec_"))
     for s in os.environ["REELAY_WEBHOOK_SECRET"].split(",")
