@@ -696,6 +696,58 @@ async fn the_dashboard_in_a_browser() {
         Some("no-store")
     );
 
+    // Rotate: a new secret, shown once; a second rotation at once is refused.
+    let rotate = format!("{}/dashboard/account/secret/rotate", s.url);
+    let rotated = send(
+        http()
+            .post(&rotate)
+            .header("cookie", &alice_cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(urlencoded(&[("csrf", csrf.as_str())])),
+    )
+    .await;
+    assert_eq!(rotated.status, 200, "{rotated}");
+    let new_secret = s.get(&alice.api_key, "/v1/webhooks/secret").await.body["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(new_secret, secret, "the secret did not change");
+    assert!(
+        rotated.text().contains(&new_secret),
+        "the new secret is shown"
+    );
+    let again = send(
+        http()
+            .post(&rotate)
+            .header("cookie", &alice_cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(urlencoded(&[("csrf", csrf.as_str())])),
+    )
+    .await;
+    assert_eq!(again.status, 429, "a second rotation at once: {again}");
+
+    // Cancel from the dashboard: the generation fails with CANCELLED, as the API's cancel does.
+    let doomed = s
+        .create_generation(&alice.api_key, "A glacier calving into a grey sea")
+        .await;
+    let r = send(
+        http()
+            .post(format!("{}/dashboard/generations/{doomed}/cancel", s.url))
+            .header("cookie", &alice_cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(urlencoded(&[("csrf", csrf.as_str())])),
+    )
+    .await;
+    assert_eq!(r.status, 303, "{r}");
+    assert!(
+        r.header("location")
+            .unwrap_or_default()
+            .ends_with("notice=cancelled"),
+        "{r:?}"
+    );
+    let g = s.generation(&alice.api_key, &doomed).await;
+    assert_eq!(g["error"]["message"], "CANCELLED", "{g}");
+
     // Revoking the key ends its sessions.
     let (code, _, err) = s.cli(&["keys", "revoke", &alice.key_id]).await;
     assert_eq!(code, 0, "{err}");
