@@ -271,6 +271,11 @@ impl Outcome {
             Outcome::Failed(f) => ("failed", Some(f.code), f.reason.as_deref(), None),
         }
     }
+
+    /// Whether this ending gives the generation's price back.
+    pub fn refunded(&self) -> bool {
+        matches!(self, Outcome::Failed(f) if f.code.refunded())
+    }
 }
 
 /// A failure: its code, and what the worker said of it when that is worth showing.

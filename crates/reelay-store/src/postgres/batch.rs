@@ -1,54 +1,91 @@
-//! Group commit for creates. A create charges its account, and the charge locks the account's
-//! row until the commit is on disk: one transaction per create would let one busy account
-//! create only as fast as the disk flushes, however many nodes serve it. So the creates that
-//! arrive together (without an idempotency key) share one transaction: their statements go
-//! down one connection back to back (pipelined), in account order (so two batches lock
-//! accounts in one order and never deadlock), and one flush acknowledges them all. A create
-//! the balance does not cover is refused on its own; the others go on.
+//! Group commit. With `synchronous_commit` on, every commit waits for its WAL flush, and the
+//! writes on the hot path (a create's charge, a generation's finish, a webhook attempt's
+//! record) are one small statement each: one transaction apiece would spend the database's
+//! time on flushes and round trips, and one busy account's balance row would let it create
+//! only as fast as the disk flushes. So the writes of one kind that arrive together share one
+//! transaction: their statements go down one connection back to back (pipelined), in a
+//! fixed lock order (so two batches never deadlock), and one flush acknowledges them all.
+//! A write the rules refuse (a balance that does not cover a price, a finish that lost its
+//! lease) is refused on its own; the others go on.
 
 use std::sync::{Arc, OnceLock};
 
-use deadpool_postgres::Pool;
+use deadpool_postgres::{Pool, Transaction};
+use futures::future::BoxFuture;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use super::generations::charge_and_insert;
-use super::{PgStore, backend, pool_error};
-use crate::{Created, NewGeneration, StoreError, StoreResult};
+use super::{backend, pool_error};
+use crate::{StoreError, StoreResult};
 
-/// Most creates in one transaction.
+/// Most writes in one transaction.
 const MAX_BATCH: usize = 256;
-/// Batches committing at once on one node: while they flush, the next batch gathers.
+/// Batches committing at once per kind on one node: while they flush, the next one gathers.
 const BATCHES_AT_ONCE: usize = 4;
 
-type Job = (NewGeneration, oneshot::Sender<StoreResult<Created>>);
+/// One write that may share a transaction with others of its kind.
+pub(super) trait Write: Send + Sync + Sized + 'static {
+    type Done: Send + 'static;
+    /// Writes run in this order within a batch: the order every batch locks rows in.
+    type LockOrder: Ord;
 
-/// The queue into this node's batches, started on first use.
-#[derive(Default)]
-pub(super) struct Batches {
-    queue: OnceLock<mpsc::Sender<Job>>,
+    fn lock_order(&self) -> Self::LockOrder;
+
+    /// Runs a batch's writes, in lock order, in `tx`: one answer per write, in their order. A
+    /// refusal the caller expects is an answer of its own (a value, or an error other than
+    /// [`StoreError::Backend`] and [`StoreError::Unavailable`]); those two mean a statement
+    /// failed and aborted the transaction.
+    fn run_all<'a>(
+        writes: Vec<&'a Self>,
+        tx: &'a Transaction<'a>,
+    ) -> BoxFuture<'a, Vec<StoreResult<Self::Done>>>;
 }
 
-impl PgStore {
-    pub(super) async fn create_in_batch(&self, new: NewGeneration) -> StoreResult<Created> {
-        let queue = self.batches.queue.get_or_init(|| {
+/// [`Write::run_all`] for writes of one row each: their statements polled together, so they
+/// are sent in order without waiting for each other's answers.
+pub(super) fn pipelined<'a, W: Write>(
+    writes: Vec<&'a W>,
+    run: impl Fn(&'a W) -> BoxFuture<'a, StoreResult<W::Done>> + Send + 'a,
+) -> BoxFuture<'a, Vec<StoreResult<W::Done>>> {
+    Box::pin(futures::future::join_all(writes.into_iter().map(run)))
+}
+
+type Job<W> = (W, oneshot::Sender<StoreResult<<W as Write>::Done>>);
+
+/// The queue into one kind's batches on this node, started on first use.
+pub(super) struct Batches<W: Write> {
+    queue: OnceLock<mpsc::Sender<Job<W>>>,
+}
+
+impl<W: Write> Default for Batches<W> {
+    fn default() -> Self {
+        Self {
+            queue: OnceLock::new(),
+        }
+    }
+}
+
+impl<W: Write> Batches<W> {
+    /// Runs `write` in the next batch and answers once that batch is committed.
+    pub(super) async fn run(&self, pool: &Pool, write: W) -> StoreResult<W::Done> {
+        let queue = self.queue.get_or_init(|| {
             let (queue, jobs) = mpsc::channel(MAX_BATCH * BATCHES_AT_ONCE);
-            tokio::spawn(gather(self.pool.clone(), jobs));
+            tokio::spawn(gather(pool.clone(), jobs));
             queue
         });
         let (done, answer) = oneshot::channel();
         queue
-            .send((new, done))
+            .send((write, done))
             .await
-            .map_err(|_| StoreError::Backend("the create batches stopped".into()))?;
+            .map_err(|_| StoreError::Backend("the write batches stopped".into()))?;
         answer
             .await
-            .map_err(|_| StoreError::Backend("a create batch was lost".into()))?
+            .map_err(|_| StoreError::Backend("a write batch was lost".into()))?
     }
 }
 
-/// Takes whatever has queued up to [`MAX_BATCH`] whenever a batch may start; ends when every
-/// store handle is gone.
-async fn gather(pool: Pool, mut jobs: mpsc::Receiver<Job>) {
+/// Takes whatever has queued, up to [`MAX_BATCH`], whenever a batch may start; ends when
+/// every store handle is gone.
+async fn gather<W: Write>(pool: Pool, mut jobs: mpsc::Receiver<Job<W>>) {
     let slots = Arc::new(Semaphore::new(BATCHES_AT_ONCE));
     while let Some(first) = jobs.recv().await {
         let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -69,17 +106,13 @@ async fn gather(pool: Pool, mut jobs: mpsc::Receiver<Job>) {
     }
 }
 
-async fn commit(pool: &Pool, mut batch: Vec<Job>) {
-    batch.sort_by_key(|(new, _)| new.account_id);
+async fn commit<W: Write>(pool: &Pool, mut batch: Vec<Job<W>>) {
+    batch.sort_by_cached_key(|(write, _)| write.lock_order());
     let outcomes = async {
         let mut conn = pool.get().await.map_err(pool_error)?;
         let tx = conn.transaction().await.map_err(backend)?;
-        // Polled together, the statements are sent in this order without waiting for each
-        // other's answers.
-        let outcomes =
-            futures::future::join_all(batch.iter().map(|(new, _)| charge_and_insert(&tx, new)))
-                .await;
-        // A failure that is not a refusal aborted the transaction: nothing of it stays.
+        let outcomes = W::run_all(batch.iter().map(|(write, _)| write).collect(), &tx).await;
+        // A statement that failed aborted the transaction: nothing of it stays.
         if let Some(Err(e)) = outcomes.iter().find(|o| {
             matches!(
                 o,
@@ -94,8 +127,8 @@ async fn commit(pool: &Pool, mut batch: Vec<Job>) {
     .await;
     match outcomes {
         Ok(outcomes) => {
-            for ((new, done), outcome) in batch.into_iter().zip(outcomes) {
-                let _ = done.send(outcome.map(|()| Created::made(new)));
+            for ((_, done), outcome) in batch.into_iter().zip(outcomes) {
+                let _ = done.send(outcome);
             }
         }
         Err(e) => {

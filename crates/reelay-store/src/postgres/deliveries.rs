@@ -4,11 +4,13 @@
 use std::sync::LazyLock;
 
 use async_trait::async_trait;
-use deadpool_postgres::GenericClient;
+use deadpool_postgres::{GenericClient, Transaction};
+use futures::future::BoxFuture;
 use reelay_core::{AccountId, GenerationId};
 use time::OffsetDateTime;
 use tokio_postgres::Row;
 
+use super::batch::{Write, pipelined};
 use super::rows::{GENERATION_COLUMNS, corrupt, generation, get, parsed, unsigned};
 use super::sql::{execute, query, query_one, query_opt};
 use super::{PgStore, backend};
@@ -283,6 +285,26 @@ const RECORD_ATTEMPT: &str = "WITH locked AS ( \
          SELECT $1, number, $3, $9, $10, $4, $11, $12 FROM numbered) \
      SELECT mine FROM numbered";
 
+/// An attempt's record: committed with the others that arrive with it, each locking only its
+/// event's row (and adding an attempt row), in event id order.
+pub(super) struct RecordAttempt(AttemptRecord);
+
+impl Write for RecordAttempt {
+    type Done = bool;
+    type LockOrder = String;
+
+    fn lock_order(&self) -> String {
+        self.0.event_id.clone()
+    }
+
+    fn run_all<'a>(
+        writes: Vec<&'a Self>,
+        tx: &'a Transaction<'a>,
+    ) -> BoxFuture<'a, Vec<StoreResult<bool>>> {
+        pipelined(writes, |w| Box::pin(record_attempt(tx, &w.0)))
+    }
+}
+
 async fn record_attempt(c: &impl GenericClient, a: &AttemptRecord) -> StoreResult<bool> {
     let status = a.status_code.map(i32::from);
     let duration_ms = i64::try_from(a.duration_ms).unwrap_or(i64::MAX);
@@ -386,7 +408,7 @@ impl DeliveryStore for PgStore {
     }
 
     async fn record_attempt(&self, attempt: AttemptRecord) -> StoreResult<bool> {
-        record_attempt(&self.conn().await?, &attempt).await
+        self.attempts.run(&self.pool, RecordAttempt(attempt)).await
     }
 
     async fn release_delivery(

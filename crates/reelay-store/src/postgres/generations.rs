@@ -6,12 +6,14 @@
 use std::sync::LazyLock;
 
 use async_trait::async_trait;
-use deadpool_postgres::GenericClient;
+use deadpool_postgres::{GenericClient, Transaction};
+use futures::future::BoxFuture;
 use reelay_core::destination::destination_key;
 use reelay_core::{AccountId, FailureCode, GenerationId, GenerationStatus};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::batch::{Write, pipelined};
 use super::rows::{GENERATION_COLUMNS, generation, get as column};
 use super::sql::{Param, execute, query, query_one, query_opt};
 use super::{PgStore, backend};
@@ -42,9 +44,34 @@ async fn generations(
         .collect()
 }
 
+/// A create without an idempotency key: committed with the others that arrive with it.
+pub(super) struct Create(NewGeneration);
+
+impl Write for Create {
+    type Done = Created;
+    /// Charges lock account rows: every batch takes them in account order.
+    type LockOrder = AccountId;
+
+    fn lock_order(&self) -> AccountId {
+        self.0.account_id
+    }
+
+    fn run_all<'a>(
+        writes: Vec<&'a Self>,
+        tx: &'a Transaction<'a>,
+    ) -> BoxFuture<'a, Vec<StoreResult<Created>>> {
+        Box::pin(async move {
+            let n = writes.len();
+            create_all(writes, tx)
+                .await
+                .unwrap_or_else(|e| vec![Err(e); n])
+        })
+    }
+}
+
 async fn create(store: &PgStore, new: NewGeneration) -> StoreResult<Created> {
     let Some(idem) = &new.idempotency else {
-        return store.create_in_batch(new).await;
+        return store.creates.run(&store.pool, Create(new)).await;
     };
     let mut conn = store.conn().await?;
     let tx = conn.transaction().await.map_err(backend)?;
@@ -158,6 +185,116 @@ pub(super) async fn charge_and_insert(
     }
 }
 
+/// Inserts a batch's generations with their charges in one statement: the per-account total
+/// taken off each balance, a generation and a ledger row for each.
+const INSERT_CHARGED: &str = "WITH made AS ( \
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::bigint[], $4::text[], $5::text[], \
+             $6::text[], $7::bigint[], $8::text[], $9::text[], $10::timestamptz[], \
+             $11::timestamptz[], $12::text[], $13::text[]) \
+         AS m(id, account_id, price, prompt, model, aspect_ratio, seed, watermark_text, \
+             callback_url, created_at, deadline_at, inputs, destination)), \
+     charged AS ( \
+         UPDATE accounts SET balance = balance - t.total \
+         FROM (SELECT account_id, SUM(price) AS total FROM made GROUP BY account_id) t \
+         WHERE accounts.id = t.account_id), \
+     inserted AS ( \
+         INSERT INTO generations (id, account_id, status, prompt, model, aspect_ratio, seed, \
+             watermark_text, callback_url, destination, price, created_at, deadline_at, \
+             inputs) \
+         SELECT id, account_id, 'pending', prompt, model, aspect_ratio, seed, watermark_text, \
+             callback_url, destination, price, created_at, deadline_at, inputs FROM made) \
+     INSERT INTO ledger (account_id, generation_id, kind, amount, created_at) \
+     SELECT account_id, id, 'charge', -price, created_at FROM made";
+
+/// A batch of creates in two statements, whatever its size: the accounts' rows are locked
+/// (in account order) and read, each create is taken in order while its account's balance
+/// covers it, and those taken are inserted together. One statement per create would cost
+/// the database a plan and, for one busy account, a walk along the balance row's versions
+/// that grows with every update in the batch.
+async fn create_all(
+    writes: Vec<&Create>,
+    tx: &Transaction<'_>,
+) -> StoreResult<Vec<StoreResult<Created>>> {
+    let mut accounts: Vec<Uuid> = writes.iter().map(|w| w.0.account_id.0).collect();
+    accounts.dedup(); // in lock order, so sorted by account
+    let mut balances: std::collections::HashMap<Uuid, i64> = query(
+        tx,
+        "SELECT id, balance FROM accounts WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
+        &[&accounts],
+    )
+    .await?
+    .iter()
+    .map(|row| Ok((column(row, "id")?, column(row, "balance")?)))
+    .collect::<StoreResult<_>>()?;
+    let mut taken = Vec::with_capacity(writes.len());
+    let answers = writes
+        .into_iter()
+        .map(|Create(new)| {
+            let price = new.price.units();
+            if price < 0 {
+                return Err(StoreError::Backend(format!("negative price {}", new.price)));
+            }
+            let balance = balances
+                .get_mut(&new.account_id.0)
+                .ok_or(StoreError::NotFound)?;
+            if *balance < price {
+                return Err(StoreError::InsufficientCredits);
+            }
+            *balance -= price;
+            taken.push(new);
+            Ok(Created::made(new.clone()))
+        })
+        .collect();
+    if !taken.is_empty() {
+        let ids: Vec<Uuid> = taken.iter().map(|n| n.id.0).collect();
+        let owners: Vec<Uuid> = taken.iter().map(|n| n.account_id.0).collect();
+        let prices: Vec<i64> = taken.iter().map(|n| n.price.units()).collect();
+        let prompts: Vec<&str> = taken.iter().map(|n| n.spec.prompt.as_str()).collect();
+        let models: Vec<&str> = taken.iter().map(|n| n.spec.model.as_str()).collect();
+        let ratios: Vec<&str> = taken.iter().map(|n| n.spec.aspect_ratio.as_str()).collect();
+        let seeds: Vec<i64> = taken.iter().map(|n| i64::from(n.spec.seed)).collect();
+        let marks: Vec<Option<&str>> = taken
+            .iter()
+            .map(|n| n.spec.watermark_text.as_deref())
+            .collect();
+        let callbacks: Vec<Option<&str>> = taken
+            .iter()
+            .map(|n| n.spec.callback_url.as_deref())
+            .collect();
+        let created: Vec<OffsetDateTime> = taken.iter().map(|n| n.created_at).collect();
+        let deadlines: Vec<OffsetDateTime> = taken.iter().map(|n| n.deadline_at).collect();
+        let inputs: Vec<String> = taken
+            .iter()
+            .map(|n| InputFile::join(&n.spec.inputs))
+            .collect();
+        let destinations: Vec<Option<String>> = taken
+            .iter()
+            .map(|n| n.spec.callback_url.as_deref().and_then(destination_key))
+            .collect();
+        execute(
+            tx,
+            INSERT_CHARGED,
+            &[
+                &ids,
+                &owners,
+                &prices,
+                &prompts,
+                &models,
+                &ratios,
+                &seeds,
+                &marks,
+                &callbacks,
+                &created,
+                &deadlines,
+                &inputs,
+                &destinations,
+            ],
+        )
+        .await?;
+    }
+    Ok(answers)
+}
+
 /// A claim in one statement: the oldest pending generations and the lapsed leases, each read
 /// in its own index's order and bounded by the limit, locked with `SKIP LOCKED` so that nodes
 /// claiming at once take different rows instead of waiting for each other, then the oldest
@@ -238,6 +375,35 @@ const FINISH: &str = "WITH ended AS ( \
          FROM ended) \
      SELECT {columns} FROM ended";
 
+/// A finish without a refund: committed with the others that arrive with it. It locks only
+/// its generation's row (and adds an outbox row), so batches take rows in id order and never
+/// deadlock. A refunded finish also locks its account's row, which creates lock in account
+/// order: it runs alone rather than risk a deadlock against a create batch.
+pub(super) struct Finish {
+    id: GenerationId,
+    owner: Option<String>,
+    outcome: Outcome,
+    now: OffsetDateTime,
+}
+
+impl Write for Finish {
+    type Done = Finished;
+    type LockOrder = GenerationId;
+
+    fn lock_order(&self) -> GenerationId {
+        self.id
+    }
+
+    fn run_all<'a>(
+        writes: Vec<&'a Self>,
+        tx: &'a Transaction<'a>,
+    ) -> BoxFuture<'a, Vec<StoreResult<Finished>>> {
+        pipelined(writes, |w| {
+            Box::pin(finish_on(tx, w.id, w.owner.as_deref(), &w.outcome, w.now))
+        })
+    }
+}
+
 async fn finish(
     store: &PgStore,
     id: GenerationId,
@@ -245,12 +411,31 @@ async fn finish(
     outcome: Outcome,
     now: OffsetDateTime,
 ) -> StoreResult<Finished> {
+    if outcome.refunded() {
+        return finish_on(&store.conn().await?, id, owner, &outcome, now).await;
+    }
+    let owner = owner.map(str::to_owned);
+    let write = Finish {
+        id,
+        owner,
+        outcome,
+        now,
+    };
+    store.finishes.run(&store.pool, write).await
+}
+
+async fn finish_on(
+    c: &impl GenericClient,
+    id: GenerationId,
+    owner: Option<&str>,
+    outcome: &Outcome,
+    now: OffsetDateTime,
+) -> StoreResult<Finished> {
     let (status, code, reason, video) = outcome.columns();
     static SQL: LazyLock<String> =
         LazyLock::new(|| FINISH.replace("{columns}", GENERATION_COLUMNS));
-    let conn = store.conn().await?;
     let ended = query_opt(
-        &conn,
+        c,
         &SQL,
         &[
             &id.0,
@@ -261,7 +446,7 @@ async fn finish(
             &video.map(|v| v.url.as_str()),
             &owner,
             &reason,
-            &code.is_some_and(FailureCode::refunded),
+            &outcome.refunded(),
             &event_id(id),
         ],
     )
@@ -269,7 +454,7 @@ async fn finish(
     match ended.as_ref().map(generation).transpose()? {
         Some(generation) => Ok(Finished::Applied(generation)),
         None => {
-            let current = get(&conn, id).await?.ok_or(StoreError::NotFound)?;
+            let current = get(c, id).await?.ok_or(StoreError::NotFound)?;
             Ok(Finished::Refused(current))
         }
     }

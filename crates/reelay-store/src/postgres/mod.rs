@@ -50,7 +50,10 @@ pub struct PgStore {
     config: tokio_postgres::Config,
     announcer: std::sync::Arc<signals::Announcer>,
     offset: std::sync::Arc<clock::Offset>,
-    batches: std::sync::Arc<batch::Batches>,
+    /// Group commit (see [`batch`]) for each hot write.
+    creates: std::sync::Arc<batch::Batches<generations::Create>>,
+    finishes: std::sync::Arc<batch::Batches<generations::Finish>>,
+    attempts: std::sync::Arc<batch::Batches<deliveries::RecordAttempt>>,
     /// The most webhook attempts in flight to one destination across every node (see
     /// [`PgStore::with_destination_limit`]).
     per_destination: usize,
@@ -134,7 +137,9 @@ impl PgStore {
             config,
             announcer: Default::default(),
             offset: Default::default(),
-            batches: Default::default(),
+            creates: Default::default(),
+            finishes: Default::default(),
+            attempts: Default::default(),
             per_destination: DEFAULT_PER_DESTINATION,
         })
     }

@@ -355,7 +355,7 @@ pub fn finish(
         return Ok(Finished::Refused(must_get(c, id)?));
     };
     let account = generation.account_id.to_string();
-    if code.is_some_and(FailureCode::refunded) {
+    if outcome.refunded() {
         ledger(
             c,
             &account,
