@@ -184,25 +184,30 @@ async fn scan_due(
 /// in a statement of its own (a snapshot taken after the locks), then sees every lease another
 /// node made of these destinations.
 const LOCK_DESTINATIONS: &str = "SELECT pg_advisory_xact_lock(hashtextextended(destination, 0)) \
-     FROM (SELECT DISTINCT destination FROM events \
-           WHERE id = ANY($1) AND state = 'pending' ORDER BY destination) asked";
+     FROM (SELECT DISTINCT e.destination \
+           FROM unnest($1::text[]) AS want (id) JOIN events e ON e.id = want.id \
+           WHERE e.state = 'pending' ORDER BY e.destination) asked";
 
 /// Which of the asked-for deliveries may be leased without any destination going past `$5`
 /// attempts in flight across the cluster: its live leases (any node's, unexpired) plus the
-/// new ones, oldest due first.
-const WITHIN_LIMIT: &str = "WITH asked AS ( \
-         SELECT id, destination, next_attempt_at FROM events \
-         WHERE id = ANY($4) AND state = 'pending' AND next_attempt_at <= $3), \
-     live AS ( \
+/// new ones, oldest due first. Each step is `MATERIALIZED`, computed once: inlined, the
+/// planner (misled by a young table's statistics) ran the ranking, and the live count with
+/// it, once per candidate row, which made a lease cost the square of its size. The asked-for
+/// rows are found by primary key, whatever else is due.
+const WITHIN_LIMIT: &str = "WITH asked AS MATERIALIZED ( \
+         SELECT e.id, e.destination, e.next_attempt_at \
+         FROM unnest($4::text[]) AS want (id) JOIN events e ON e.id = want.id \
+         WHERE e.state = 'pending' AND e.next_attempt_at <= $3), \
+     live AS MATERIALIZED ( \
          SELECT d.destination, (SELECT COUNT(*) FROM events e \
              WHERE e.destination = d.destination AND e.state = 'pending' \
                  AND e.lease_owner IS NOT NULL AND e.next_attempt_at > $3) AS n \
          FROM (SELECT DISTINCT destination FROM asked) d), \
-     ranked AS ( \
+     ranked AS MATERIALIZED ( \
          SELECT a.id, live.n + row_number() OVER ( \
              PARTITION BY a.destination ORDER BY a.next_attempt_at, a.id) AS k \
          FROM asked a JOIN live USING (destination)), \
-     chosen AS (SELECT id FROM ranked WHERE k <= $5)";
+     chosen AS MATERIALIZED (SELECT id FROM ranked WHERE k <= $5)";
 
 async fn lease(
     c: &impl GenericClient,
@@ -218,9 +223,9 @@ async fn lease(
             "{WITHIN_LIMIT}, \
          leased AS ( \
              UPDATE events SET lease_owner = $1, next_attempt_at = $2 \
-             WHERE id IN (SELECT id FROM chosen) \
-                 AND state = 'pending' AND next_attempt_at <= $3 \
-             RETURNING id AS event_id, generation_id AS event_generation_id, \
+             FROM chosen WHERE events.id = chosen.id \
+                 AND events.state = 'pending' AND events.next_attempt_at <= $3 \
+             RETURNING events.id AS event_id, generation_id AS event_generation_id, \
                  account_id AS event_account_id, callback_url AS url, destination, \
                  payload, created_at AS event_created_at, round_attempts) \
          SELECT l.*, g.id IS NOT NULL AS has_generation, {} \

@@ -307,7 +307,7 @@ const CLAIM: &str = "WITH pending AS ( \
          SELECT id, created_at FROM generations \
          WHERE status = 'processing' AND lease_until < $1 AND deadline_at > $1 {model} \
          ORDER BY lease_until LIMIT $2 FOR UPDATE SKIP LOCKED), \
-     picked AS ( \
+     picked AS MATERIALIZED ( \
          SELECT id AS picked_id FROM (SELECT * FROM pending UNION ALL SELECT * FROM lapsed) c \
          ORDER BY created_at, id LIMIT $2) \
      UPDATE generations SET status = 'processing', started_at = $1, progress_pct = 0, \
