@@ -60,6 +60,9 @@ pub trait AccountStore: Send + Sync + 'static {
     ) -> StoreResult<Account>;
     async fn account(&self, id: AccountId) -> StoreResult<Option<Account>>;
     async fn account_by_name(&self, name: &str) -> StoreResult<Option<Account>>;
+    /// The oldest `limit` accounts, each with its count of live keys, and how many there are:
+    /// what an operator's overview shows, bounded whatever the installation's size.
+    async fn list_accounts(&self, limit: u32) -> StoreResult<Page<AccountOverview>>;
     /// Adds (or with a negative amount, removes) credits; returns the new balance, or, changing
     /// nothing, why the balance cannot change so: it would become negative or exceed
     /// [`Credits::MAX`] (counting what unfinished generations hold, see

@@ -15,6 +15,14 @@ pub struct Account {
     pub created_at: OffsetDateTime,
 }
 
+/// An account as an operator's overview lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountOverview {
+    pub account: Account,
+    /// Keys not revoked.
+    pub live_keys: u64,
+}
+
 /// A key as listed: never its secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiKeyInfo {

@@ -498,6 +498,20 @@ async fn keys_authenticate_until_revoked(h: &dyn Harness) {
     // The other keys still work.
     assert_eq!(store.authenticate(a2.hash).await, Ok(Some(alice.id)));
     assert_eq!(store.authenticate(b1.hash).await, Ok(Some(bob.id)));
+
+    // The operator's overview: every account with its live keys (alice's revoked one not
+    // counted), as many as asked for, and the total.
+    let overview = store.list_accounts(10).await.unwrap();
+    assert_eq!(overview.total, 2);
+    let mut listed: Vec<_> = overview
+        .items
+        .iter()
+        .map(|o| (o.account.name.as_str(), o.live_keys))
+        .collect();
+    listed.sort();
+    assert_eq!(listed, [("alice", 1), ("bob", 1)]);
+    let first = store.list_accounts(1).await.unwrap();
+    assert_eq!((first.items.len(), first.total), (1, 2));
     let listed = store.list_keys(Some(alice.id)).await.unwrap();
     let revoked = listed.iter().find(|k| k.id == a1.id).unwrap();
     assert_eq!(revoked.revoked_at, Some(at(10)));

@@ -2,18 +2,16 @@
 //! balances, the queue, workers and the generations being worked on with who holds each
 //! lease, and the webhook delivery success chart.
 //!
-//! Built only from the store's existing queries. Where none exists for a whole-server view
-//! (listing accounts, leases), it is assembled from per-account queries and capped, and the
-//! page says where it stopped.
-
-use std::collections::BTreeMap;
+//! Accounts come from the store's bounded overview. No query lists every lease across the
+//! server, so the lease table is assembled from per-account queries and capped, and the page
+//! says where it stopped.
 
 use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use maud::{Markup, html};
-use reelay_core::{AccountId, GenerationStatus};
+use reelay_core::GenerationStatus;
 use reelay_store::{Account, Stage};
 use reelay_webhooks::timestamp;
 use time::OffsetDateTime;
@@ -26,7 +24,7 @@ use super::{forbidden, store_error};
 use crate::{AdminAccess, AppState};
 
 /// Accounts shown; the rest are counted.
-const MAX_ACCOUNTS: usize = 200;
+const MAX_ACCOUNTS: u32 = 200;
 /// Accounts whose processing generations are looked up for the lease table.
 const LEASE_ACCOUNTS: usize = 50;
 /// Processing generations listed per account.
@@ -112,28 +110,24 @@ pub async fn sign_out(operator: Operator, headers: HeaderMap, form: Form) -> Res
     response
 }
 
-/// Every account that has a key, with how many live keys it has, in the store's key order.
+/// The oldest accounts, with how many live keys each has, and how many there are in all.
 async fn accounts(state: &AppState) -> Result<(Vec<(Account, usize)>, usize), Response> {
-    let keys = state.store.list_keys(None).await.map_err(store_error)?;
-    let mut live: BTreeMap<AccountId, usize> = BTreeMap::new();
-    let mut order = Vec::new();
-    for k in &keys {
-        let n = live.entry(k.account_id).or_insert_with(|| {
-            order.push(k.account_id);
-            0
-        });
-        if k.revoked_at.is_none() {
-            *n += 1;
-        }
-    }
-    let total = order.len();
-    let mut out = Vec::with_capacity(total.min(MAX_ACCOUNTS));
-    for id in order.into_iter().take(MAX_ACCOUNTS) {
-        if let Some(account) = state.store.account(id).await.map_err(store_error)? {
-            out.push((account, live.get(&id).copied().unwrap_or(0)));
-        }
-    }
-    Ok((out, total))
+    let page = state
+        .store
+        .list_accounts(MAX_ACCOUNTS)
+        .await
+        .map_err(store_error)?;
+    let shown = page
+        .items
+        .into_iter()
+        .map(|o| {
+            (
+                o.account,
+                usize::try_from(o.live_keys).unwrap_or(usize::MAX),
+            )
+        })
+        .collect();
+    Ok((shown, usize::try_from(page.total).unwrap_or(usize::MAX)))
 }
 
 /// A processing generation and who holds its lease.
@@ -285,7 +279,7 @@ pub async fn view(
         section aria-labelledby="accounts-h" {
             h2 id="accounts-h" { "Accounts" }
             div.scroll { table id="accounts" {
-                caption { (total_accounts) " accounts with API keys"
+                caption { (total_accounts) " accounts"
                     @if total_accounts > accounts.len() { ", the first " (accounts.len()) " shown" } }
                 thead { tr {
                     th scope="col" { "Name" } th scope="col" { "Account id" }

@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 
-use super::rows::{get, stored};
+use super::rows::{get, stored, unsigned};
 use super::sql::{execute, execute_or, query, query_one, query_opt};
 use super::{PgStore, backend, workers};
 use crate::*;
@@ -150,6 +150,30 @@ impl AccountStore for PgStore {
             .as_ref()
             .map(account)
             .transpose()
+    }
+
+    async fn list_accounts(&self, limit: u32) -> StoreResult<Page<AccountOverview>> {
+        let conn = self.conn().await?;
+        let sql = format!(
+            "SELECT {ACCOUNT_COLUMNS}, (SELECT COUNT(*) FROM api_keys k \
+                 WHERE k.account_id = accounts.id AND k.revoked_at IS NULL) AS live_keys \
+             FROM accounts ORDER BY created_at, id LIMIT $1"
+        );
+        let items = query(&conn, &sql, &[&i64::from(limit)])
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(AccountOverview {
+                    account: account(row)?,
+                    live_keys: unsigned::<i64, _>(row, "live_keys")?,
+                })
+            })
+            .collect::<StoreResult<_>>()?;
+        let total = query_one(&conn, "SELECT COUNT(*) AS n FROM accounts", &[]).await?;
+        Ok(Page {
+            items,
+            total: unsigned::<i64, _>(&total, "n")?,
+        })
     }
 
     async fn add_credits(

@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 
 use super::backend;
 use super::rows::{from_micros, micros, parsed, stored};
-use crate::{Account, ApiKeyInfo, NewKey, StoreError, StoreResult};
+use crate::{Account, AccountOverview, ApiKeyInfo, NewKey, Page, StoreError, StoreResult};
 
 const ACCOUNT_COLUMNS: &str = "id, name, balance, created_at";
 
@@ -59,6 +59,32 @@ pub fn by_name(c: &Connection, name: &str) -> StoreResult<Option<Account>> {
     ))
     .and_then(|mut s| s.query_row([name], account).optional())
     .map_err(backend)
+}
+
+pub fn list(c: &Connection, limit: u32) -> StoreResult<Page<AccountOverview>> {
+    let items = c
+        .prepare_cached(&format!(
+            "SELECT {ACCOUNT_COLUMNS}, (SELECT COUNT(*) FROM api_keys k \
+                 WHERE k.account_id = accounts.id AND k.revoked_at IS NULL) \
+             FROM accounts ORDER BY created_at, id LIMIT ?1"
+        ))
+        .and_then(|mut s| {
+            s.query_map([limit], |row| {
+                Ok(AccountOverview {
+                    account: account(row)?,
+                    live_keys: row.get::<_, i64>(4)?.unsigned_abs(),
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(backend)?;
+    let total = c
+        .query_row("SELECT COUNT(*) FROM accounts", [], |row| {
+            row.get::<_, i64>(0)
+        })
+        .map_err(backend)?
+        .unsigned_abs();
+    Ok(Page { items, total })
 }
 
 /// Checked in Rust, not in SQL: SQLite turns an integer sum past i64 into a float, which

@@ -178,6 +178,10 @@ impl AccountStore for SqliteStore {
             .await
     }
 
+    async fn list_accounts(&self, limit: u32) -> StoreResult<Page<AccountOverview>> {
+        self.readers.read(move |c| accounts::list(c, limit)).await
+    }
+
     async fn add_credits(
         &self,
         id: AccountId,
