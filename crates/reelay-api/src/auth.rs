@@ -33,7 +33,7 @@ impl FromRequestParts<AppState> for Caller {
                 )
             })?;
         match state.store.authenticate(KeyHash::of(key)).await? {
-            Some(account) => Ok(Caller(account)),
+            Some(key) => Ok(Caller(key.account_id)),
             None => Err(ApiError::unauthorized(
                 "the API key is not valid: it is unknown or was revoked",
             )),

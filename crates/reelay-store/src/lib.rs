@@ -77,8 +77,8 @@ pub trait AccountStore: Send + Sync + 'static {
     async fn list_keys(&self, account: Option<AccountId>) -> StoreResult<Vec<ApiKeyInfo>>;
     /// Returns false when the key does not exist or was already revoked.
     async fn revoke_key(&self, id: KeyId, now: OffsetDateTime) -> StoreResult<bool>;
-    /// The account of a live (not revoked) key.
-    async fn authenticate(&self, hash: KeyHash) -> StoreResult<Option<AccountId>>;
+    /// A live (not revoked) key, by its secret's hash.
+    async fn authenticate(&self, hash: KeyHash) -> StoreResult<Option<ApiKeyInfo>>;
     async fn create_worker(&self, new: NewWorker, now: OffsetDateTime) -> StoreResult<WorkerInfo>;
     /// Every worker token, revoked ones too, oldest first.
     async fn list_workers(&self) -> StoreResult<Vec<WorkerInfo>>;

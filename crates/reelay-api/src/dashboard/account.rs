@@ -16,9 +16,6 @@ use super::session::{self, Session};
 use super::{Notice, forbidden, store_error};
 use crate::AppState;
 
-/// How many leading characters of a key the store keeps to tell keys apart.
-const SHOWN_PREFIX: usize = 12;
-
 fn sign_in_form(error: Option<&str>) -> Markup {
     html! {
         h1 { "Sign in" }
@@ -55,14 +52,14 @@ fn refused(status: StatusCode, message: &str) -> Response {
         .into_response()
 }
 
-/// Checks the key, finds its id (so that revoking it ends the session), and opens a session.
+/// Checks the key and opens a session bound to its id, so that revoking the key ends it.
 pub async fn sign_in(State(state): State<AppState>, headers: HeaderMap, form: Form) -> Response {
     let key = form.get("api_key").unwrap_or_default().trim();
     if key.is_empty() || key.len() > 512 {
         return refused(StatusCode::UNAUTHORIZED, "Enter an API key.");
     }
-    let account = match state.store.authenticate(KeyHash::of(key)).await {
-        Ok(Some(account)) => account,
+    let found = match state.store.authenticate(KeyHash::of(key)).await {
+        Ok(Some(found)) => found,
         Ok(None) => {
             return refused(
                 StatusCode::UNAUTHORIZED,
@@ -71,24 +68,7 @@ pub async fn sign_in(State(state): State<AppState>, headers: HeaderMap, form: Fo
         }
         Err(e) => return store_error(e),
     };
-    // The store answers an account for a key hash but not the key's id; the id is found among
-    // the account's live keys by the prefix the store keeps of each.
-    let keys = match state.store.list_keys(Some(account)).await {
-        Ok(keys) => keys,
-        Err(e) => return store_error(e),
-    };
-    let prefix = key.get(..SHOWN_PREFIX).unwrap_or(key);
-    let mut matching = keys
-        .iter()
-        .filter(|k| k.revoked_at.is_none() && k.shown_prefix == prefix);
-    let (Some(found), None) = (matching.next(), matching.next()) else {
-        return refused(
-            StatusCode::CONFLICT,
-            "This key cannot be told apart from another key of the account; sign in with \
-             another key.",
-        );
-    };
-    let cookie = session::open_account(&state, &headers, account, found.id);
+    let cookie = session::open_account(&state, &headers, found.account_id, found.id);
     let mut response = Redirect::to("/dashboard").into_response();
     response.headers_mut().insert(header::SET_COOKIE, cookie);
     response

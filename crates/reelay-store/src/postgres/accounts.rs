@@ -252,15 +252,15 @@ impl AccountStore for PgStore {
         .map(|n| n == 1)
     }
 
-    async fn authenticate(&self, hash: KeyHash) -> StoreResult<Option<AccountId>> {
-        query_opt(
-            &self.conn().await?,
-            "SELECT account_id FROM api_keys WHERE secret_hash = $1 AND revoked_at IS NULL",
-            &[&&hash.0[..]],
-        )
-        .await?
-        .map(|row| get(&row, "account_id").map(AccountId))
-        .transpose()
+    async fn authenticate(&self, hash: KeyHash) -> StoreResult<Option<ApiKeyInfo>> {
+        let sql = format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE secret_hash = $1 AND revoked_at IS NULL"
+        );
+        query_opt(&self.conn().await?, &sql, &[&&hash.0[..]])
+            .await?
+            .as_ref()
+            .map(key)
+            .transpose()
     }
 
     async fn create_worker(&self, new: NewWorker, now: OffsetDateTime) -> StoreResult<WorkerInfo> {

@@ -186,10 +186,10 @@ pub fn revoke_key(c: &Connection, id: KeyId, now: OffsetDateTime) -> StoreResult
         .map_err(backend)
 }
 
-pub fn authenticate(c: &Connection, hash: KeyHash) -> StoreResult<Option<AccountId>> {
-    c.prepare_cached(
-        "SELECT account_id FROM api_keys WHERE secret_hash = ?1 AND revoked_at IS NULL",
-    )
-    .and_then(|mut s| s.query_row([&hash.0[..]], |r| parsed(r, 0)).optional())
+pub fn authenticate(c: &Connection, hash: KeyHash) -> StoreResult<Option<ApiKeyInfo>> {
+    c.prepare_cached(&format!(
+        "SELECT {KEY_COLUMNS} FROM api_keys WHERE secret_hash = ?1 AND revoked_at IS NULL"
+    ))
+    .and_then(|mut s| s.query_row([&hash.0[..]], key).optional())
     .map_err(backend)
 }

@@ -211,7 +211,7 @@ impl AccountStore for SqliteStore {
             .await
     }
 
-    async fn authenticate(&self, hash: KeyHash) -> StoreResult<Option<AccountId>> {
+    async fn authenticate(&self, hash: KeyHash) -> StoreResult<Option<ApiKeyInfo>> {
         self.readers
             .read_point(move |c| accounts::authenticate(c, hash))
     }
