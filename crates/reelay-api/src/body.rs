@@ -7,12 +7,12 @@
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
-use axum::http::{StatusCode, header};
+use axum::http::header;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use reelay_core::images::MAX_IMAGE_BYTES;
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::{ApiError, AppState};
+use crate::{ApiError, AppState, ErrorCode};
 
 /// The limit of the small JSON routes: far above any valid body, far below harm.
 pub const SMALL_BODY: usize = 64 * 1024;
@@ -66,8 +66,7 @@ impl FromRequest<AppState> for CreateBody {
         let Some(declared) = declared else {
             return match read(request, state, SMALL_BODY).await {
                 Err(e) if e.detail() == "PAYLOAD_TOO_LARGE" => Err(ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "PAYLOAD_TOO_LARGE",
+                    ErrorCode::PayloadTooLarge,
                     format!(
                         "a body over {SMALL_BODY} bytes must be sent with a Content-Length \
                          (not chunked); at most {CREATE_BODY} bytes"
@@ -87,8 +86,7 @@ impl FromRequest<AppState> for CreateBody {
                 Ok(Ok(permit)) => Some(permit),
                 _ => {
                     return Err(ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "OVERLOADED",
+                        ErrorCode::Overloaded,
                         "too many requests with images are being handled at once; retry in a \
                          few seconds",
                     )
@@ -145,8 +143,7 @@ async fn read(request: Request, state: &AppState, limit: usize) -> Result<Bytes,
             format!("could not read the body: {e}"),
         )),
         Err(_) => Err(ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "REQUEST_TIMEOUT",
+            ErrorCode::RequestTimeout,
             format!(
                 "the body did not arrive within {} s; send it at once",
                 state.body_read_timeout.as_secs()
@@ -157,8 +154,7 @@ async fn read(request: Request, state: &AppState, limit: usize) -> Result<Bytes,
 
 fn too_large(limit: usize) -> ApiError {
     ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "PAYLOAD_TOO_LARGE",
+        ErrorCode::PayloadTooLarge,
         format!("the request body exceeds this route's limit of {limit} bytes"),
     )
 }

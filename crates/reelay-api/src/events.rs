@@ -27,7 +27,18 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Caller;
-use crate::{ApiError, AppState, generations};
+use crate::openapi::error_set;
+use crate::{ApiError, AppState, ErrorCode, generations};
+
+error_set!(
+    EventsErrors = [
+        InvalidTaskId,
+        Unauthorized,
+        TaskNotFound,
+        TooManyStreams,
+        Maintenance
+    ]
+);
 
 /// How often a stream re-reads its generation when nothing told it to.
 const REREAD_EVERY: Duration = Duration::from_secs(1);
@@ -63,9 +74,12 @@ fn rank(g: &Generation, queue_position: u64) -> u64 {
 
 /// What the `status`, `progress` and `queue` events carry: the fields of the generation's
 /// read that move while it is unfinished, with the same values.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-struct Snapshot {
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(as = StatusEvent)]
+pub(crate) struct Snapshot {
+    #[schema(format = Uuid)]
     generation_id: String,
+    #[schema(value_type = GenerationStatus)]
     status: &'static str,
     progress_pct: u8,
     queue_position: u64,
@@ -95,6 +109,37 @@ impl Snapshot {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/veo/generations/{id}/events",
+    tag = "generations",
+    summary = "Follow a generation live (server-sent events)",
+    description = "A `text/event-stream` of the generation's changes until it ends. Events: \
+                   `status` (first event of every connection, then whenever `status` changes), \
+                   `progress` (`progress_pct` changed), `queue` (only `queue_position` changed); \
+                   their `data` is a `StatusEvent`. The last event is `completed` or `failed`, \
+                   whose `data` is the whole `Generation` as the read route answers it, with id \
+                   9007199254740991; the server then ends the stream. A comment line every 15 s \
+                   keeps it alive. Ids are the state's rank (opaque, growing): reconnect with \
+                   `Last-Event-ID` to get only what changed. At most 16 streams per account and \
+                   256 per server process.",
+    security(("api_key" = [])),
+    params(
+        ("id" = String, Path, format = Uuid, description = "The generation id"),
+        ("Last-Event-ID" = Option<String>, Header,
+            description = "The id of the last event received, to resume after a drop."),
+    ),
+    responses(
+        (status = 200, description = "The stream of events.", content_type = "text/event-stream",
+            body = String,
+            headers(("X-Accel-Buffering" = String, description = "`no`: proxies pass events at once")),
+            example = "event: status\nid: 999999\ndata: {\"generation_id\":\"ffd473d5-5bef-4e14-bf22-8d559be3c19f\",\"status\":\"pending\",\"progress_pct\":0,\"queue_position\":1}\n\nevent: progress\nid: 2001039\ndata: {\"generation_id\":\"ffd473d5-5bef-4e14-bf22-8d559be3c19f\",\"status\":\"processing\",\"progress_pct\":39,\"queue_position\":0}\n\n"),
+        (status = 204, description = "`Last-Event-ID` is the final event's and the generation \
+                                      has ended: nothing more to send (stops EventSource \
+                                      reconnecting)."),
+        EventsErrors,
+    ),
+)]
 pub async fn events(
     State(state): State<AppState>,
     Caller(account): Caller,
@@ -154,8 +199,7 @@ fn too_many(refused: WatchRefused) -> ApiError {
              or poll GET /v1/veo/generations/{{id}}"
         ),
     };
-    ApiError::new(StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_STREAMS", message)
-        .with_retry_after(RETRY_STREAM_AFTER_SECS)
+    ApiError::new(ErrorCode::TooManyStreams, message).with_retry_after(RETRY_STREAM_AFTER_SECS)
 }
 
 /// The `Last-Event-ID` a reconnecting client sends; anything unreadable counts as none (the

@@ -8,6 +8,7 @@ mod dashboard;
 mod error;
 mod events;
 mod generations;
+mod openapi;
 mod ops;
 mod rate_limit;
 mod upload;
@@ -22,14 +23,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::routing::{get, post, put};
 use reelay_core::capability::VideoKey;
 use reelay_core::destination::DestinationPolicy;
 use reelay_delivery::Dispatcher;
 use reelay_engine::Engine;
 use reelay_store::Store;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub use error::ApiError;
+pub use error::{ApiError, ErrorCode};
 pub use ops::AdminAccess;
 pub use rate_limit::CreateLimiter;
 
@@ -62,51 +64,46 @@ pub struct AppState {
     pub dashboard_key: [u8; 32],
 }
 
+/// The whole HTTP surface: the API (documented) and the dashboard (HTML, not API).
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/v1/veo/generate", post(generations::create))
-        .route("/v1/veo/generations", get(generations::list))
-        .route("/v1/veo/generations/{id}", get(generations::get))
-        .route("/v1/veo/generations/{id}/cancel", post(generations::cancel))
-        .route("/v1/veo/generations/{id}/events", get(events::events))
-        .route(
-            "/v1/veo/generations/{id}/deliveries",
-            get(generations::deliveries),
-        )
-        .route(
-            "/v1/veo/generations/{id}/webhook/redeliver",
-            post(generations::redeliver),
-        )
-        .route("/v1/webhooks/secret", get(webhooks::secret))
-        .route("/v1/webhooks/secret/rotate", post(webhooks::rotate))
-        .route("/v1/webhooks/ip-ranges", get(webhooks::ip_ranges))
-        .route("/v1/webhooks/redeliver", post(webhooks::redeliver_failed))
-        .route("/v1/data/balance", get(account::balance))
-        .route("/v1/account", get(account::account))
-        .route("/v1/worker/claim", post(workers::claim))
-        .route(
-            "/v1/worker/jobs/{lease_id}/heartbeat",
-            post(workers::heartbeat),
-        )
-        .route(
-            "/v1/worker/jobs/{lease_id}/video",
-            put(workers::upload_video),
-        )
-        .route(
-            "/v1/worker/jobs/{lease_id}/complete",
-            post(workers::complete),
-        )
-        .route("/v1/worker/jobs/{lease_id}/fail", post(workers::fail))
-        .route(
-            "/v1/worker/jobs/{lease_id}/inputs/{name}",
-            get(workers::input),
-        )
-        .route("/videos/{id}/{file}", get(videos::serve))
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
-        .merge(dashboard::router(&state))
+    let (api, _) = api().split_for_parts();
+    api.merge(dashboard::router(&state))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .with_state(state)
+}
+
+/// The OpenAPI document served at `/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api().into_openapi()
+}
+
+/// Every API route, each registered with the `#[utoipa::path]` of its handler, so that a route
+/// cannot be served without being documented (or the reverse).
+fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::base())
+        .routes(routes!(generations::create))
+        .routes(routes!(generations::list))
+        .routes(routes!(generations::get))
+        .routes(routes!(generations::cancel))
+        .routes(routes!(events::events))
+        .routes(routes!(generations::deliveries))
+        .routes(routes!(generations::redeliver))
+        .routes(routes!(webhooks::secret))
+        .routes(routes!(webhooks::rotate))
+        .routes(routes!(webhooks::ip_ranges))
+        .routes(routes!(webhooks::redeliver_failed))
+        .routes(routes!(account::balance))
+        .routes(routes!(account::account))
+        .routes(routes!(workers::claim))
+        .routes(routes!(workers::heartbeat))
+        .routes(routes!(workers::upload_video))
+        .routes(routes!(workers::complete))
+        .routes(routes!(workers::fail))
+        .routes(routes!(workers::input))
+        .routes(routes!(videos::serve))
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::readyz))
+        .routes(routes!(ops::metrics))
+        .routes(routes!(openapi::document))
 }

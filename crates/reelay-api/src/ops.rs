@@ -5,11 +5,21 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use reelay_core::AccountId;
-use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::{ApiError, AppState};
+use crate::openapi::{NoErrors, error_set};
+use crate::{ApiError, AppState, ErrorCode};
+
+error_set!(MetricsErrors = [Unauthorized, Forbidden]);
+
+/// What `/healthz` and `/readyz` answer.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[schema(as = Health)]
+pub struct HealthView {
+    /// `ok` (`/healthz`), `ready` or `unavailable` (`/readyz`).
+    status: &'static str,
+}
 
 /// Who may read the operator routes (`/metrics`).
 #[derive(Clone)]
@@ -32,8 +42,7 @@ impl AdminAccess {
             Self::Open => return Ok(()),
             Self::Closed => {
                 return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "FORBIDDEN",
+                    ErrorCode::Forbidden,
                     "operator routes are off: set REELAY_ADMIN_TOKEN and send it as \
                      `Authorization: Bearer <token>`",
                 ));
@@ -57,25 +66,61 @@ impl AdminAccess {
 }
 
 /// Alive and accepting requests.
-pub async fn healthz() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "ops",
+    summary = "Alive and accepting requests",
+    responses((status = 200, description = "Alive.",
+        body = HealthView, example = json!({"status": "ok"})), NoErrors),
+)]
+pub async fn healthz() -> Json<HealthView> {
+    Json(HealthView { status: "ok" })
 }
 
 /// Ready to serve: the storage answers. Why not is for the operator's log, not the caller.
-pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "ops",
+    summary = "Ready: the database answers",
+    responses(
+        (status = 200, description = "Ready.",
+        body = HealthView, example = json!({"status": "ready"})),
+        (status = 503, description = "The database does not answer (the log says why).",
+            body = HealthView, example = json!({"status": "unavailable"})),
+    ),
+)]
+pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<HealthView>) {
     match state.store.account(AccountId(uuid::Uuid::nil())).await {
-        Ok(_) => (StatusCode::OK, Json(json!({"status": "ready"}))),
+        Ok(_) => (StatusCode::OK, Json(HealthView { status: "ready" })),
         Err(e) => {
             tracing::warn!(error = %e, "not ready: storage does not answer");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"status": "unavailable"})),
+                Json(HealthView {
+                    status: "unavailable",
+                }),
             )
         }
     }
 }
 
 /// Prometheus exposition; the delivery counts are read from storage at each scrape.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "ops",
+    summary = "Prometheus metrics",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The Prometheus text exposition.",
+            content_type = "text/plain; version=0.0.4", body = String),
+        (status = 404, description = "Metrics are turned off (plain text).",
+            content_type = "text/plain", body = String),
+        MetricsErrors,
+    ),
+)]
 pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if let Err(e) = state.admin.check(&headers) {
         return e.into_response();

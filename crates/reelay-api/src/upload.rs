@@ -5,11 +5,10 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use axum::body::Body;
-use axum::http::StatusCode;
 use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
 
-use crate::ApiError;
+use crate::{ApiError, ErrorCode};
 
 /// Removes the file when dropped, unless it was kept.
 pub struct TempVideo {
@@ -34,8 +33,7 @@ impl Drop for TempVideo {
 
 fn too_large(cap: u64) -> ApiError {
     ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "PAYLOAD_TOO_LARGE",
+        ErrorCode::PayloadTooLarge,
         format!(
             "the video exceeds this server's limit of {cap} bytes (REELAY_WORKER_MAX_VIDEO_BYTES)"
         ),
@@ -43,7 +41,8 @@ fn too_large(cap: u64) -> ApiError {
 }
 
 fn invalid_video(why: &str) -> ApiError {
-    ApiError::invalid("body", format!("the body is not an MP4: {why}")).with_detail("INVALID_VIDEO")
+    ApiError::invalid("body", format!("the body is not an MP4: {why}"))
+        .with_detail(ErrorCode::InvalidVideo)
 }
 
 /// Streams `body` to `path` (at most `cap` bytes, each chunk within `chunk_timeout`) and checks
@@ -71,8 +70,7 @@ pub async fn receive(
         let frame = match tokio::time::timeout(chunk_timeout, body.frame()).await {
             Err(_) => {
                 return Err(ApiError::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "REQUEST_TIMEOUT",
+                    ErrorCode::RequestTimeout,
                     "the upload stalled; send the body without pauses",
                 ));
             }

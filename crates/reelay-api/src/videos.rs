@@ -13,16 +13,38 @@ use reelay_store::Stage;
 use tower::ServiceExt;
 use tower_http::services::ServeFile;
 
-use crate::{ApiError, AppState};
+use crate::openapi::error_set;
+use crate::{ApiError, AppState, ErrorCode};
+
+error_set!(VideoErrors = [NotFound, Gone, Maintenance]);
 
 fn no_video() -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "NOT_FOUND",
-        "no finished video at this address",
-    )
+    ApiError::new(ErrorCode::NotFound, "no finished video at this address")
 }
 
+#[utoipa::path(
+    get,
+    path = "/videos/{id}/{file}",
+    tag = "videos",
+    summary = "A finished video",
+    description = "The `video_url` of a completed generation. No key: the file name carries a \
+                   capability that cannot be guessed from the id (a wrong one answers 404 like \
+                   an unknown video). Range requests are honoured.",
+    params(
+        ("id" = String, Path, format = Uuid, description = "The generation id"),
+        ("file" = String, Path, description = "`<capability>.mp4`, as in `video_url`"),
+        ("Range" = Option<String>, Header, description = "e.g. `bytes=0-1023`"),
+    ),
+    responses(
+        (status = 200, description = "The whole video.", content_type = "video/mp4",
+            body = Vec<u8>, headers(("Accept-Ranges" = String, description = "`bytes`"))),
+        (status = 206, description = "The requested range.", content_type = "video/mp4",
+            body = Vec<u8>, headers(("Content-Range" = String))),
+        (status = 416, description = "The range is outside the file.",
+            headers(("Content-Range" = String, description = "`bytes */<size>`"))),
+        VideoErrors,
+    ),
+)]
 pub async fn serve(
     State(state): State<AppState>,
     Path((id, file)): Path<(String, String)>,
@@ -41,8 +63,7 @@ pub async fn serve(
     };
     if generation.media_pruned_at.is_some() {
         return Err(ApiError::new(
-            StatusCode::GONE,
-            "GONE",
+            ErrorCode::Gone,
             "this video was deleted at the end of its retention period (REELAY_RETENTION); \
              download videos when their generation completes",
         ));

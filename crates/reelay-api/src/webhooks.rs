@@ -9,14 +9,30 @@ use reelay_store::OutboxListener;
 use reelay_webhooks::timestamp;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+use utoipa::ToSchema;
 
 use crate::auth::Caller;
 use crate::body::{JsonBody, SMALL_BODY};
+use crate::openapi::error_set;
 use crate::{ApiError, AppState};
 
-#[derive(Serialize)]
+error_set!(SecretErrors = [Unauthorized, Maintenance]);
+error_set!(RotateErrors = [Unauthorized, RateLimited, Maintenance]);
+error_set!(
+    RedeliverFailedErrors = [
+        Unauthorized,
+        InvalidParameters,
+        PayloadTooLarge,
+        RequestTimeout,
+        Maintenance,
+    ]
+);
+
+#[derive(Serialize, ToSchema)]
+#[schema(as = SigningSecret)]
 pub struct SecretView {
     /// Verify webhooks with this (`whsec_…`), e.g. with any Standard Webhooks library.
+    #[schema(example = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")]
     secret: String,
     created_at: String,
     /// After a rotation, the old secret also signs until then.
@@ -33,6 +49,15 @@ impl From<reelay_delivery::AccountSecrets> for SecretView {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks/secret",
+    tag = "webhooks",
+    summary = "The account's webhook signing secret",
+    security(("api_key" = [])),
+    responses((status = 200, description = "The current secret.",
+        body = SecretView), SecretErrors),
+)]
 pub async fn secret(
     State(state): State<AppState>,
     Caller(account): Caller,
@@ -42,6 +67,17 @@ pub async fn secret(
 
 /// Rotates the signing secret; within a minute of the previous rotation, a 429 whose
 /// `Retry-After` says when it is allowed again.
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/secret/rotate",
+    tag = "webhooks",
+    summary = "Make a new signing secret",
+    description = "The previous secret keeps signing beside the new one for 24 h; within 60 s \
+                   of the previous rotation, 429 `RATE_LIMITED`.",
+    security(("api_key" = [])),
+    responses((status = 200, description = "The new secret.",
+        body = SecretView), RotateErrors),
+)]
 pub async fn rotate(
     State(state): State<AppState>,
     Caller(account): Caller,
@@ -55,12 +91,23 @@ pub async fn rotate(
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = IpRanges)]
 pub struct IpRangesView {
+    /// CIDR blocks, like `203.0.113.7/32`; empty when none is pinned.
     ip_ranges: Vec<String>,
     message: &'static str,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks/ip-ranges",
+    tag = "webhooks",
+    summary = "The addresses webhooks are sent from",
+    security(("api_key" = [])),
+    responses((status = 200, description = "The egress addresses.",
+        body = IpRangesView), SecretErrors),
+)]
 pub async fn ip_ranges(State(state): State<AppState>, _: Caller) -> Json<IpRangesView> {
     let ranges = state
         .egress_ips
@@ -80,20 +127,38 @@ pub async fn ip_ranges(State(state): State<AppState>, _: Caller) -> Json<IpRange
     })
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = Redelivered)]
 pub struct RedeliveredView {
+    /// How many deliveries started a new round.
     redelivered: u64,
 }
 
 /// The bulk redelivery filter: generations that ended in `[since, until)`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RedeliverFilter {
+    /// Required: a time like `2025-12-06T21:43:03.374000` (UTC) or RFC 3339.
+    #[schema(required = true)]
     since: Option<String>,
+    /// Now when absent.
     until: Option<String>,
 }
 
 /// Starts a new round for every failed delivery whose generation ended in `[since, until)`.
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/redeliver",
+    tag = "webhooks",
+    summary = "Redeliver every failed webhook of a time range",
+    description = "A new round for every failed delivery whose generation ended in \
+                   `[since, until)`.",
+    security(("api_key" = [])),
+    request_body(content = RedeliverFilter, content_type = "application/json",
+        example = json!({"since": "2025-12-06T00:00:00.000000"})),
+    responses((status = 200, description = "How many deliveries started again.",
+        body = RedeliveredView), RedeliverFailedErrors),
+)]
 pub async fn redeliver_failed(
     State(state): State<AppState>,
     Caller(account): Caller,

@@ -8,17 +8,51 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::{StatusCode, header};
-use reelay_core::{FailureCode, Model};
+use reelay_core::{FailureCode, GenerationStatus, Model};
 use reelay_engine::workers::{Lease, WorkerError, WorkerJob};
 use reelay_store::{Generation, Stage, Video};
 use reelay_webhooks::timestamp;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use utoipa::ToSchema;
 
 use crate::body::{JsonBody, SMALL_BODY};
+use crate::openapi::error_set;
 use crate::upload;
 use crate::worker_auth::WorkerCaller;
-use crate::{ApiError, AppState};
+use crate::{ApiError, AppState, ErrorCode};
+
+error_set!(
+    ClaimErrors = [
+        Unauthorized,
+        InvalidParameters,
+        PayloadTooLarge,
+        RequestTimeout,
+        Busy,
+        Maintenance,
+    ]
+);
+error_set!(
+    LeaseErrors = [
+        Unauthorized,
+        InvalidParameters,
+        PayloadTooLarge,
+        RequestTimeout,
+        LeaseLost,
+        Maintenance,
+    ]
+);
+error_set!(
+    UploadErrors = [
+        Unauthorized,
+        InvalidParameters,
+        InvalidVideo,
+        PayloadTooLarge,
+        RequestTimeout,
+        LeaseLost,
+        Maintenance,
+    ]
+);
+error_set!(InputErrors = [Unauthorized, LeaseLost, NotFound, Maintenance]);
 
 /// The most jobs one claim may ask for.
 pub const MAX_JOBS: u32 = 16;
@@ -29,19 +63,16 @@ impl From<WorkerError> for ApiError {
     fn from(e: WorkerError) -> Self {
         match e {
             WorkerError::LeaseLost => ApiError::new(
-                StatusCode::CONFLICT,
-                "LEASE_LOST",
+                ErrorCode::LeaseLost,
                 "this lease no longer holds the job (it lapsed and was claimed again, or the \
                  generation ended): stop working on it and claim again",
             ),
             WorkerError::Busy => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "BUSY",
+                ErrorCode::Busy,
                 "too many workers are waiting for jobs; retry in a few seconds",
             ),
             WorkerError::NoSuchInput => ApiError::new(
-                StatusCode::NOT_FOUND,
-                "NOT_FOUND",
+                ErrorCode::NotFound,
                 "the job has no input of that name; its claim lists its inputs",
             ),
             WorkerError::Store(e) => e.into(),
@@ -62,29 +93,49 @@ fn lease(id: &str) -> Result<Lease, ApiError> {
     Lease::parse(id).ok_or_else(|| WorkerError::LeaseLost.into())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = ClaimRequest)]
 struct ClaimBody {
+    /// 1–16; 1 when absent.
+    #[schema(minimum = 1, maximum = 16)]
     max_jobs: Option<u32>,
+    /// How long to wait for work, 0–30 s; 0 when absent.
+    #[schema(maximum = 30)]
     wait_seconds: Option<u64>,
+    /// Only jobs for these models (within the token's own); all of them when absent.
+    #[schema(value_type = Option<Vec<Model>>)]
     models: Option<Vec<String>>,
 }
 
-#[derive(Serialize)]
+/// What a claim answers: the jobs now leased to the caller (possibly none).
+#[derive(Serialize, ToSchema)]
+#[schema(as = Claimed)]
+pub struct ClaimedView {
+    jobs: Vec<JobView>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[schema(as = Job)]
 struct JobView {
+    #[schema(format = Uuid)]
     generation_id: String,
     lease_id: String,
+    /// Heartbeat before then, or the job returns to the queue.
     lease_expires_at: String,
+    #[schema(value_type = Model)]
     model: &'static str,
     prompt: String,
     seed: u32,
+    #[schema(value_type = reelay_core::AspectRatio)]
     aspect_ratio: &'static str,
     watermark_text: Option<String>,
     inputs: Vec<InputView>,
 }
 
 /// An input image of a job, fetched with the worker token while the lease holds.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = JobInput)]
 struct InputView {
     name: String,
     content_type: &'static str,
@@ -117,11 +168,22 @@ impl JobView {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/worker/claim",
+    tag = "workers",
+    summary = "Lease up to `max_jobs` jobs, waiting up to `wait_seconds` for one",
+    security(("worker_token" = [])),
+    request_body(content = ClaimBody, content_type = "application/json",
+        example = json!({"max_jobs": 1, "wait_seconds": 25, "models": ["veo-3-fast"]})),
+    responses((status = 200, description = "The jobs leased to this worker (none when the wait ran out).",
+        body = ClaimedView), ClaimErrors),
+)]
 pub async fn claim(
     State(state): State<AppState>,
     WorkerCaller(worker): WorkerCaller,
     JsonBody(body): JsonBody<SMALL_BODY>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ClaimedView>, ApiError> {
     let body: ClaimBody = parse(&body)?;
     let max = body.max_jobs.unwrap_or(1);
     if !(1..=MAX_JOBS).contains(&max) {
@@ -165,22 +227,46 @@ pub async fn claim(
         .into_iter()
         .map(|job| JobView::new(job, &state.engine))
         .collect();
-    Ok(Json(json!({ "jobs": jobs })))
+    Ok(Json(ClaimedView { jobs }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = HeartbeatRequest)]
 struct HeartbeatBody {
+    /// 0–99; 0 when absent.
+    #[schema(maximum = 99)]
     progress_pct: Option<u8>,
+    /// A line for the server's log.
     log: Option<String>,
 }
 
+#[derive(Serialize, ToSchema)]
+#[schema(as = Heartbeat)]
+pub struct HeartbeatView {
+    lease_expires_at: String,
+    /// The client cancelled: stop and call `fail` (or just stop).
+    cancel_requested: bool,
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/worker/jobs/{lease_id}/heartbeat",
+    tag = "workers",
+    summary = "Extend the lease and report progress",
+    security(("worker_token" = [])),
+    params(("lease_id" = String, Path, description = "The lease the claim gave")),
+    request_body(content = HeartbeatBody, content_type = "application/json",
+        example = json!({"progress_pct": 40, "log": "frame 19 of 48"})),
+    responses((status = 200, description = "The lease is extended.",
+        body = HeartbeatView), LeaseErrors),
+)]
 pub async fn heartbeat(
     State(state): State<AppState>,
     WorkerCaller(_): WorkerCaller,
     Path(lease_id): Path<String>,
     JsonBody(body): JsonBody<SMALL_BODY>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<HeartbeatView>, ApiError> {
     let body: HeartbeatBody = parse(&body)?;
     let pct = body.progress_pct.unwrap_or(0);
     if pct > 99 {
@@ -190,34 +276,64 @@ pub async fn heartbeat(
         .engine
         .worker_heartbeat(&lease(&lease_id)?, pct, body.log.as_deref())
         .await?;
-    Ok(Json(json!({
-        "lease_expires_at": timestamp::format(beat.lease_expires_at),
-        "cancel_requested": beat.cancel_requested,
-    })))
+    Ok(Json(HeartbeatView {
+        lease_expires_at: timestamp::format(beat.lease_expires_at),
+        cancel_requested: beat.cancel_requested,
+    }))
 }
 
-fn result_view(g: &Generation) -> Json<Value> {
-    match &g.stage {
-        Stage::Completed { video, .. } => Json(json!({
-            "generation_id": g.id.to_string(),
-            "status": "completed",
-            "video_url": video.url,
-        })),
-        Stage::Failed { code, .. } => Json(json!({
-            "generation_id": g.id.to_string(),
-            "status": "failed",
-            "error": code.as_str(),
-        })),
-        _ => Json(json!({ "generation_id": g.id.to_string() })),
-    }
+/// The job's generation after a worker's result: the fields that say how it ended.
+#[derive(Serialize, ToSchema)]
+#[schema(as = JobResult)]
+pub struct ResultView {
+    #[schema(format = Uuid)]
+    generation_id: String,
+    /// Absent while the generation has not ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<GenerationStatus>)]
+    status: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    video_url: Option<String>,
+    /// The failure code, when failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<FailureCode>)]
+    error: Option<&'static str>,
 }
 
+fn result_view(g: &Generation) -> Json<ResultView> {
+    let (status, video_url, error) = match &g.stage {
+        Stage::Completed { video, .. } => (Some("completed"), Some(video.url.clone()), None),
+        Stage::Failed { code, .. } => (Some("failed"), None, Some(code.as_str())),
+        _ => (None, None, None),
+    };
+    Json(ResultView {
+        generation_id: g.id.to_string(),
+        status,
+        video_url,
+        error,
+    })
+}
+
+#[utoipa::path(
+    put,
+    path = "/v1/worker/jobs/{lease_id}/video",
+    tag = "workers",
+    summary = "Complete the job by uploading its MP4",
+    description = "The body is the MP4 itself (at most `REELAY_WORKER_MAX_VIDEO_BYTES`), \
+                   checked to be an MP4. Repeating a call that succeeded is harmless: the first \
+                   video stands.",
+    security(("worker_token" = [])),
+    params(("lease_id" = String, Path, description = "The lease the claim gave")),
+    request_body(content = Vec<u8>, content_type = "video/mp4"),
+    responses((status = 200, description = "The generation completed with this video (or had already ended).",
+        body = ResultView), UploadErrors),
+)]
 pub async fn upload_video(
     State(state): State<AppState>,
     WorkerCaller(_): WorkerCaller,
     Path(lease_id): Path<String>,
     request: Request<Body>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ResultView>, ApiError> {
     let lease = lease(&lease_id)?;
     let headers = request.headers();
     let is_mp4 = headers
@@ -271,18 +387,33 @@ pub async fn upload_video(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = CompleteRequest)]
 struct CompleteBody {
+    /// Where the video is: an `https` URL, at most 2048 characters.
+    #[schema(max_length = 2048)]
     video_url: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/worker/jobs/{lease_id}/complete",
+    tag = "workers",
+    summary = "Complete the job with a video hosted elsewhere",
+    security(("worker_token" = [])),
+    params(("lease_id" = String, Path, description = "The lease the claim gave")),
+    request_body(content = CompleteBody, content_type = "application/json",
+        example = json!({"video_url": "https://cdn.example.com/videos/out.mp4"})),
+    responses((status = 200, description = "The generation as the result left it.",
+        body = ResultView), LeaseErrors),
+)]
 pub async fn complete(
     State(state): State<AppState>,
     WorkerCaller(_): WorkerCaller,
     Path(lease_id): Path<String>,
     JsonBody(body): JsonBody<SMALL_BODY>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ResultView>, ApiError> {
     let lease = lease(&lease_id)?;
     let body: CompleteBody = parse(&body)?;
     let url = body.video_url.trim();
@@ -305,19 +436,35 @@ pub async fn complete(
     Ok(result_view(&g))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = FailRequest)]
 struct FailBody {
+    /// `TASK_FAILED` (refunded), `UNSAFE_CONTENT` or `MODERATION_FAILED` (not refunded).
+    #[schema(value_type = FailureCode)]
     code: String,
+    /// Kept with the generation for the operator.
     message: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/worker/jobs/{lease_id}/fail",
+    tag = "workers",
+    summary = "Fail the job with a catalogue code",
+    security(("worker_token" = [])),
+    params(("lease_id" = String, Path, description = "The lease the claim gave")),
+    request_body(content = FailBody, content_type = "application/json",
+        example = json!({"code": "TASK_FAILED", "message": "out of GPU memory"})),
+    responses((status = 200, description = "The generation as the result left it.",
+        body = ResultView), LeaseErrors),
+)]
 pub async fn fail(
     State(state): State<AppState>,
     WorkerCaller(_): WorkerCaller,
     Path(lease_id): Path<String>,
     JsonBody(body): JsonBody<SMALL_BODY>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ResultView>, ApiError> {
     let lease = lease(&lease_id)?;
     let body: FailBody = parse(&body)?;
     let code = match body.code.parse::<FailureCode>() {
@@ -342,6 +489,19 @@ pub async fn fail(
 
 /// `GET /v1/worker/jobs/{lease_id}/inputs/{name}`: an input image, only to the lease holding
 /// the job.
+#[utoipa::path(
+    get,
+    path = "/v1/worker/jobs/{lease_id}/inputs/{name}",
+    tag = "workers",
+    summary = "An input image of the job (its `url` in the claim)",
+    security(("worker_token" = [])),
+    params(("lease_id" = String, Path, description = "The lease the claim gave"), ("name" = String, Path, description = "The input's `name` in the claim")),
+    responses(
+        (status = 200, description = "The image, as the client sent it.",
+            content((Vec<u8> = "image/jpeg"), (Vec<u8> = "image/png"), (Vec<u8> = "image/webp"))),
+        InputErrors,
+    ),
+)]
 pub async fn input(
     State(state): State<AppState>,
     WorkerCaller(_): WorkerCaller,

@@ -19,3 +19,9 @@ pub use failure::FailureCode;
 pub use generation::{AspectRatio, GenerationStatus, Model};
 pub use ids::{AccountId, GenerationId, KeyId};
 pub use money::Credits;
+
+/// The schema library the `openapi` feature's impls name, reachable from crates that declare
+/// enums with `named_enum!` without depending on it themselves.
+#[cfg(feature = "openapi")]
+#[doc(hidden)]
+pub use utoipa as __utoipa;

@@ -32,6 +32,8 @@ macro_rules! named_enum {
             }
         }
 
+        $crate::__named_enum_schema!($name);
+
         impl ::std::str::FromStr for $name {
             type Err = $crate::named::UnknownValue;
             fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -48,4 +50,33 @@ macro_rules! named_enum {
             }
         }
     };
+}
+
+/// With the `openapi` feature, a string schema listing every name of a [`named_enum!`], so the
+/// OpenAPI document offers exactly the values the enum parses. A macro of its own so that the
+/// feature is judged in this crate, also for enums declared in crates that use `named_enum!`.
+#[cfg(feature = "openapi")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __named_enum_schema {
+    ($name:ident) => {
+        impl $crate::__utoipa::PartialSchema for $name {
+            fn schema()
+            -> $crate::__utoipa::openapi::RefOr<$crate::__utoipa::openapi::schema::Schema> {
+                $crate::__utoipa::openapi::schema::ObjectBuilder::new()
+                    .schema_type($crate::__utoipa::openapi::schema::Type::String)
+                    .enum_values(Some(Self::ALL.iter().map(|v| v.as_str())))
+                    .into()
+            }
+        }
+
+        impl $crate::__utoipa::ToSchema for $name {}
+    };
+}
+
+#[cfg(not(feature = "openapi"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __named_enum_schema {
+    ($name:ident) => {};
 }

@@ -8,6 +8,7 @@ use crate::timestamp::serde_seed;
 
 /// The terminal outcome an event reports; a webhook is never sent for a task still running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum EventStatus {
     Completed,
@@ -17,24 +18,34 @@ pub enum EventStatus {
 /// Why a generation failed: `message` carries the code (`TIMEOUT`, `UNSAFE_CONTENT`, ...), as in
 /// the seed; `details` is an object reserved for extra context.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EventError {
+    /// The failure code: `UNSAFE_CONTENT`, `MODERATION_FAILED`, `TIMEOUT`, `TASK_FAILED`,
+    /// `CANCELLED` or `MAINTENANCE`.
+    #[cfg_attr(feature = "openapi", schema(example = "TIMEOUT"))]
     pub message: String,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub details: serde_json::Map<String, serde_json::Value>,
 }
 
 /// The webhook body. Field order is the seed's and is part of the contract.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GenerationEvent {
     pub generation_id: Uuid,
     pub status: EventStatus,
     pub prompt: String,
+    /// The video, on success; null on failure.
     pub video_url: Option<String>,
     #[serde(with = "serde_seed")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "2025-12-06T21:43:03.374000"))]
     pub created_at: OffsetDateTime,
     #[serde(with = "serde_seed")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "2025-12-06T21:44:06.143000"))]
     pub completed_at: OffsetDateTime,
     pub seed: u32,
+    /// Null on success.
     pub error: Option<EventError>,
 }
 
