@@ -6,7 +6,7 @@
 //! sees the `<video>` and the webhook attempts, presses Redeliver and sees the new attempt
 //! arrive; it checks that a second account never sees the first's generations, that a POST
 //! without the session's CSRF token is refused, and takes the screenshot the README shows
-//! (`docs/dashboard.png`). The HTTP-level checks (headers, cookies, 403/404) use plain HTTP.
+//! (`docs/dashboard.png`, rewritten with `REELAY_UPDATE_SCREENSHOT=1`). The HTTP-level checks (headers, cookies, 403/404) use plain HTTP.
 //!
 //! Every wait is bounded by a generous deadline, never a timing assertion.
 
@@ -28,6 +28,17 @@ const ADMIN_TOKEN: &str = "dashboard-test-admin-token";
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Where the screenshot goes: the README's `docs/dashboard.png` when
+/// `REELAY_UPDATE_SCREENSHOT=1` asks for it, otherwise beside the build, so that running the
+/// tests leaves the checkout as it was.
+fn screenshot_path() -> PathBuf {
+    if std::env::var_os("REELAY_UPDATE_SCREENSHOT").is_some_and(|v| v == "1") {
+        repo_root().join("docs/dashboard.png")
+    } else {
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png")
+    }
 }
 
 /// Installs Chromium and chromedriver when they are missing: this test never skips.
@@ -541,9 +552,7 @@ async fn the_dashboard_in_a_browser() {
         "a redelivery keeps the webhook-id"
     );
     browser.script("window.scrollTo(0, 0)").await;
-    browser
-        .screenshot(&repo_root().join("docs/dashboard.png"))
-        .await;
+    browser.screenshot(&screenshot_path()).await;
 
     // Another account sees none of it.
     browser.sign_out().await;
