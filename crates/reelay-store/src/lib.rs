@@ -197,6 +197,9 @@ pub trait GenerationStore: Send + Sync + 'static {
     /// Who holds a processing generation's lease (None when it is not processing): the same
     /// fence as a heartbeat's, without extending anything.
     async fn lease_holder(&self, id: GenerationId) -> StoreResult<Option<String>>;
+    /// The processing generations with their leases, soonest to lapse first, at most `limit`:
+    /// what an operator's overview shows, bounded whatever the queue's size.
+    async fn leases(&self, limit: u32) -> StoreResult<Vec<Lease>>;
 
     /// Up to `limit` finished generations, oldest first, that ended before `before` and still
     /// have their media; the caller deletes the files, then marks them.

@@ -15,6 +15,16 @@ pub struct Account {
     pub created_at: OffsetDateTime,
 }
 
+/// A processing generation's lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub generation: Generation,
+    /// The node (built-in renderer) or worker lease id (`wl_…`) holding it.
+    pub owner: String,
+    /// When it lapses unless renewed.
+    pub until: OffsetDateTime,
+}
+
 /// An account as an operator's overview lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccountOverview {

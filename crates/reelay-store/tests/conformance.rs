@@ -838,6 +838,22 @@ async fn claim_heartbeat_finish_lifecycle(h: &dyn Harness) {
     assert_eq!(store.lease_holder(g1.id).await, Ok(Some("w1".into())));
     assert_eq!(store.lease_holder(g3.id).await, Ok(Some("w2".into())));
     assert_eq!(store.lease_holder(GenerationId::random()).await, Ok(None));
+    // The overview of leases: soonest to lapse first, bounded.
+    let leases = store.leases(10).await.unwrap();
+    assert_eq!(
+        leases
+            .iter()
+            .map(|l| (l.generation.id, l.owner.as_str(), l.until))
+            .collect::<Vec<_>>(),
+        // Ties in id order.
+        [
+            (g2.id, "w1", at(40)),
+            (g1.id, "w1", at(40)),
+            (g3.id, "w2", at(300))
+        ]
+    );
+    assert_eq!(leases[2].generation, get(store, g3.id).await);
+    assert_eq!(store.leases(1).await.unwrap().len(), 1);
 
     // Heartbeats: the owner extends its lease and reports progress; nobody else can.
     assert_eq!(store.heartbeat(g1.id, "w1", at(70), 40).await, Ok(true));

@@ -2,16 +2,16 @@
 //! balances, the queue, workers and the generations being worked on with who holds each
 //! lease, and the webhook delivery success chart.
 //!
-//! Accounts come from the store's bounded overview. No query lists every lease across the
-//! server, so the lease table is assembled from per-account queries and capped, and the page
-//! says where it stopped.
+//! Every table is one bounded store query (the oldest accounts, the leases soonest to lapse),
+//! and the page says where it stopped.
+
+use std::collections::HashMap;
 
 use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use maud::{Markup, html};
-use reelay_core::GenerationStatus;
 use reelay_store::{Account, Stage};
 use reelay_webhooks::timestamp;
 use time::OffsetDateTime;
@@ -25,10 +25,8 @@ use crate::{AdminAccess, AppState};
 
 /// Accounts shown; the rest are counted.
 const MAX_ACCOUNTS: u32 = 200;
-/// Accounts whose processing generations are looked up for the lease table.
-const LEASE_ACCOUNTS: usize = 50;
-/// Processing generations listed per account.
-const LEASES_PER_ACCOUNT: u32 = 20;
+/// Leases shown, soonest to lapse first.
+const MAX_LEASES: u32 = 200;
 
 fn sign_in_form(error: Option<&str>, closed: bool) -> Markup {
     html! {
@@ -137,43 +135,42 @@ struct Held {
     started_at: OffsetDateTime,
     progress_pct: u8,
     claims: u32,
-    holder: Option<String>,
+    holder: String,
+    until: OffsetDateTime,
 }
 
+/// The leases soonest to lapse, each with its account's name when that account is listed.
 async fn leases(state: &AppState, accounts: &[(Account, usize)]) -> Result<Vec<Held>, Response> {
-    let mut out = Vec::new();
-    for (account, _) in accounts.iter().take(LEASE_ACCOUNTS) {
-        let page = state
-            .store
-            .list_generations(
-                account.id,
-                Some(GenerationStatus::Processing),
-                LEASES_PER_ACCOUNT,
-                0,
-            )
-            .await
-            .map_err(store_error)?;
-        for g in page.items {
+    let names: HashMap<_, _> = accounts
+        .iter()
+        .map(|(a, _)| (a.id, a.name.as_str()))
+        .collect();
+    let leases = state.store.leases(MAX_LEASES).await.map_err(store_error)?;
+    Ok(leases
+        .into_iter()
+        .filter_map(|lease| {
+            let g = lease.generation;
             let Stage::Processing {
                 started_at,
                 progress_pct,
                 claims,
             } = g.stage
             else {
-                continue;
+                return None;
             };
-            let holder = state.store.lease_holder(g.id).await.map_err(store_error)?;
-            out.push(Held {
-                account: account.name.clone(),
+            Some(Held {
+                account: names
+                    .get(&g.account_id)
+                    .map_or_else(|| g.account_id.to_string(), |n| (*n).to_owned()),
                 id: g.id.to_string(),
                 started_at,
                 progress_pct,
                 claims,
-                holder,
-            });
-        }
-    }
-    Ok(out)
+                holder: lease.owner,
+                until: lease.until,
+            })
+        })
+        .collect())
 }
 
 pub async fn view(
@@ -235,6 +232,7 @@ pub async fn view(
                         th scope="col" { "Account" } th scope="col" { "Generation" }
                         th scope="col" { "Started" } th scope="col" { "Progress" }
                         th scope="col" { "Claims" } th scope="col" { "Lease holder" }
+                        th scope="col" { "Lease until" }
                     } }
                     tbody { @for h in &held { tr {
                         td data-label="Account" { (h.account) }
@@ -242,12 +240,13 @@ pub async fn view(
                         td data-label="Started" { (layout::age(h.started_at, now)) }
                         td data-label="Progress" { (h.progress_pct) "%" }
                         td data-label="Claims" { (h.claims) }
-                        td data-label="Lease holder" { code.wrap { (h.holder.as_deref().unwrap_or("—")) } }
+                        td data-label="Lease holder" { code.wrap { (h.holder) } }
+                        td data-label="Lease until" { (layout::when(Some(&timestamp::format(h.until)))) }
                     } } }
                 } }
             }
-            @if accounts.len() > LEASE_ACCOUNTS {
-                p.muted { "Looked at the first " (LEASE_ACCOUNTS) " accounts' work only." }
+            @if held.len() >= MAX_LEASES as usize {
+                p.muted { "The " (MAX_LEASES) " leases soonest to lapse are shown." }
             }
         }
         section aria-labelledby="workers-h" {

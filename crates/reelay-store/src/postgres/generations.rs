@@ -630,6 +630,25 @@ impl GenerationStore for PgStore {
             .flatten())
     }
 
+    async fn leases(&self, limit: u32) -> StoreResult<Vec<Lease>> {
+        let sql = format!(
+            "SELECT {GENERATION_COLUMNS}, lease_owner, lease_until FROM generations \
+             WHERE status = 'processing' AND lease_until IS NOT NULL \
+             ORDER BY lease_until, id LIMIT $1"
+        );
+        query(&self.conn().await?, &sql, &[&i64::from(limit)])
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(Lease {
+                    generation: generation(row)?,
+                    owner: column(row, "lease_owner")?,
+                    until: column(row, "lease_until")?,
+                })
+            })
+            .collect()
+    }
+
     async fn lease_holder(&self, id: GenerationId) -> StoreResult<Option<String>> {
         let row = query_opt(
             &self.conn().await?,

@@ -384,6 +384,10 @@ impl GenerationStore for SqliteStore {
             .await
     }
 
+    async fn leases(&self, limit: u32) -> StoreResult<Vec<Lease>> {
+        self.readers.read(move |c| workers::leases(c, limit)).await
+    }
+
     async fn lease_holder(&self, id: GenerationId) -> StoreResult<Option<String>> {
         self.readers
             .read(move |c| workers::lease_holder(c, id))

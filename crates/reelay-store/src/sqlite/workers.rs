@@ -7,8 +7,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use time::OffsetDateTime;
 
 use super::backend;
-use super::rows::{from_micros, micros, stored};
-use crate::{NewWorker, StoreResult, WorkerInfo};
+use super::rows::{GENERATION_COLUMNS, from_micros, generation, micros, stored};
+use crate::{Lease, NewWorker, StoreResult, WorkerInfo};
 
 const WORKER_COLUMNS: &str = "id, name, models, shown_prefix, created_at, revoked_at";
 
@@ -83,6 +83,26 @@ pub fn ended_lease(c: &Connection, id: GenerationId) -> StoreResult<Option<Strin
         })
         .map(Option::flatten)
         .map_err(backend)
+}
+
+pub fn leases(c: &Connection, limit: u32) -> StoreResult<Vec<Lease>> {
+    c.prepare_cached(&format!(
+        "SELECT {GENERATION_COLUMNS}, lease_owner, lease_until FROM generations \
+         WHERE status = 'processing' AND lease_until IS NOT NULL \
+         ORDER BY lease_until, id LIMIT ?1"
+    ))
+    .and_then(|mut s| {
+        let columns = GENERATION_COLUMNS.split(", ").count();
+        s.query_map([limit], |row| {
+            Ok(Lease {
+                generation: generation(row)?,
+                owner: row.get(columns)?,
+                until: from_micros(row.get(columns + 1)?)?,
+            })
+        })?
+        .collect()
+    })
+    .map_err(backend)
 }
 
 pub fn lease_holder(c: &Connection, id: GenerationId) -> StoreResult<Option<String>> {
