@@ -310,7 +310,9 @@ fn print_dev_greeting(config: &Config, url: &str, key: &admin::NewAccountKey, si
          \n    -H \"Authorization: Bearer {secret}\" \\\
          \n    -H \"Content-Type: application/json\" \\\
          \n    -d '{{\"prompt\": \"A sunset over mountains\"}}'\n\
-         \n  curl {url}/v1/veo/generations/<generation_id> -H \"Authorization: Bearer {secret}\"\n",
+         \n  curl {url}/v1/veo/generations/<generation_id> -H \"Authorization: Bearer {secret}\"\n\
+         \nOr open {url}/dashboard and sign in with the API key. The API is described at \
+         {url}/openapi.json\n",
         secret = key.secret,
         account = key.account.id,
         balance = key.account.balance,
