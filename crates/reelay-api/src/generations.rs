@@ -50,9 +50,12 @@ error_set!(
 );
 error_set!(ListErrors = [Unauthorized, InvalidParameters, Maintenance]);
 
-/// The body of `POST /v1/veo/generate`, for the document: the body itself is read in one pass
-/// by `reelay_core::request::parse_generate`, which refuses unknown fields and reports every
-/// bad one at once, so nothing deserializes into this type.
+// Only describes the body for the document: the body itself is read in one pass by
+// `reelay_core::request::parse_generate` (unknown fields refused, every bad field reported at
+// once), so nothing deserializes into this type.
+/// The body of a create. Unknown fields, a field sent twice and more than 32 keys are refused
+/// (422); `null` counts as absent. One image mode per request: `bytes_image`, or `start_frame`
+/// with `end_frame`, or `reference_images`.
 #[derive(ToSchema)]
 #[schema(
     as = GenerateRequest,

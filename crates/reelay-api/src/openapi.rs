@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use reelay_core::FailureCode;
 use reelay_webhooks::{EventError, EventStatus, GenerationEvent};
@@ -254,9 +254,9 @@ fn error_response(codes: &[ErrorCode]) -> Response {
         .into();
     let description = codes
         .iter()
-        .map(|c| format!("`{}`: {}", c.as_str(), c.meaning()))
+        .map(|c| format!("- `{}`: {}", c.as_str(), c.meaning()))
         .collect::<Vec<_>>()
-        .join(" ");
+        .join("\n");
     let mut response = ResponseBuilder::new().description(description).content(
         "application/json",
         ContentBuilder::new()
@@ -267,25 +267,22 @@ fn error_response(codes: &[ErrorCode]) -> Response {
             })))
             .build(),
     );
+    // Every code of one response shares its status (they were grouped by it).
     let status = codes[0].status();
-    if status.as_u16() == 429 || status.as_u16() == 503 {
+    if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
         response = response.header(
             "Retry-After",
-            seconds_header("Seconds to wait before retrying."),
+            header_of(Type::Integer, "Seconds to wait before retrying."),
         );
     }
-    if status.as_u16() == 401 {
-        response = response.header("WWW-Authenticate", {
-            let mut h = Header::new(ObjectBuilder::new().schema_type(Type::String));
-            h.description = Some("`Bearer`".to_owned());
-            h
-        });
+    if status == StatusCode::UNAUTHORIZED {
+        response = response.header("WWW-Authenticate", header_of(Type::String, "`Bearer`"));
     }
     response.build()
 }
 
-fn seconds_header(description: &str) -> Header {
-    let mut h = Header::new(ObjectBuilder::new().schema_type(Type::Integer));
-    h.description = Some(description.to_owned());
-    h
+fn header_of(kind: Type, description: &str) -> Header {
+    let mut header = Header::new(ObjectBuilder::new().schema_type(kind));
+    header.description = Some(description.to_owned());
+    header
 }
