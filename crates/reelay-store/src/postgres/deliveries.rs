@@ -192,8 +192,10 @@ const LOCK_DESTINATIONS: &str = "SELECT pg_advisory_xact_lock(hashtextextended(d
 /// (the generations of events stored without one).
 ///
 /// The asked-for rows are locked and read by primary key alone, and only then checked for
-/// being due: when two nodes race for an event, the second reads it after the first's lease
-/// committed and finds it no longer due. The UPDATE finds them by primary key alone too.
+/// being due. A row another transaction holds is skipped, not waited for: it is being leased
+/// by another node or its attempt recorded, so it is not this lease's to take (and waiting
+/// for it could deadlock against a batch of attempt records, which lock the same rows); it is
+/// found again when it is due. The UPDATE finds them by primary key alone too.
 /// Given the due-ness conditions, the planner may instead walk the index of every due event
 /// (it did whenever statistics lagged behind a growing backlog, which made a lease cost the
 /// size of the backlog); the rows stay locked until the lease commits, so nothing needs
@@ -202,7 +204,7 @@ const LOCK_DESTINATIONS: &str = "SELECT pg_advisory_xact_lock(hashtextextended(d
 const WITHIN_LIMIT: &str = "WITH asked AS MATERIALIZED ( \
          SELECT e.id, e.destination, e.next_attempt_at, e.state \
          FROM unnest($4::text[]) AS want (id) JOIN events e ON e.id = want.id \
-         FOR UPDATE OF e), \
+         ORDER BY e.id FOR UPDATE OF e SKIP LOCKED), \
      due AS MATERIALIZED ( \
          SELECT id, destination, next_attempt_at FROM asked \
          WHERE state = 'pending' AND next_attempt_at <= $3), \
