@@ -28,7 +28,10 @@ use crate::{StoreError, StoreResult};
 pub use test_database::TestDatabase;
 
 /// Schema migrations, applied in order; `reelay_migrations` records which ran.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/postgres/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/postgres/0001_init.sql"),
+    include_str!("../../migrations/postgres/0002_no_foreign_keys_on_the_hot_path.sql"),
+];
 
 /// Held (as a session advisory lock) while migrations run, so that nodes starting together
 /// apply each migration once. The number is arbitrary but fixed: "reelay" in ASCII.
