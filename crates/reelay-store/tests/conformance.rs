@@ -137,6 +137,7 @@ macro_rules! conformance_tests {
             worker_tokens_are_not_api_keys,
             claim_models_filters_and_keeps_order,
             ended_lease_names_the_holder_at_the_end,
+            finishes_and_attempts_arriving_together_answer_as_one_by_one,
         );
     };
     (@suite $backend:ident, $make:expr; $($check:ident),* $(,)?) => {
@@ -3167,6 +3168,88 @@ async fn delivery_counts_and_next_due(h: &dyn Harness) {
 }
 
 /// Records a successful attempt by the owner of an already leased delivery.
+/// Many finishes and attempt records at once (a backend may commit them together): each gets
+/// the answer it would get alone, whatever else shares its transaction. Repeats, a stranger's
+/// lease and unknown ids are mixed in with the writes that apply.
+async fn finishes_and_attempts_arriving_together_answer_as_one_by_one(h: &dyn Harness) {
+    let store = h.open().await;
+    let alice = account(store.as_ref(), "alice", 100 * PRICE).await;
+    let mut gens = Vec::new();
+    for i in 0..20 {
+        let mut new = new_gen(alice.id, PRICE, i);
+        new.spec.callback_url = Some(HOOK_A.into());
+        gens.push(create(store.as_ref(), new).await.id);
+    }
+    assert_eq!(ids(&store.claim("w1", 20, at(600), at(30)).await.unwrap()).len(), 20);
+
+    let finish = |id: GenerationId, holder: &'static str, secs: i64| {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            let video = video(&format!("{id}-{holder}"));
+            store
+                .finish(id, Finisher::LeaseHolder(holder), Outcome::Completed(video), at(secs))
+                .await
+        })
+    };
+    let mut tasks = Vec::new();
+    for &id in &gens {
+        tasks.push((id, "w2", finish(id, "w2", 40))); // not the holder
+        tasks.push((id, "w1", finish(id, "w1", 41)));
+        tasks.push((id, "w1", finish(id, "w1", 42))); // a repeat: it has ended by then
+    }
+    let unknown = finish(GenerationId::random(), "w1", 41);
+    let mut won = std::collections::HashMap::new();
+    for (id, holder, task) in tasks {
+        match task.await.unwrap().unwrap() {
+            Finished::Applied(g) => {
+                assert_eq!(holder, "w1");
+                assert!(won.insert(id, g).is_none(), "{id} ended twice");
+            }
+            Finished::Refused(g) => assert_eq!(g.id, id),
+        }
+    }
+    assert_eq!(unknown.await.unwrap(), Err(StoreError::NotFound));
+    assert_eq!(won.len(), 20, "every generation ends once, by its holder");
+    for (id, g) in &won {
+        assert_eq!(&get(store.as_ref(), *id).await, g);
+        assert!(matches!(&g.stage, Stage::Completed { video, .. } if video.file == format!("{id}-w1.mp4")));
+    }
+
+    let events: Vec<String> = gens.iter().map(|&id| event_id(id)).collect();
+    let leased = store
+        .lease_deliveries("d1", events.clone(), at(200), at(50))
+        .await
+        .unwrap();
+    assert_eq!(leased.len(), 20);
+    let attempt = |event: String, owner: &'static str, secs: i64| {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            let next = AfterAttempt::Delivered;
+            let rec = record(&event, owner, secs, AttemptOutcome::Delivered, Some(200), next);
+            store.record_attempt(rec).await
+        })
+    };
+    let mut tasks = Vec::new();
+    for e in &events {
+        tasks.push(attempt(e.clone(), "d1", 60));
+        tasks.push(attempt(e.clone(), "d2", 61)); // outside the lease: logged only
+        tasks.push(attempt(e.clone(), "d1", 62)); // a repeat: the first let the lease go
+    }
+    let unknown = attempt(event_id(GenerationId::random()), "d1", 60);
+    let mut moved_on = 0;
+    for task in tasks {
+        moved_on += usize::from(task.await.unwrap().unwrap());
+    }
+    assert_eq!(unknown.await.unwrap(), Err(StoreError::NotFound));
+    assert_eq!(moved_on, 20, "each event moves on once, under its lease");
+    for e in &events {
+        let event = ev(store.as_ref(), e).await;
+        assert_eq!(event.state, DeliveryState::Delivered);
+        assert_eq!(event.total_attempts, 3);
+        assert_eq!(attempt_numbers(&store.attempts(e).await.unwrap()), [1, 2, 3]);
+    }
+}
+
 async fn attempt_once_leased(store: &dyn Store, event_id: &str, owner: &str, secs: i64) {
     assert_eq!(
         store
