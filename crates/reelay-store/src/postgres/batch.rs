@@ -19,12 +19,15 @@ use crate::{StoreError, StoreResult};
 
 /// Most writes in one transaction.
 const MAX_BATCH: usize = 256;
-/// Batches committing at once per kind on one node: while they flush, the next one gathers.
+/// Batches committing at once per kind on one node, unless the kind says otherwise
+/// ([`Write::AT_ONCE`]): while they flush, the next one gathers.
 const BATCHES_AT_ONCE: usize = 4;
 
 /// One write that may share a transaction with others of its kind.
 pub(super) trait Write: Send + Sync + Sized + 'static {
     type Done: Send + 'static;
+    /// Most batches of this kind committing at once on one node.
+    const AT_ONCE: usize = BATCHES_AT_ONCE;
     /// Writes run in this order within a batch: the order every batch locks rows in.
     type LockOrder: Ord;
 
@@ -86,7 +89,7 @@ impl<W: Write> Batches<W> {
 /// Takes whatever has queued, up to [`MAX_BATCH`], whenever a batch may start; ends when
 /// every store handle is gone.
 async fn gather<W: Write>(pool: Pool, mut jobs: mpsc::Receiver<Job<W>>) {
-    let slots = Arc::new(Semaphore::new(BATCHES_AT_ONCE));
+    let slots = Arc::new(Semaphore::new(W::AT_ONCE));
     while let Some(first) = jobs.recv().await {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
