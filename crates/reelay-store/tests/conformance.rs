@@ -3180,14 +3180,22 @@ async fn finishes_and_attempts_arriving_together_answer_as_one_by_one(h: &dyn Ha
         new.spec.callback_url = Some(HOOK_A.into());
         gens.push(create(store.as_ref(), new).await.id);
     }
-    assert_eq!(ids(&store.claim("w1", 20, at(600), at(30)).await.unwrap()).len(), 20);
+    assert_eq!(
+        ids(&store.claim("w1", 20, at(600), at(30)).await.unwrap()).len(),
+        20
+    );
 
     let finish = |id: GenerationId, holder: &'static str, secs: i64| {
         let store = Arc::clone(&store);
         tokio::spawn(async move {
             let video = video(&format!("{id}-{holder}"));
             store
-                .finish(id, Finisher::LeaseHolder(holder), Outcome::Completed(video), at(secs))
+                .finish(
+                    id,
+                    Finisher::LeaseHolder(holder),
+                    Outcome::Completed(video),
+                    at(secs),
+                )
                 .await
         })
     };
@@ -3212,7 +3220,9 @@ async fn finishes_and_attempts_arriving_together_answer_as_one_by_one(h: &dyn Ha
     assert_eq!(won.len(), 20, "every generation ends once, by its holder");
     for (id, g) in &won {
         assert_eq!(&get(store.as_ref(), *id).await, g);
-        assert!(matches!(&g.stage, Stage::Completed { video, .. } if video.file == format!("{id}-w1.mp4")));
+        assert!(
+            matches!(&g.stage, Stage::Completed { video, .. } if video.file == format!("{id}-w1.mp4"))
+        );
     }
 
     let events: Vec<String> = gens.iter().map(|&id| event_id(id)).collect();
@@ -3225,7 +3235,14 @@ async fn finishes_and_attempts_arriving_together_answer_as_one_by_one(h: &dyn Ha
         let store = Arc::clone(&store);
         tokio::spawn(async move {
             let next = AfterAttempt::Delivered;
-            let rec = record(&event, owner, secs, AttemptOutcome::Delivered, Some(200), next);
+            let rec = record(
+                &event,
+                owner,
+                secs,
+                AttemptOutcome::Delivered,
+                Some(200),
+                next,
+            );
             store.record_attempt(rec).await
         })
     };
@@ -3246,7 +3263,10 @@ async fn finishes_and_attempts_arriving_together_answer_as_one_by_one(h: &dyn Ha
         let event = ev(store.as_ref(), e).await;
         assert_eq!(event.state, DeliveryState::Delivered);
         assert_eq!(event.total_attempts, 3);
-        assert_eq!(attempt_numbers(&store.attempts(e).await.unwrap()), [1, 2, 3]);
+        assert_eq!(
+            attempt_numbers(&store.attempts(e).await.unwrap()),
+            [1, 2, 3]
+        );
     }
 }
 

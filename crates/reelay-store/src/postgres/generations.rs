@@ -355,6 +355,33 @@ fn claim_sql([pending, lapsed]: [&str; 2]) -> String {
         .replace("{columns}", GENERATION_COLUMNS)
 }
 
+static CLAIM_ANY: LazyLock<String> = LazyLock::new(|| claim_sql(ANY_MODEL));
+static CLAIM_SOME: LazyLock<String> = LazyLock::new(|| claim_sql(PER_MODEL));
+
+/// A claim's statement and its parameters: of any model, or of `models`.
+fn claim_statement<'a>(
+    now: &'a OffsetDateTime,
+    limit: &'a i64,
+    owner: &'a &str,
+    lease_until: &'a OffsetDateTime,
+    models: &'a Option<Vec<String>>,
+) -> (&'static str, Vec<(Param<'a>, Type)>) {
+    let mut params: Vec<(Param<'a>, Type)> = vec![
+        (now, Type::TIMESTAMPTZ),
+        (limit, Type::INT8),
+        (owner, Type::TEXT),
+        (lease_until, Type::TIMESTAMPTZ),
+    ];
+    let sql: &'static str = match models {
+        None => &CLAIM_ANY,
+        Some(models) => {
+            params.push((models, Type::TEXT_ARRAY));
+            &CLAIM_SOME
+        }
+    };
+    (sql, params)
+}
+
 async fn claim(
     store: &PgStore,
     owner: &str,
@@ -365,21 +392,7 @@ async fn claim(
 ) -> StoreResult<Vec<Generation>> {
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let conn = store.conn().await?;
-    static ANY: LazyLock<String> = LazyLock::new(|| claim_sql(ANY_MODEL));
-    static SOME: LazyLock<String> = LazyLock::new(|| claim_sql(PER_MODEL));
-    let mut params: Vec<(Param<'_>, Type)> = vec![
-        (&now, Type::TIMESTAMPTZ),
-        (&limit, Type::INT8),
-        (&owner, Type::TEXT),
-        (&lease_until, Type::TIMESTAMPTZ),
-    ];
-    let sql: &str = match &models {
-        None => &ANY,
-        Some(models) => {
-            params.push((models, Type::TEXT_ARRAY));
-            &SOME
-        }
-    };
+    let (sql, params) = claim_statement(&now, &limit, &owner, &lease_until, &models);
     // Planned each time: the queue is the table that grows fastest.
     let mut claimed = query_planned(&conn, sql, &params)
         .await?
@@ -734,5 +747,89 @@ impl GenerationStore for PgStore {
         records_before: OffsetDateTime,
     ) -> StoreResult<Prunable> {
         super::retention::prunable(self, media_before, records_before).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::postgres::TestDatabase;
+
+    /// Adds pending generations `from..from + n`, oldest first, in SQL.
+    async fn fill(c: &tokio_postgres::Client, from: i32, n: i32) {
+        c.execute(
+            "INSERT INTO generations (id, account_id, status, prompt, model, aspect_ratio, \
+                 seed, price, created_at, deadline_at) \
+             SELECT gen_random_uuid(), '00000000-0000-7000-8000-000000000000', 'pending', \
+                 'a prompt', 'veo-3-fast', '16:9', 0, 0, \
+                 timestamptz '2030-01-01' + i * interval '1 ms', timestamptz '2031-01-01' \
+             FROM generate_series($1::integer, $1::integer + $2::integer - 1) AS i",
+            &[&from, &n],
+        )
+        .await
+        .unwrap();
+    }
+
+    /// The buffers a claim of 8 reads (shared hits and reads of the whole statement, from
+    /// `EXPLAIN (ANALYZE, BUFFERS)`), planned as claims are; rolled back.
+    async fn claim_buffers(c: &mut deadpool_postgres::Object, models: Option<Vec<String>>) -> u64 {
+        let now = time::macros::datetime!(2030-06-01 00:00 UTC);
+        let lease_until = now + time::Duration::minutes(1);
+        let (limit, owner) = (8_i64, "node");
+        let (sql, params) = claim_statement(&now, &limit, &owner, &lease_until, &models);
+        let tx = c.transaction().await.unwrap();
+        let plan: Vec<String> = tx
+            .query_typed(&format!("EXPLAIN (ANALYZE, BUFFERS) {sql}"), &params)
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        tx.rollback().await.unwrap();
+        assert!(
+            plan.iter().any(|l| l.contains("rows=8 ")),
+            "claimed 8: {plan:#?}"
+        );
+        // The root's line comes first: the statement's total.
+        let buffers = plan.iter().find(|l| l.contains("Buffers: shared")).unwrap();
+        ["hit=", "read="]
+            .iter()
+            .filter_map(|key| buffers.split(key).nth(1))
+            .map(|n| n.split_whitespace().next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    }
+
+    /// A burst fills the queue after the statistics last looked (an empty queue, as after a
+    /// start): a claim reads as much with 20,000 pending as with 200, for any model and for
+    /// a worker's models.
+    #[tokio::test]
+    async fn claims_read_no_more_after_a_burst_fills_the_queue() {
+        let db = TestDatabase::create().await;
+        let store = PgStore::connect(db.url()).await.unwrap();
+        let mut c = store.conn().await.unwrap();
+        c.batch_execute(
+            "INSERT INTO accounts (id, name, balance, created_at) \
+             VALUES ('00000000-0000-7000-8000-000000000000', 'a', 0, now()); \
+             ANALYZE generations",
+        )
+        .await
+        .unwrap();
+        let models = || Some(vec!["veo-3-fast".to_owned(), "veo-3-quality".to_owned()]);
+        fill(&c, 0, 200).await;
+        let small = [
+            claim_buffers(&mut c, None).await,
+            claim_buffers(&mut c, models()).await,
+        ];
+        fill(&c, 200, 19_800).await;
+        let big = [
+            claim_buffers(&mut c, None).await,
+            claim_buffers(&mut c, models()).await,
+        ];
+        for (small, big) in small.into_iter().zip(big) {
+            assert!(
+                big <= small * 2,
+                "buffers read by a claim: {small} with 200 pending, {big} with 20,000"
+            );
+        }
     }
 }
