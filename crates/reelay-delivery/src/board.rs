@@ -37,11 +37,11 @@ struct Destination {
     slow: usize,
 }
 
-/// What to send next: event ids to lease, and destinations to refill from storage (with how
+/// What to send next: deliveries to lease, and destinations to refill from storage (with how
 /// many free slots each has).
 #[derive(Debug, Default)]
 pub struct Pick {
-    pub event_ids: Vec<String>,
+    pub due: Vec<DueRef>,
     pub refill: Vec<(String, usize)>,
 }
 
@@ -138,7 +138,7 @@ impl Board {
             let budget = budget.min(global_free);
             let ready: Vec<String> = s.ready.iter().cloned().collect();
             for key in ready {
-                if pick.event_ids.len() >= budget {
+                if pick.due.len() >= budget {
                     break;
                 }
                 let Some(dest) = s.destinations.get_mut(&key) else {
@@ -146,14 +146,17 @@ impl Board {
                     continue;
                 };
                 let mut free = dest.slots.available_permits();
-                let left = global_free - pick.event_ids.len();
+                let left = global_free - pick.due.len();
                 if dest.slow > 0 {
                     free = free.min(left.saturating_sub(reserve));
                 }
                 let take = free
                     .min(dest.hints.len())
-                    .min(budget - pick.event_ids.len());
-                pick.event_ids.extend(dest.hints.drain(..take));
+                    .min(budget - pick.due.len());
+                pick.due.extend(dest.hints.drain(..take).map(|event_id| DueRef {
+                    event_id,
+                    destination: key.clone(),
+                }));
                 let free_after = free - take;
                 let refilling = free_after > 0 && dest.hints.is_empty() && dest.backlog;
                 if refilling {
@@ -200,20 +203,18 @@ mod tests {
             .collect()
     }
 
+    fn ids(pick: &Pick) -> Vec<&str> {
+        pick.due.iter().map(|d| d.event_id.as_str()).collect()
+    }
+
     #[test]
     fn picks_no_more_than_each_destination_has_free() {
         let board = Board::new(2);
         board.hear(due("a", 5));
         board.hear(due("b", 1));
         let pick = board.pick(100, 1000, 0);
-        assert_eq!(pick.event_ids.len(), 3);
-        assert_eq!(
-            pick.event_ids
-                .iter()
-                .filter(|e| e.starts_with("a-"))
-                .count(),
-            2
-        );
+        assert_eq!(pick.due.len(), 3);
+        assert_eq!(pick.due.iter().filter(|d| d.destination == "a").count(), 2);
         assert!(pick.refill.is_empty());
     }
 
@@ -223,7 +224,7 @@ mod tests {
         board.hear(due("a", 1));
         board.backlogged("a");
         let pick = board.pick(100, 1000, 0);
-        assert_eq!(pick.event_ids, ["a-0"]);
+        assert_eq!(ids(&pick), ["a-0"]);
         assert_eq!(pick.refill, [("a".to_owned(), 3)]);
         board.drained("a");
         assert!(board.pick(100, 1000, 0).refill.is_empty());
@@ -234,13 +235,13 @@ mod tests {
         let board = Board::new(1);
         board.hear(due("a", 3));
         let first = board.pick(100, 1000, 0);
-        assert_eq!(first.event_ids.len(), 1);
+        assert_eq!(first.due.len(), 1);
         let permit = board.slots("a").try_acquire_owned().unwrap();
         assert_eq!(board.saturated(), ["a"]);
-        assert!(board.pick(100, 1000, 0).event_ids.is_empty());
+        assert!(board.pick(100, 1000, 0).due.is_empty());
         drop(permit);
         board.freed("a");
-        assert_eq!(board.pick(100, 1000, 0).event_ids.len(), 1);
+        assert_eq!(board.pick(100, 1000, 0).due.len(), 1);
     }
 
     #[test]
@@ -254,16 +255,8 @@ mod tests {
         board.hear(due("fast", 3));
         // 30 global slots free, 25 reserved: the slow one gets 5 at most, the fast all 3.
         let pick = board.pick(100, 30, 25);
-        let slow = pick
-            .event_ids
-            .iter()
-            .filter(|e| e.starts_with("slow"))
-            .count();
-        let fast = pick
-            .event_ids
-            .iter()
-            .filter(|e| e.starts_with("fast"))
-            .count();
+        let slow = pick.due.iter().filter(|d| d.destination == "slow").count();
+        let fast = pick.due.iter().filter(|d| d.destination == "fast").count();
         assert_eq!(fast, 3);
         assert!(slow <= 5, "{slow}");
         drop(held);

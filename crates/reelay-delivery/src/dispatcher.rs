@@ -6,6 +6,7 @@
 //! [`OutboxListener`] side), so they leave at once; retries coming due and anything written
 //! elsewhere are found by a scan of storage that costs a few index seeks per destination.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -140,7 +141,7 @@ impl Dispatcher {
         // Start the next scan after the last destination seen, so every destination gets
         // its turn even when one scan cannot reach them all.
         *cursor = found.last().map(|d| d.destination.clone());
-        let mut per_destination: std::collections::HashMap<&str, usize> = Default::default();
+        let mut per_destination: HashMap<&str, usize> = HashMap::new();
         for d in &found {
             *per_destination.entry(d.destination.as_str()).or_default() += 1;
         }
@@ -167,9 +168,9 @@ impl Dispatcher {
             inner.in_flight.available_permits(),
             inner.config.max_in_flight / RESERVED_SHARE,
         );
-        let mut ids = pick.event_ids;
+        let mut asked = pick.due;
         for (destination, free) in pick.refill {
-            let room = free.min(budget.saturating_sub(ids.len()));
+            let room = free.min(budget.saturating_sub(asked.len()));
             let more = inner
                 .store
                 .due_for_destination(&destination, room, now)
@@ -179,15 +180,34 @@ impl Dispatcher {
             } else {
                 inner.board.freed(&destination); // there may be more: look again
             }
-            ids.extend(more);
+            asked.extend(more.into_iter().map(|event_id| DueRef {
+                event_id,
+                destination: destination.clone(),
+            }));
         }
-        if ids.is_empty() {
+        if asked.is_empty() {
             return Ok(0);
         }
+        let ids = asked.iter().map(|d| d.event_id.clone()).collect();
         let leased = inner
             .store
             .lease_deliveries(&inner.config.node_id, ids, now + inner.config.lease, now)
             .await?;
+        // What a lease left out was taken by another node or held back by the cluster-wide
+        // limit of the destination: either way storage has it, so the destination is refilled
+        // from there as its slots free up, rather than at the next scan.
+        let mut short: HashMap<&str, isize> = HashMap::new();
+        for d in &asked {
+            *short.entry(&d.destination).or_default() += 1;
+        }
+        for d in &leased {
+            *short.entry(&d.destination).or_default() -= 1;
+        }
+        for (destination, left_out) in short {
+            if left_out > 0 {
+                inner.board.backlogged(destination);
+            }
+        }
         let started = leased.len();
         for delivery in leased {
             // Only this loop takes slots, and the board picked no more than were free.
