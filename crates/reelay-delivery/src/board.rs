@@ -113,6 +113,11 @@ impl Board {
         })
     }
 
+    /// Requests open to `destination` from this process: its slots in use.
+    pub fn sending(&self, destination: &str) -> usize {
+        self.with(|s, per| per.saturating_sub(s.entry(destination, per).slots.available_permits()))
+    }
+
     pub fn slots(&self, destination: &str) -> Arc<Semaphore> {
         self.with(|s, per| s.entry(destination, per).slots.clone())
     }
@@ -150,13 +155,12 @@ impl Board {
                 if dest.slow > 0 {
                     free = free.min(left.saturating_sub(reserve));
                 }
-                let take = free
-                    .min(dest.hints.len())
-                    .min(budget - pick.due.len());
-                pick.due.extend(dest.hints.drain(..take).map(|event_id| DueRef {
-                    event_id,
-                    destination: key.clone(),
-                }));
+                let take = free.min(dest.hints.len()).min(budget - pick.due.len());
+                pick.due
+                    .extend(dest.hints.drain(..take).map(|event_id| DueRef {
+                        event_id,
+                        destination: key.clone(),
+                    }));
                 let free_after = free - take;
                 let refilling = free_after > 0 && dest.hints.is_empty() && dest.backlog;
                 if refilling {

@@ -189,9 +189,19 @@ impl Dispatcher {
             return Ok(0);
         }
         let ids = asked.iter().map(|d| d.event_id.clone()).collect();
+        let sending = asked
+            .iter()
+            .map(|d| (d.destination.clone(), inner.board.sending(&d.destination)))
+            .collect();
         let leased = inner
             .store
-            .lease_deliveries(&inner.config.node_id, ids, now + inner.config.lease, now)
+            .lease_deliveries(
+                &inner.config.node_id,
+                ids,
+                sending,
+                now + inner.config.lease,
+                now,
+            )
             .await?;
         // What a lease left out was taken by another node or held back by the cluster-wide
         // limit of the destination: either way storage has it, so the destination is refilled

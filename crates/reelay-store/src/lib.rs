@@ -9,6 +9,8 @@ mod model;
 pub mod postgres;
 pub mod sqlite;
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use reelay_core::apikey::KeyHash;
 use reelay_core::money::BalanceError;
@@ -252,11 +254,16 @@ pub trait DeliveryStore: Send + Sync + 'static {
     /// Leases those of `event_ids` still due (another node may have taken some) until
     /// `lease_until`, and returns them ready to send. A backend that several nodes share also
     /// leaves out what would take a destination past its cluster-wide limit of attempts in
-    /// flight ([`crate::PgStore::with_destination_limit`]).
+    /// flight ([`crate::PgStore::with_destination_limit`]): the live leases other owners hold
+    /// on it, plus `sending`, the requests `owner` itself has open to each destination. Its own
+    /// leases are not counted from storage, since an attempt that has ended stays leased until
+    /// its outcome is recorded, and counting those would hold back requests the destination
+    /// has room for.
     async fn lease_deliveries(
         &self,
         owner: &str,
         event_ids: Vec<String>,
+        sending: HashMap<String, usize>,
         lease_until: OffsetDateTime,
         now: OffsetDateTime,
     ) -> StoreResult<Vec<DueDelivery>>;

@@ -11,7 +11,7 @@
 //!
 //! All instants are fixed (no wall clock), so no check depends on timing.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -2256,7 +2256,13 @@ async fn attempt_once(
     next: AfterAttempt,
 ) {
     let leased = store
-        .lease_deliveries(owner, vec![event_id.into()], at(secs + 60), at(secs))
+        .lease_deliveries(
+            owner,
+            vec![event_id.into()],
+            HashMap::new(),
+            at(secs + 60),
+            at(secs),
+        )
         .await
         .unwrap();
     assert_eq!(ids_of(&leased), [event_id], "{event_id} is due at {secs}");
@@ -2354,7 +2360,13 @@ async fn finishing_writes_the_outbox_event(h: &dyn Harness) {
     );
     assert_eq!(store.next_delivery_due().await, Ok(Some(at(5))));
     let leased = store
-        .lease_deliveries("w1", vec![event_id(without.id)], at(2_000), at(1_000))
+        .lease_deliveries(
+            "w1",
+            vec![event_id(without.id)],
+            HashMap::new(),
+            at(2_000),
+            at(1_000),
+        )
         .await
         .unwrap();
     assert_eq!(leased, []);
@@ -2527,6 +2539,7 @@ async fn leased_deliveries_are_not_due_until_the_lease_ends(h: &dyn Harness) {
         .lease_deliveries(
             "w1",
             vec![e1.clone(), e3.clone(), "msg_nope".into(), none],
+            HashMap::new(),
             at(80),
             at(50),
         )
@@ -2564,7 +2577,7 @@ async fn leased_deliveries_are_not_due_until_the_lease_ends(h: &dyn Harness) {
     );
     assert_eq!(
         store
-            .lease_deliveries("w2", vec![e1.clone()], at(200), at(60))
+            .lease_deliveries("w2", vec![e1.clone()], HashMap::new(), at(200), at(60))
             .await
             .unwrap(),
         []
@@ -2578,7 +2591,7 @@ async fn leased_deliveries_are_not_due_until_the_lease_ends(h: &dyn Harness) {
     assert_eq!(store.next_delivery_due().await, Ok(Some(at(11))));
     // And another owner may take it over.
     let taken = store
-        .lease_deliveries("w2", vec![e1.clone()], at(200), at(81))
+        .lease_deliveries("w2", vec![e1.clone()], HashMap::new(), at(200), at(81))
         .await
         .unwrap();
     assert_eq!(ids_of(&taken), [e1.as_str()]);
@@ -2596,7 +2609,7 @@ async fn leased_deliveries_are_not_due_until_the_lease_ends(h: &dyn Harness) {
         let batch = batch.clone();
         async move {
             store
-                .lease_deliveries(&format!("c{w}"), batch, at(1_000), at(400))
+                .lease_deliveries(&format!("c{w}"), batch, HashMap::new(), at(1_000), at(400))
                 .await
                 .unwrap()
         }
@@ -2618,7 +2631,7 @@ async fn record_attempt_moves_the_delivery_on(h: &dyn Harness) {
     // Delivered.
     let ok = due_event(store, alice.id, HOOK_A, 10).await;
     store
-        .lease_deliveries("w1", vec![ok.clone()], at(80), at(20))
+        .lease_deliveries("w1", vec![ok.clone()], HashMap::new(), at(80), at(20))
         .await
         .unwrap();
     let mut rec = record(
@@ -2657,7 +2670,7 @@ async fn record_attempt_moves_the_delivery_on(h: &dyn Harness) {
     // Retried, then failed.
     let retried = due_event(store, alice.id, HOOK_A, 11).await;
     store
-        .lease_deliveries("w1", vec![retried.clone()], at(80), at(20))
+        .lease_deliveries("w1", vec![retried.clone()], HashMap::new(), at(80), at(20))
         .await
         .unwrap();
     let mut rec = record(
@@ -2680,7 +2693,13 @@ async fn record_attempt_moves_the_delivery_on(h: &dyn Harness) {
     assert_eq!(due_at(store, DEST_A, 300).await, [retried.as_str()]);
     assert_eq!(store.next_delivery_due().await, Ok(Some(at(300))));
     let again = store
-        .lease_deliveries("w2", vec![retried.clone()], at(400), at(300))
+        .lease_deliveries(
+            "w2",
+            vec![retried.clone()],
+            HashMap::new(),
+            at(400),
+            at(300),
+        )
         .await
         .unwrap();
     assert_eq!(ids_of(&again), [retried.as_str()]);
@@ -2723,11 +2742,11 @@ async fn record_attempt_moves_the_delivery_on(h: &dyn Harness) {
     // By an owner whose lease was taken over: logged, but it moves nothing.
     let taken = due_event(store, alice.id, HOOK_B, 12).await;
     store
-        .lease_deliveries("w1", vec![taken.clone()], at(80), at(50))
+        .lease_deliveries("w1", vec![taken.clone()], HashMap::new(), at(80), at(50))
         .await
         .unwrap();
     store
-        .lease_deliveries("w2", vec![taken.clone()], at(200), at(81))
+        .lease_deliveries("w2", vec![taken.clone()], HashMap::new(), at(200), at(81))
         .await
         .unwrap();
     let before = ev(store, &taken).await;
@@ -2795,7 +2814,7 @@ async fn released_deliveries_are_due_again(h: &dyn Harness) {
     // release_delivery: due at the given time; only by the lease's owner.
     let e1 = due_event(store, alice.id, HOOK_A, 10).await;
     store
-        .lease_deliveries("w1", vec![e1.clone()], at(500), at(50))
+        .lease_deliveries("w1", vec![e1.clone()], HashMap::new(), at(500), at(50))
         .await
         .unwrap();
     store.release_delivery(&e1, "w2", at(60)).await.unwrap();
@@ -2809,7 +2828,7 @@ async fn released_deliveries_are_due_again(h: &dyn Harness) {
     assert_eq!(event.total_attempts, 0);
     // Unattempted: the round starts where it was.
     let again = store
-        .lease_deliveries("w2", vec![e1.clone()], at(700), at(120))
+        .lease_deliveries("w2", vec![e1.clone()], HashMap::new(), at(700), at(120))
         .await
         .unwrap();
     assert_eq!(ids_of(&again), [e1.as_str()]);
@@ -2825,7 +2844,13 @@ async fn released_deliveries_are_due_again(h: &dyn Harness) {
     let b2 = due_event(store, alice.id, HOOK_B, 40).await;
     let b3 = due_event(store, alice.id, HOOK_B, 45).await;
     let leased = store
-        .lease_deliveries("w1", vec![b1.clone(), b2.clone()], at(900), at(50))
+        .lease_deliveries(
+            "w1",
+            vec![b1.clone(), b2.clone()],
+            HashMap::new(),
+            at(900),
+            at(50),
+        )
         .await
         .unwrap();
     assert_eq!(leased.len(), 2);
@@ -2833,7 +2858,7 @@ async fn released_deliveries_are_due_again(h: &dyn Harness) {
     // A retried delivery, leased again: due since long ago too.
     attempt_once(store, &b3, "w1", 55, AfterAttempt::RetryAt(at(56))).await;
     store
-        .lease_deliveries("w1", vec![b3.clone()], at(900), at(57))
+        .lease_deliveries("w1", vec![b3.clone()], HashMap::new(), at(900), at(57))
         .await
         .unwrap();
     assert_eq!(due_at(store, DEST_B, 60).await, [b4.as_str()]);
@@ -2855,7 +2880,7 @@ async fn released_deliveries_are_due_again(h: &dyn Harness) {
     // Free for anyone, and nothing left to release.
     assert_eq!(store.release_delivery_leases("w1", at(61)).await, Ok(0));
     let taken = store
-        .lease_deliveries("w2", due.clone(), at(900), at(61))
+        .lease_deliveries("w2", due.clone(), HashMap::new(), at(900), at(61))
         .await
         .unwrap();
     assert_eq!(taken.len(), 4);
@@ -2898,7 +2923,7 @@ async fn redeliver_starts_a_new_round(h: &dyn Harness) {
         Ok(Redelivery::AlreadyPending)
     );
     let leased = store
-        .lease_deliveries("w1", vec![eid.clone()], at(160), at(101))
+        .lease_deliveries("w1", vec![eid.clone()], HashMap::new(), at(160), at(101))
         .await
         .unwrap();
     assert_eq!(leased[0].round_attempts, 0);
@@ -2921,7 +2946,7 @@ async fn redeliver_starts_a_new_round(h: &dyn Harness) {
         Ok(true)
     );
     let leased = store
-        .lease_deliveries("w1", vec![eid.clone()], at(260), at(200))
+        .lease_deliveries("w1", vec![eid.clone()], HashMap::new(), at(260), at(200))
         .await
         .unwrap();
     assert_eq!(leased[0].round_attempts, 1);
@@ -2953,7 +2978,7 @@ async fn redeliver_starts_a_new_round(h: &dyn Harness) {
     assert_eq!(event.next_attempt_at, Some(at(300)));
     assert_eq!(event.total_attempts, 3);
     let leased = store
-        .lease_deliveries("w2", vec![eid.clone()], at(360), at(300))
+        .lease_deliveries("w2", vec![eid.clone()], HashMap::new(), at(360), at(300))
         .await
         .unwrap();
     assert_eq!(leased[0].round_attempts, 0);
@@ -3056,7 +3081,13 @@ async fn redeliver_failed_counts_one_accounts_window(h: &dyn Harness) {
         [p25.clone(), f10.clone(), f20.clone()]
     );
     let leased = store
-        .lease_deliveries("w1", vec![f10.clone(), f20.clone()], at(200), at(100))
+        .lease_deliveries(
+            "w1",
+            vec![f10.clone(), f20.clone()],
+            HashMap::new(),
+            at(200),
+            at(100),
+        )
         .await
         .unwrap();
     assert!(leased.iter().all(|d| d.round_attempts == 0));
@@ -3142,7 +3173,7 @@ async fn delivery_counts_and_next_due(h: &dyn Harness) {
     assert_eq!(store.next_delivery_due().await, Ok(Some(at(400))));
     // A leased delivery is next due when its lease ends.
     store
-        .lease_deliveries("w1", vec![retry.clone()], at(460), at(400))
+        .lease_deliveries("w1", vec![retry.clone()], HashMap::new(), at(460), at(400))
         .await
         .unwrap();
     assert_eq!(store.next_delivery_due().await, Ok(Some(at(460))));
@@ -3227,7 +3258,7 @@ async fn finishes_and_attempts_arriving_together_answer_as_one_by_one(h: &dyn Ha
 
     let events: Vec<String> = gens.iter().map(|&id| event_id(id)).collect();
     let leased = store
-        .lease_deliveries("d1", events.clone(), at(200), at(50))
+        .lease_deliveries("d1", events.clone(), HashMap::new(), at(200), at(50))
         .await
         .unwrap();
     assert_eq!(leased.len(), 20);
@@ -3759,4 +3790,49 @@ async fn ended_lease_names_the_holder_at_the_end(h: &dyn Harness) {
     );
     assert_eq!(store.ended_lease(never.id).await, Ok(None));
     assert_eq!(store.ended_lease(GenerationId::random()).await, Ok(None));
+}
+
+// ------------------------------------------------------------------------------------------
+// Shared-database behaviour: PostgreSQL only (one SQLite file has one node, whose dispatcher
+// holds the destination limit alone).
+
+/// A lease counts toward a destination's cluster-wide limit what other owners hold live and
+/// what the leasing node says it has open, but not its own leases whose attempt has ended
+/// and is being recorded: those would hold back requests the destination has room for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_destination_limit_counts_other_owners_and_open_requests() {
+    let harness = PostgresHarness::new().await;
+    let store = PgStore::connect(harness.db.url())
+        .await
+        .expect("opening the PostgreSQL store")
+        .with_destination_limit(3);
+    let store: &dyn Store = &store;
+    let alice = account(store, "alice", 0).await;
+    let mut due = Vec::new();
+    for i in 0..6 {
+        due.push(due_event(store, alice.id, HOOK_A, 10 + i).await);
+    }
+    let lease = |owner: &'static str, ids: &[String], open: usize, now: i64| {
+        let ids = ids.to_vec();
+        async move {
+            let sending = HashMap::from([(DEST_A.to_owned(), open)]);
+            let leased = store
+                .lease_deliveries(owner, ids, sending, at(now + 60), at(now))
+                .await
+                .unwrap();
+            ids_of(&leased)
+        }
+    };
+
+    assert_eq!(lease("w1", &due[0..1], 0, 50).await, [due[0].clone()]);
+    // w1's lease counts for w2: room for two.
+    assert_eq!(lease("w2", &due[1..4], 0, 50).await, due[1..3].to_vec());
+    // w1's own lease is not counted (its attempt ended, per `sending`), w2's two are.
+    assert_eq!(lease("w1", &due[3..4], 0, 50).await, [due[3].clone()]);
+    // With a request open to the destination, w1 has no room left.
+    assert_eq!(lease("w1", &due[4..5], 1, 50).await, Vec::<String>::new());
+    // Nor has a third owner: four leases are live.
+    assert_eq!(lease("w3", &due[4..5], 0, 50).await, Vec::<String>::new());
+    // Once they have lapsed, nothing is counted.
+    assert_eq!(lease("w3", &due[4..6], 0, 111).await, due[4..6].to_vec());
 }

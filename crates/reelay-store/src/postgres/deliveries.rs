@@ -1,6 +1,7 @@
 //! Webhook deliveries on the outbox rows: claiming due ones under a lease (one conditional
 //! UPDATE, so two nodes never lease the same event), recording attempts, redelivery.
 
+use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use async_trait::async_trait;
@@ -187,9 +188,10 @@ const LOCK_DESTINATIONS: &str = "SELECT pg_advisory_xact_lock(hashtextextended(d
            ORDER BY e.destination) asked";
 
 /// The second (with the UPDATE below) leases those of the asked-for deliveries it may without
-/// any destination going past `$5` attempts in flight across the cluster (its live leases, any
-/// node's, unexpired, plus the new ones), oldest due first, and brings the bodies to build
-/// (the generations of events stored without one).
+/// any destination going past `$5` attempts in flight across the cluster (the other owners'
+/// unexpired live leases, the requests this one says it has open, `$6`/`$7`, and the new
+/// ones), oldest due first, and brings the bodies to build (the generations of events stored
+/// without one).
 ///
 /// The asked-for rows are locked and read by primary key alone, and only then checked for
 /// being due. A row another transaction holds is skipped, not waited for: it is being leased
@@ -211,7 +213,10 @@ const WITHIN_LIMIT: &str = "WITH asked AS MATERIALIZED ( \
      live AS MATERIALIZED ( \
          SELECT d.destination, (SELECT COUNT(*) FROM events e \
              WHERE e.destination = d.destination AND e.state = 'pending' \
-                 AND e.lease_owner IS NOT NULL AND e.next_attempt_at > $3) AS n \
+                 AND e.lease_owner IS NOT NULL AND e.lease_owner <> $1 \
+                 AND e.next_attempt_at > $3) \
+             + COALESCE((SELECT s.n FROM unnest($6::text[], $7::bigint[]) AS s (destination, n) \
+                 WHERE s.destination = d.destination), 0) AS n \
          FROM (SELECT DISTINCT destination FROM due) d), \
      ranked AS MATERIALIZED ( \
          SELECT a.id, live.n + row_number() OVER ( \
@@ -223,10 +228,15 @@ async fn lease(
     c: &impl GenericClient,
     owner: &str,
     event_ids: &[String],
+    sending: &HashMap<String, usize>,
     per_destination: i64,
     lease_until: OffsetDateTime,
     now: OffsetDateTime,
 ) -> StoreResult<Vec<DueDelivery>> {
+    let (destinations, open): (Vec<&str>, Vec<i64>) = sending
+        .iter()
+        .map(|(destination, n)| (destination.as_str(), bigint(*n)))
+        .unzip();
     // Planned for these ids each time: a plan cached while the events table was small reads
     // the whole table instead of looking the ids up (seen in auto_explain: a sequential scan of
     // 57,000 rows for 58 ids), and a lease's ids are many enough to make planning cheap.
@@ -254,7 +264,15 @@ async fn lease(
     query(
         c,
         &SQL,
-        &[&owner, &lease_until, &now, &event_ids, &per_destination],
+        &[
+            &owner,
+            &lease_until,
+            &now,
+            &event_ids,
+            &per_destination,
+            &destinations,
+            &open,
+        ],
     )
     .await?
     .iter()
@@ -411,6 +429,7 @@ impl DeliveryStore for PgStore {
         &self,
         owner: &str,
         event_ids: Vec<String>,
+        sending: HashMap<String, usize>,
         lease_until: OffsetDateTime,
         now: OffsetDateTime,
     ) -> StoreResult<Vec<DueDelivery>> {
@@ -420,7 +439,16 @@ impl DeliveryStore for PgStore {
         let per_destination = i64::try_from(self.per_destination).unwrap_or(i64::MAX);
         let mut c = self.conn().await?;
         let tx = c.transaction().await.map_err(backend)?;
-        let leased = lease(&tx, owner, &event_ids, per_destination, lease_until, now).await?;
+        let leased = lease(
+            &tx,
+            owner,
+            &event_ids,
+            &sending,
+            per_destination,
+            lease_until,
+            now,
+        )
+        .await?;
         tx.commit().await.map_err(backend)?;
         Ok(leased)
     }

@@ -167,10 +167,11 @@ impl PgStore {
     }
 
     /// Holds every destination to `limit` attempts in flight across all the nodes on this
-    /// database: [`crate::DeliveryStore::lease_deliveries`] counts every node's live leases
-    /// under a per-destination lock, so a receiver sized for `limit` concurrent requests never
-    /// sees more, however many nodes send. (One node's dispatcher holds the same limit in
-    /// memory; on a shared database that alone would allow `limit` per node.)
+    /// database: [`crate::DeliveryStore::lease_deliveries`] counts the other nodes' live
+    /// leases and the requests the leasing node has open, under a per-destination lock, so a
+    /// receiver sized for `limit` concurrent requests never sees more, however many nodes
+    /// send. (One node's dispatcher holds the same limit in memory; on a shared database that
+    /// alone would allow `limit` per node.)
     pub fn with_destination_limit(mut self, limit: usize) -> Self {
         self.per_destination = limit.max(1);
         self

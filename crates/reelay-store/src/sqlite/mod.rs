@@ -11,6 +11,7 @@ mod rows;
 mod workers;
 mod writer;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -434,6 +435,8 @@ impl DeliveryStore for SqliteStore {
         &self,
         owner: &str,
         event_ids: Vec<String>,
+        // One node per file: its dispatcher alone holds the destination limit.
+        _sending: HashMap<String, usize>,
         lease_until: OffsetDateTime,
         now: OffsetDateTime,
     ) -> StoreResult<Vec<DueDelivery>> {
