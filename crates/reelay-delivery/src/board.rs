@@ -83,6 +83,25 @@ impl Board {
         })
     }
 
+    /// Says which destinations a lease of `asked` took deliveries of, one entry per delivery.
+    /// What it left out was taken by another node or held back by the destination's
+    /// cluster-wide limit: either way storage has it, so the destination is refilled from
+    /// there as its slots free up, rather than at the next scan.
+    pub fn leased<'a>(&self, asked: &[DueRef], leased: impl IntoIterator<Item = &'a str>) {
+        let mut short: HashMap<&str, isize> = HashMap::new();
+        for d in asked {
+            *short.entry(&d.destination).or_default() += 1;
+        }
+        for destination in leased {
+            *short.entry(destination).or_default() -= 1;
+        }
+        for (destination, left_out) in short {
+            if left_out > 0 {
+                self.backlogged(destination);
+            }
+        }
+    }
+
     /// Says a refill found everything storage had for `destination`.
     pub fn drained(&self, destination: &str) {
         self.with(|s, _| {
@@ -232,6 +251,18 @@ mod tests {
         assert_eq!(pick.refill, [("a".to_owned(), 3)]);
         board.drained("a");
         assert!(board.pick(100, 1000, 0).refill.is_empty());
+    }
+
+    #[test]
+    fn what_a_lease_left_out_is_refilled_from_storage() {
+        let board = Board::new(4);
+        board.hear(due("a", 3));
+        board.hear(due("b", 1));
+        let pick = board.pick(100, 1000, 0);
+        assert_eq!(pick.due.len(), 4);
+        // Another node took a-1 and a-2 (or the cluster-wide limit held them back).
+        board.leased(&pick.due, ["a", "b"]);
+        assert_eq!(board.pick(100, 1000, 0).refill, [("a".to_owned(), 4)]);
     }
 
     #[test]

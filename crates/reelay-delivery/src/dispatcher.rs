@@ -203,21 +203,9 @@ impl Dispatcher {
                 now,
             )
             .await?;
-        // What a lease left out was taken by another node or held back by the cluster-wide
-        // limit of the destination: either way storage has it, so the destination is refilled
-        // from there as its slots free up, rather than at the next scan.
-        let mut short: HashMap<&str, isize> = HashMap::new();
-        for d in &asked {
-            *short.entry(&d.destination).or_default() += 1;
-        }
-        for d in &leased {
-            *short.entry(&d.destination).or_default() -= 1;
-        }
-        for (destination, left_out) in short {
-            if left_out > 0 {
-                inner.board.backlogged(destination);
-            }
-        }
+        inner
+            .board
+            .leased(&asked, leased.iter().map(|d| d.destination.as_str()));
         let started = leased.len();
         for delivery in leased {
             // Only this loop takes slots, and the board picked no more than were free.
