@@ -132,9 +132,18 @@ impl Board {
         })
     }
 
-    /// Requests open to `destination` from this process: its slots in use.
-    pub fn sending(&self, destination: &str) -> usize {
-        self.with(|s, per| per.saturating_sub(s.entry(destination, per).slots.available_permits()))
+    /// Requests open from this process to each destination of `due`: its slots in use.
+    pub fn sending(&self, due: &[DueRef]) -> HashMap<String, usize> {
+        self.with(|s, per| {
+            let mut open = HashMap::new();
+            for d in due {
+                if !open.contains_key(&d.destination) {
+                    let free = s.entry(&d.destination, per).slots.available_permits();
+                    open.insert(d.destination.clone(), per.saturating_sub(free));
+                }
+            }
+            open
+        })
     }
 
     pub fn slots(&self, destination: &str) -> Arc<Semaphore> {

@@ -189,10 +189,7 @@ impl Dispatcher {
             return Ok(0);
         }
         let ids = asked.iter().map(|d| d.event_id.clone()).collect();
-        let sending = asked
-            .iter()
-            .map(|d| (d.destination.clone(), inner.board.sending(&d.destination)))
-            .collect();
+        let sending = inner.board.sending(&asked);
         let leased = inner
             .store
             .lease_deliveries(
