@@ -3,18 +3,24 @@
 //!
 //! New events are heard of directly from whoever wrote them, so a busy storage is never scanned
 //! to find them; a destination whose deliveries outgrow what is kept here is marked
-//! backlogged and refilled from storage, one index range at a time, as its slots free up.
+//! backlogged and refilled from storage, one index range at a time, as its slots free up;
+//! each refill of a backlog resumes where the one before ended.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use reelay_store::DueRef;
+use reelay_store::{DueAt, DueRef};
+use time::OffsetDateTime;
 use tokio::sync::Semaphore;
 
 /// Due deliveries kept in memory per destination; beyond this, storage is the list.
 const HINTS_PER_DESTINATION: usize = 1024;
 /// Destinations tracked before idle ones are forgotten.
 const FORGET_IDLE_ABOVE: usize = 4096;
+/// How long refills of a backlog resume where the last ended before one reads from the start
+/// again, for what a resumed refill cannot see.
+const REREAD_FROM_START_EVERY: Duration = Duration::from_secs(1);
 
 pub struct Board {
     per_destination: usize,
@@ -33,16 +39,43 @@ struct Destination {
     hints: VecDeque<String>,
     /// Storage may hold due deliveries for it beyond `hints`.
     backlog: bool,
+    /// Where the next refill starts, unless it is time to read from the start again.
+    refill_from: Option<Resume>,
     /// Attempts in flight longer than the dispatcher's "slow" mark.
     slow: usize,
 }
 
-/// What to send next: deliveries to lease, and destinations to refill from storage (with how
-/// many free slots each has).
+/// What to send next: deliveries to lease, and destinations to refill from storage.
 #[derive(Debug, Default)]
 pub struct Pick {
     pub due: Vec<DueRef>,
-    pub refill: Vec<(String, usize)>,
+    pub refill: Vec<Refill>,
+}
+
+/// The due time of the last delivery a refill found: what came due earlier was found then, and
+/// is leased or done. Not quite all of it: a delivery written with an earlier due time but
+/// committed after that refill, or one a lease left out that was heard of rather than refilled,
+/// is found when a refill reads from the start again, `REREAD_FROM_START_EVERY` after the last
+/// that did.
+#[derive(Debug, Clone, Copy)]
+struct Resume {
+    from: OffsetDateTime,
+    /// When the refill that read from the start ran.
+    since: Instant,
+}
+
+impl Resume {
+    fn current(this: Option<Self>) -> Option<Self> {
+        this.filter(|r| r.since.elapsed() < REREAD_FROM_START_EVERY)
+    }
+}
+
+/// A destination to refill from storage: its free slots, and where its last refill ended.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Refill {
+    pub destination: String,
+    pub free: usize,
+    pub from: Option<OffsetDateTime>,
 }
 
 impl Board {
@@ -102,11 +135,26 @@ impl Board {
         }
     }
 
-    /// Says a refill found everything storage had for `destination`.
-    pub fn drained(&self, destination: &str) {
-        self.with(|s, _| {
-            if let Some(dest) = s.destinations.get_mut(destination) {
+    /// Says what `refill`, asking for `asked` deliveries, found: fewer means storage had no
+    /// more; as many means it may have, and the next refill starts from the last one found.
+    pub fn refilled(&self, refill: &Refill, asked: usize, found: &[DueAt]) {
+        self.with(|s, per| {
+            let dest = s.entry(&refill.destination, per);
+            if found.len() < asked {
                 dest.backlog = false;
+                dest.refill_from = None;
+            } else {
+                if let Some(last) = found.last() {
+                    let since = match (refill.from, dest.refill_from) {
+                        (Some(_), Some(resumed)) => resumed.since,
+                        _ => Instant::now(), // this one read from the start
+                    };
+                    dest.refill_from = Some(Resume {
+                        from: last.due_at,
+                        since,
+                    });
+                }
+                s.ready.insert(refill.destination.clone());
             }
         })
     }
@@ -192,7 +240,11 @@ impl Board {
                 let free_after = free - take;
                 let refilling = free_after > 0 && dest.hints.is_empty() && dest.backlog;
                 if refilling {
-                    pick.refill.push((key.clone(), free_after));
+                    pick.refill.push(Refill {
+                        destination: key.clone(),
+                        free: free_after,
+                        from: Resume::current(dest.refill_from).map(|r| r.from),
+                    });
                 }
                 let waiting = !dest.hints.is_empty() || dest.backlog;
                 if free_after == 0 || !waiting || refilling {
@@ -217,6 +269,7 @@ impl State {
                 slots: Arc::new(Semaphore::new(per_destination)),
                 hints: VecDeque::new(),
                 backlog: false,
+                refill_from: None,
                 slow: 0,
             })
     }
@@ -225,6 +278,24 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Deliveries a refill found, due at seconds 1..=n of the epoch.
+    fn found(n: i64) -> Vec<DueAt> {
+        (1..=n)
+            .map(|i| DueAt {
+                event_id: format!("s-{i}"),
+                due_at: OffsetDateTime::from_unix_timestamp(i).unwrap(),
+            })
+            .collect()
+    }
+
+    fn refill(destination: &str, free: usize, from_secs: Option<i64>) -> Refill {
+        Refill {
+            destination: destination.into(),
+            free,
+            from: from_secs.map(|s| OffsetDateTime::from_unix_timestamp(s).unwrap()),
+        }
+    }
 
     fn due(dest: &str, n: usize) -> Vec<DueRef> {
         (0..n)
@@ -257,9 +328,24 @@ mod tests {
         board.backlogged("a");
         let pick = board.pick(100, 1000, 0);
         assert_eq!(ids(&pick), ["a-0"]);
-        assert_eq!(pick.refill, [("a".to_owned(), 3)]);
-        board.drained("a");
+        assert_eq!(pick.refill, [refill("a", 3, None)]);
+        board.refilled(&refill("a", 3, None), 3, &found(2));
         assert!(board.pick(100, 1000, 0).refill.is_empty());
+    }
+
+    #[test]
+    fn a_refill_resumes_where_the_last_ended_until_storage_runs_dry() {
+        let board = Board::new(4);
+        board.backlogged("a");
+        assert_eq!(board.pick(100, 1000, 0).refill, [refill("a", 4, None)]);
+        // It found all it asked for: there may be more, from the last one's due time on.
+        board.refilled(&refill("a", 4, None), 4, &found(4));
+        assert_eq!(board.pick(100, 1000, 0).refill, [refill("a", 4, Some(4))]);
+        board.refilled(&refill("a", 4, Some(4)), 4, &found(1));
+        assert!(board.pick(100, 1000, 0).refill.is_empty());
+        // A later backlog starts from the beginning again.
+        board.backlogged("a");
+        assert_eq!(board.pick(100, 1000, 0).refill, [refill("a", 4, None)]);
     }
 
     #[test]
@@ -271,7 +357,7 @@ mod tests {
         assert_eq!(pick.due.len(), 4);
         // Another node took a-1 and a-2 (or the cluster-wide limit held them back).
         board.leased(&pick.due, ["a", "b"]);
-        assert_eq!(board.pick(100, 1000, 0).refill, [("a".to_owned(), 4)]);
+        assert_eq!(board.pick(100, 1000, 0).refill, [refill("a", 4, None)]);
     }
 
     #[test]

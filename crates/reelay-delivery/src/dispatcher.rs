@@ -95,11 +95,15 @@ impl Dispatcher {
         let inner = &self.inner;
         let mut last_scan: Option<Instant> = None;
         let mut cursor: Option<String> = None;
+        // Something was already due at the last scan: until the next, the earliest due time
+        // is not worth reading again (it walks every entry of deliveries done since vacuum).
+        let mut overdue_since_scan = false;
         loop {
             let scan_due = inner.scan_now.swap(false, Ordering::Relaxed)
                 || last_scan.is_none_or(|at| at.elapsed() >= inner.config.poll_interval);
             if scan_due {
                 last_scan = Some(Instant::now());
+                overdue_since_scan = false;
                 if let Err(e) = self.scan(&mut cursor).await {
                     tracing::error!(error = %e, "scanning for due deliveries failed");
                 }
@@ -114,7 +118,9 @@ impl Dispatcher {
             if started > 0 && inner.in_flight.available_permits() > 0 {
                 continue; // picking may have left more for the next batch
             }
-            let wait = self.until_next_scan(last_scan).await;
+            let wait = self
+                .until_next_scan(last_scan, &mut overdue_since_scan)
+                .await;
             tokio::select! {
                 _ = inner.wake.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
@@ -169,20 +175,16 @@ impl Dispatcher {
             inner.config.max_in_flight / RESERVED_SHARE,
         );
         let mut asked = pick.due;
-        for (destination, free) in pick.refill {
-            let room = free.min(budget.saturating_sub(asked.len()));
-            let more = inner
+        for refill in pick.refill {
+            let room = refill.free.min(budget.saturating_sub(asked.len()));
+            let found = inner
                 .store
-                .due_for_destination(&destination, room, now)
+                .due_for_destination(&refill.destination, refill.from, room, now)
                 .await?;
-            if more.len() < room {
-                inner.board.drained(&destination);
-            } else {
-                inner.board.freed(&destination); // there may be more: look again
-            }
-            asked.extend(more.into_iter().map(|event_id| DueRef {
-                event_id,
-                destination: destination.clone(),
+            inner.board.refilled(&refill, room, &found);
+            asked.extend(found.into_iter().map(|due| DueRef {
+                event_id: due.event_id,
+                destination: refill.destination.clone(),
             }));
         }
         if asked.is_empty() {
@@ -222,11 +224,18 @@ impl Dispatcher {
     }
 
     /// Until the next retry comes due, or the next routine scan.
-    async fn until_next_scan(&self, last_scan: Option<Instant>) -> Duration {
+    async fn until_next_scan(
+        &self,
+        last_scan: Option<Instant>,
+        overdue_since_scan: &mut bool,
+    ) -> Duration {
         let inner = &self.inner;
         let routine = last_scan
             .map(|at| inner.config.poll_interval.saturating_sub(at.elapsed()))
             .unwrap_or_default();
+        if *overdue_since_scan {
+            return routine;
+        }
         let Ok(Some(next_due)) = inner.store.next_delivery_due().await else {
             return routine;
         };
@@ -234,6 +243,7 @@ impl Dispatcher {
         if next_due <= last_scan_at {
             // Already due at the last scan: it is on the board or waits for a busy
             // destination, whose freed slots wake the loop.
+            *overdue_since_scan = true;
             return routine;
         }
         let until: Duration = (next_due - inner.store.now())

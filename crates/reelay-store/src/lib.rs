@@ -232,13 +232,18 @@ pub trait GenerationStore: Send + Sync + 'static {
 #[async_trait]
 pub trait DeliveryStore: Send + Sync + 'static {
     async fn event_for(&self, generation: GenerationId) -> StoreResult<Option<Event>>;
-    /// Due deliveries to one destination, oldest due first.
+    /// Due deliveries to one destination, oldest due first; with `from`, only those due at or
+    /// after it. A refill of a backlogged destination resumes from the last one before: on
+    /// PostgreSQL, the head of the due index holds an entry for every delivery done since the
+    /// last vacuum, and reading from the head each time made a refill cost the size of the
+    /// backlog already drained.
     async fn due_for_destination(
         &self,
         destination: &str,
+        from: Option<OffsetDateTime>,
         limit: usize,
         now: OffsetDateTime,
-    ) -> StoreResult<Vec<String>>;
+    ) -> StoreResult<Vec<DueAt>>;
     /// Walks the destinations that have pending deliveries, in key order from just after
     /// `after` (wrapping around), skipping `skip`, and returns up to `per_destination` due
     /// deliveries of each, `limit` in all. Costs a few index seeks per destination, however

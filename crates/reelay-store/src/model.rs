@@ -376,6 +376,13 @@ pub struct Event {
     pub in_flight: bool,
 }
 
+/// A delivery a refill found due in storage, and since when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueAt {
+    pub event_id: String,
+    pub due_at: OffsetDateTime,
+}
+
 /// A delivery that is (or is about to be) due, before it is leased.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DueRef {

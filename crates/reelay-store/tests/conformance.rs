@@ -2279,10 +2279,30 @@ async fn attempt_once(
 }
 
 async fn due_at(store: &dyn Store, destination: &str, secs: i64) -> Vec<String> {
-    store
-        .due_for_destination(destination, 100, at(secs))
+    due_from(store, destination, None, 100, secs).await
+}
+
+/// The ids [`Store::due_for_destination`] finds, checking the due time it gives each.
+async fn due_from(
+    store: &dyn Store,
+    destination: &str,
+    from_secs: Option<i64>,
+    limit: usize,
+    secs: i64,
+) -> Vec<String> {
+    let found = store
+        .due_for_destination(destination, from_secs.map(at), limit, at(secs))
         .await
-        .unwrap()
+        .unwrap();
+    let mut ids = Vec::new();
+    for due in found {
+        assert_eq!(
+            ev(store, &due.event_id).await.next_attempt_at,
+            Some(due.due_at)
+        );
+        ids.push(due.event_id);
+    }
+    ids
 }
 
 async fn scan(
@@ -2495,11 +2515,24 @@ async fn due_for_destination_oldest_first(h: &dyn Harness) {
         [a10.clone(), a20.clone(), a30.clone()]
     );
     assert_eq!(
-        store.due_for_destination(DEST_A, 2, at(50)).await.unwrap(),
+        due_from(store, DEST_A, None, 2, 50).await,
         [a10.clone(), a20.clone()]
     );
     assert_eq!(
-        store.due_for_destination(DEST_A, 0, at(50)).await.unwrap(),
+        due_from(store, DEST_A, None, 0, 50).await,
+        Vec::<String>::new()
+    );
+    // A refill resumes from the due time of the last one found, that one included.
+    assert_eq!(
+        due_from(store, DEST_A, Some(20), 100, 50).await,
+        [a20.clone(), a30.clone()]
+    );
+    assert_eq!(
+        due_from(store, DEST_A, Some(21), 100, 50).await,
+        [a30.clone()]
+    );
+    assert_eq!(
+        due_from(store, DEST_A, Some(31), 100, 50).await,
         Vec::<String>::new()
     );
     assert_eq!(due_at(store, DEST_A, 20).await, [a10.clone(), a20.clone()]);
@@ -2874,7 +2907,7 @@ async fn released_deliveries_are_due_again(h: &dyn Harness) {
     expected.sort();
     assert_eq!(first, expected);
     assert_eq!(
-        store.due_for_destination(DEST_B, 1, at(60)).await.unwrap(),
+        due_from(store, DEST_B, None, 1, 60).await,
         [due[0].as_str()]
     );
     // Free for anyone, and nothing left to release.

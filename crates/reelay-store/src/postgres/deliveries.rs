@@ -88,19 +88,26 @@ fn bigint(n: usize) -> i64 {
 async fn due_for_destination(
     c: &impl GenericClient,
     destination: &str,
+    from: Option<OffsetDateTime>,
     limit: usize,
     now: OffsetDateTime,
-) -> StoreResult<Vec<String>> {
+) -> StoreResult<Vec<DueAt>> {
     query(
         c,
-        "SELECT id FROM events \
+        "SELECT id, next_attempt_at FROM events \
          WHERE state = 'pending' AND destination = $1 AND next_attempt_at <= $2 \
+             AND next_attempt_at >= COALESCE($4::timestamptz, '-infinity') \
          ORDER BY next_attempt_at LIMIT $3",
-        &[&destination, &now, &bigint(limit)],
+        &[&destination, &now, &bigint(limit), &from],
     )
     .await?
     .iter()
-    .map(|r| get(r, "id"))
+    .map(|r| {
+        Ok(DueAt {
+            event_id: get(r, "id")?,
+            due_at: get(r, "next_attempt_at")?,
+        })
+    })
     .collect()
 }
 
@@ -202,7 +209,9 @@ const LOCK_DESTINATIONS: &str = "SELECT pg_advisory_xact_lock(hashtextextended(d
 /// (it did whenever statistics lagged behind a growing backlog, which made a lease cost the
 /// size of the backlog); the rows stay locked until the lease commits, so nothing needs
 /// checking again. Each step is `MATERIALIZED`, computed once: inlined, the ranking and the
-/// live count ran once per candidate row.
+/// live count ran once per candidate row. The other owners' leases are counted as two ranges
+/// of `events_in_flight`, below and above `$1`, so this owner's own entries, dead ones
+/// included, are never read.
 const WITHIN_LIMIT: &str = "WITH asked AS MATERIALIZED ( \
          SELECT e.id, e.destination, e.next_attempt_at, e.state \
          FROM unnest($4::text[]) AS want (id) JOIN events e ON e.id = want.id \
@@ -213,7 +222,11 @@ const WITHIN_LIMIT: &str = "WITH asked AS MATERIALIZED ( \
      live AS MATERIALIZED ( \
          SELECT d.destination, (SELECT COUNT(*) FROM events e \
              WHERE e.destination = d.destination AND e.state = 'pending' \
-                 AND e.lease_owner IS NOT NULL AND e.lease_owner <> $1 \
+                 AND e.lease_owner IS NOT NULL AND e.lease_owner < $1 \
+                 AND e.next_attempt_at > $3) \
+             + (SELECT COUNT(*) FROM events e \
+             WHERE e.destination = d.destination AND e.state = 'pending' \
+                 AND e.lease_owner IS NOT NULL AND e.lease_owner > $1 \
                  AND e.next_attempt_at > $3) \
              + COALESCE((SELECT s.n FROM unnest($6::text[], $7::bigint[]) AS s (destination, n) \
                  WHERE s.destination = d.destination), 0) AS n \
@@ -407,10 +420,11 @@ impl DeliveryStore for PgStore {
     async fn due_for_destination(
         &self,
         destination: &str,
+        from: Option<OffsetDateTime>,
         limit: usize,
         now: OffsetDateTime,
-    ) -> StoreResult<Vec<String>> {
-        due_for_destination(&self.conn().await?, destination, limit, now).await
+    ) -> StoreResult<Vec<DueAt>> {
+        due_for_destination(&self.conn().await?, destination, from, limit, now).await
     }
 
     async fn scan_due(

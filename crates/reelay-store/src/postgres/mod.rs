@@ -33,6 +33,7 @@ pub use test_database::TestDatabase;
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0001_init.sql"),
     include_str!("../../migrations/postgres/0002_no_foreign_keys_on_the_hot_path.sql"),
+    include_str!("../../migrations/postgres/0003_in_flight_by_owner.sql"),
 ];
 
 /// Held (as a session advisory lock) while migrations run, so that nodes starting together

@@ -64,18 +64,31 @@ fn body(c: &Connection, generation: GenerationId, stored: String) -> StoreResult
 pub fn due_for_destination(
     c: &Connection,
     destination: &str,
+    from: Option<OffsetDateTime>,
     limit: usize,
     now: OffsetDateTime,
-) -> StoreResult<Vec<String>> {
+) -> StoreResult<Vec<DueAt>> {
     c.prepare_cached(
-        "SELECT id FROM events \
+        "SELECT id, next_attempt_at FROM events \
          WHERE state = 'pending' AND destination = ?1 AND next_attempt_at <= ?2 \
+             AND next_attempt_at >= ?4 \
          ORDER BY next_attempt_at LIMIT ?3",
     )
     .and_then(|mut s| {
-        s.query_map(params![destination, micros(now), limit as i64], |r| {
-            r.get(0)
-        })?
+        s.query_map(
+            params![
+                destination,
+                micros(now),
+                limit as i64,
+                from.map_or(i64::MIN, micros)
+            ],
+            |r| {
+                Ok(DueAt {
+                    event_id: r.get(0)?,
+                    due_at: from_micros(r.get(1)?)?,
+                })
+            },
+        )?
         .collect()
     })
     .map_err(backend)
@@ -124,9 +137,9 @@ pub fn scan_due(
         };
         if !skip.contains(&destination) {
             let want = per_destination.min(limit - found.len());
-            for event_id in due_for_destination(c, &destination, want, now)? {
+            for due in due_for_destination(c, &destination, None, want, now)? {
                 found.push(DueRef {
-                    event_id,
+                    event_id: due.event_id,
                     destination: destination.clone(),
                 });
             }

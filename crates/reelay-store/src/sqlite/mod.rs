@@ -407,12 +407,13 @@ impl DeliveryStore for SqliteStore {
     async fn due_for_destination(
         &self,
         destination: &str,
+        from: Option<OffsetDateTime>,
         limit: usize,
         now: OffsetDateTime,
-    ) -> StoreResult<Vec<String>> {
+    ) -> StoreResult<Vec<DueAt>> {
         let destination = destination.to_owned();
         self.readers
-            .read(move |c| deliveries::due_for_destination(c, &destination, limit, now))
+            .read(move |c| deliveries::due_for_destination(c, &destination, from, limit, now))
             .await
     }
 
