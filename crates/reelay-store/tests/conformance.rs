@@ -2529,7 +2529,7 @@ async fn due_for_destination_oldest_first(h: &dyn Harness) {
     );
     assert_eq!(
         due_from(store, DEST_A, Some(21), 100, 50).await,
-        [a30.clone()]
+        [a30.as_str()]
     );
     assert_eq!(
         due_from(store, DEST_A, Some(31), 100, 50).await,
