@@ -64,12 +64,6 @@ struct Resume {
     since: Instant,
 }
 
-impl Resume {
-    fn current(this: Option<Self>) -> Option<Self> {
-        this.filter(|r| r.since.elapsed() < REREAD_FROM_START_EVERY)
-    }
-}
-
 /// A destination to refill from storage: its free slots, and where its last refill ended.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Refill {
@@ -243,7 +237,7 @@ impl Board {
                     pick.refill.push(Refill {
                         destination: key.clone(),
                         free: free_after,
-                        from: Resume::current(dest.refill_from).map(|r| r.from),
+                        from: dest.resume().map(|r| r.from),
                     });
                 }
                 let waiting = !dest.hints.is_empty() || dest.backlog;
@@ -258,6 +252,14 @@ impl Board {
             }
             pick
         })
+    }
+}
+
+impl Destination {
+    /// Where the next refill starts, if it does not read from the start.
+    fn resume(&self) -> Option<Resume> {
+        self.refill_from
+            .filter(|r| r.since.elapsed() < REREAD_FROM_START_EVERY)
     }
 }
 
