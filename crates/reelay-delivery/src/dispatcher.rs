@@ -129,6 +129,18 @@ impl Dispatcher {
         }
     }
 
+    /// Once [`Dispatcher::run`] has returned: waits up to `grace` for the attempts in flight
+    /// to end and be recorded, and says whether they all did. Only then may what this node
+    /// still holds be given to another node; an attempt still sending keeps its lease until
+    /// the lease lapses, or the same webhook could be sent twice at once.
+    pub async fn settle(&self, grace: Duration) -> bool {
+        let all = u32::try_from(self.inner.config.max_in_flight.max(1)).unwrap_or(u32::MAX);
+        matches!(
+            tokio::time::timeout(grace, self.inner.in_flight.acquire_many(all)).await,
+            Ok(Ok(_))
+        )
+    }
+
     /// Looks in storage for due deliveries not heard of: retries coming due, work left by a
     /// crashed node or written by another process.
     async fn scan(&self, cursor: &mut Option<String>) -> StoreResult<()> {

@@ -3869,3 +3869,55 @@ async fn postgres_destination_limit_counts_other_owners_and_open_requests() {
     // Once they have lapsed, nothing is counted.
     assert_eq!(lease("w3", &due[4..6], 0, 111).await, due[4..6].to_vec());
 }
+
+/// The leases a node holds are counted by the others only while it is on their list of
+/// owners: a node lists itself again before any lease that outlasts its entry, even after
+/// another node dropped the entry (it had lapsed), and a node that gave everything back is
+/// off the list until it leases again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_an_owner_listed_again_after_lapsing_is_counted() {
+    let harness = PostgresHarness::new().await;
+    let node = || async {
+        PgStore::connect(harness.db.url())
+            .await
+            .expect("opening the PostgreSQL store")
+            .with_destination_limit(1)
+    };
+    let (one, two) = (node().await, node().await);
+    let (one, two): (&dyn Store, &dyn Store) = (&one, &two);
+    let alice = account(one, "alice", 0).await;
+    let mut due = Vec::new();
+    for i in 0..5 {
+        due.push(due_event(one, alice.id, HOOK_A, 10 + i).await);
+    }
+
+    // w1 leases until 110, listed until a minute past that.
+    assert_eq!(lease(one, "w1", &due[0..1], 50).await, [due[0].clone()]);
+    // Long after, w2 lists itself and drops w1's lapsed entry; w1's lease lapsed too.
+    assert_eq!(lease(two, "w2", &due[1..2], 300).await, [due[1].clone()]);
+    // w1 leases again: its node remembers a listing that has lapsed, and lists it again.
+    assert_eq!(lease(one, "w1", &due[2..3], 361).await, [due[2].clone()]);
+    // So a third owner finds the destination full with w1's live lease.
+    assert_eq!(
+        lease(two, "w3", &due[3..4], 361).await,
+        Vec::<String>::new()
+    );
+    // w1 stops: it gives back its leases (the live one, and the one that lapsed at 110) and
+    // leaves the list; the next lease has room.
+    assert_eq!(one.release_delivery_leases("w1", at(362)).await, Ok(2));
+    assert_eq!(lease(two, "w3", &due[3..4], 362).await, [due[3].clone()]);
+    // w3, listed by the node that had listed w2, counts against w1.
+    assert_eq!(
+        lease(one, "w1", &due[4..5], 363).await,
+        Vec::<String>::new()
+    );
+}
+
+/// What `owner` leases of `ids` at `now`, for a minute, with no request of its own open.
+async fn lease(store: &dyn Store, owner: &str, ids: &[String], now: i64) -> Vec<String> {
+    let leased = store
+        .lease_deliveries(owner, ids.to_vec(), HashMap::new(), at(now + 60), at(now))
+        .await
+        .unwrap();
+    ids_of(&leased)
+}

@@ -302,7 +302,7 @@ pub async fn serve(
         store.clone(),
         generator,
         EngineConfig {
-            node_id,
+            node_id: node_id.clone(),
             lease: LEASE,
             poll_interval: POLL_INTERVAL,
             public_url: public_url.clone(),
@@ -319,7 +319,7 @@ pub async fn serve(
     );
     let store_for_retention = store.clone();
     let app = reelay_api::router(AppState {
-        store,
+        store: store.clone(),
         engine: engine.clone(),
         destinations: destinations(&config),
         videos_dir,
@@ -383,7 +383,33 @@ pub async fn serve(
             let _ = task.await;
         }
     }
+    give_back_deliveries(
+        store.as_ref(),
+        &dispatcher,
+        &node_id,
+        config.shutdown_timeout,
+    )
+    .await;
     stopped
+}
+
+/// At a stop: once the attempts in flight have ended, gives back the deliveries this node
+/// still holds (those whose outcome could not be recorded), and on PostgreSQL takes it off
+/// the list of owners whose leases the other nodes count. They are due again at once rather
+/// than when their leases lapse. An attempt still sending after `grace` keeps its lease.
+async fn give_back_deliveries(
+    store: &dyn Store,
+    dispatcher: &Dispatcher,
+    node_id: &str,
+    grace: Duration,
+) {
+    if !dispatcher.settle(grace).await {
+        tracing::warn!("webhooks still being sent at the stop keep their leases until they lapse");
+        return;
+    }
+    if let Err(e) = store.release_delivery_leases(node_id, store.now()).await {
+        tracing::warn!(error = %e, "giving back this node's deliveries failed; their leases will lapse");
+    }
 }
 
 async fn wait_for_signal() {

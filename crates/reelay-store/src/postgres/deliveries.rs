@@ -2,7 +2,7 @@
 //! UPDATE, so two nodes never lease the same event), recording attempts, redelivery.
 
 use std::collections::HashMap;
-use std::sync::LazyLock;
+use std::sync::{LazyLock, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Transaction};
@@ -184,11 +184,74 @@ async fn scan_due(
     .collect()
 }
 
-/// A lease is two statements in one transaction. This one takes each asked-for destination's
-/// advisory lock, in one order on every node (so two leases cannot deadlock), until the
-/// transaction ends: the count of live leases that follows, in a statement of its own (a
-/// snapshot taken after the locks), then sees every lease another node made of these
-/// destinations.
+/// How long past the lease that lists it an owner stays in `lease_owners`: it lists itself
+/// again only when a lease would outlast its entry, about once a minute while it sends. A node
+/// that died is still looked up by the others' leases for as long.
+const LISTED_BEYOND_LEASE: time::Duration = time::Duration::seconds(60);
+
+/// The owner this process last listed in `lease_owners`, and until when.
+#[derive(Default)]
+pub(super) struct Listed(Mutex<Option<(String, OffsetDateTime)>>);
+
+impl Listed {
+    fn entry(&self) -> MutexGuard<'_, Option<(String, OffsetDateTime)>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Until when `owner` is listed, as far as this process knows.
+    fn until(&self, owner: &str) -> Option<OffsetDateTime> {
+        self.entry()
+            .as_ref()
+            .filter(|(listed, _)| listed == owner)
+            .map(|(_, until)| *until)
+    }
+
+    fn set(&self, owner: &str, until: OffsetDateTime) {
+        *self.entry() = Some((owner.to_owned(), until));
+    }
+
+    fn forget(&self, owner: &str) {
+        let mut entry = self.entry();
+        if entry.as_ref().is_some_and(|(listed, _)| listed == owner) {
+            *entry = None;
+        }
+    }
+}
+
+/// Lists `owner` in `lease_owners` until `until` at least, before a lease that would outlast
+/// its entry, and drops the entries of owners that have lapsed (all their leases lapsed with
+/// them). Rows another node is dropping at the same time are skipped, not waited for, so two
+/// nodes listing themselves never wait on each other.
+async fn list_owner(
+    c: &impl GenericClient,
+    owner: &str,
+    until: OffsetDateTime,
+    now: OffsetDateTime,
+) -> StoreResult<()> {
+    execute(
+        c,
+        "INSERT INTO lease_owners (owner, live_until) VALUES ($1, $2) \
+         ON CONFLICT (owner) DO UPDATE \
+             SET live_until = GREATEST(lease_owners.live_until, excluded.live_until)",
+        &[&owner, &until],
+    )
+    .await?;
+    execute(
+        c,
+        "DELETE FROM lease_owners WHERE owner IN ( \
+             SELECT owner FROM lease_owners WHERE live_until < $1 AND owner <> $2 \
+             FOR UPDATE SKIP LOCKED)",
+        &[&now, &owner],
+    )
+    .await
+    .map(drop)
+}
+
+/// A lease is two statements in one transaction (after [`list_owner`]'s, when it runs). This
+/// one takes each asked-for destination's advisory lock, in one order on every node (so two
+/// leases cannot deadlock), until the transaction ends: the count of live leases that
+/// follows, in a statement of its own (a snapshot taken after the locks), then sees every
+/// lease another node made of these destinations, and every owner it listed.
 const LOCK_DESTINATIONS: &str = "SELECT pg_advisory_xact_lock(hashtextextended(destination, 0)) \
      FROM (SELECT DISTINCT e.destination \
            FROM unnest($1::text[]) AS want (id) JOIN events e ON e.id = want.id \
@@ -209,9 +272,10 @@ const LOCK_DESTINATIONS: &str = "SELECT pg_advisory_xact_lock(hashtextextended(d
 /// (it did whenever statistics lagged behind a growing backlog, which made a lease cost the
 /// size of the backlog); the rows stay locked until the lease commits, so nothing needs
 /// checking again. Each step is `MATERIALIZED`, computed once: inlined, the ranking and the
-/// live count ran once per candidate row. The other owners' leases are counted as two ranges
-/// of `events_in_flight`, below and above `$1`, so this owner's own entries, dead ones
-/// included, are never read.
+/// live count ran once per candidate row. The other owners' leases are counted owner by
+/// owner, for the owners `lease_owners` lists as live, so `events_in_flight` is read only
+/// where a live owner's entries are: never this owner's own, nor those a node long gone left
+/// behind, dead or not.
 const WITHIN_LIMIT: &str = "WITH asked AS MATERIALIZED ( \
          SELECT e.id, e.destination, e.next_attempt_at, e.state \
          FROM unnest($4::text[]) AS want (id) JOIN events e ON e.id = want.id \
@@ -220,14 +284,11 @@ const WITHIN_LIMIT: &str = "WITH asked AS MATERIALIZED ( \
          SELECT id, destination, next_attempt_at FROM asked \
          WHERE state = 'pending' AND next_attempt_at <= $3), \
      live AS MATERIALIZED ( \
-         SELECT d.destination, (SELECT COUNT(*) FROM events e \
-             WHERE e.destination = d.destination AND e.state = 'pending' \
-                 AND e.lease_owner IS NOT NULL AND e.lease_owner < $1 \
-                 AND e.next_attempt_at > $3) \
-             + (SELECT COUNT(*) FROM events e \
-             WHERE e.destination = d.destination AND e.state = 'pending' \
-                 AND e.lease_owner IS NOT NULL AND e.lease_owner > $1 \
-                 AND e.next_attempt_at > $3) \
+         SELECT d.destination, (SELECT COALESCE(SUM(c.n), 0)::bigint FROM lease_owners o \
+             CROSS JOIN LATERAL (SELECT COUNT(*) AS n FROM events e \
+                 WHERE e.destination = d.destination AND e.lease_owner = o.owner \
+                     AND e.state = 'pending' AND e.next_attempt_at > $3) c \
+             WHERE o.owner <> $1 AND o.live_until > $3) \
              + COALESCE((SELECT s.n FROM unnest($6::text[], $7::bigint[]) AS s (destination, n) \
                  WHERE s.destination = d.destination), 0) AS n \
          FROM (SELECT DISTINCT destination FROM due) d), \
@@ -451,8 +512,16 @@ impl DeliveryStore for PgStore {
             return Ok(Vec::new());
         }
         let per_destination = i64::try_from(self.per_destination).unwrap_or(i64::MAX);
+        let listed_until = lease_until + LISTED_BEYOND_LEASE;
+        let relist = self
+            .listed
+            .until(owner)
+            .is_none_or(|until| until < lease_until);
         let mut c = self.conn().await?;
         let tx = c.transaction().await.map_err(backend)?;
+        if relist {
+            list_owner(&tx, owner, listed_until, now).await?;
+        }
         let leased = lease(
             &tx,
             owner,
@@ -464,6 +533,9 @@ impl DeliveryStore for PgStore {
         )
         .await?;
         tx.commit().await.map_err(backend)?;
+        if relist {
+            self.listed.set(owner, listed_until);
+        }
         Ok(leased)
     }
 
@@ -487,14 +559,20 @@ impl DeliveryStore for PgStore {
         .map(drop)
     }
 
+    /// Also takes `owner` off `lease_owners`: it holds nothing now, and if it leases again it
+    /// lists itself again first.
     async fn release_delivery_leases(&self, owner: &str, now: OffsetDateTime) -> StoreResult<u64> {
-        execute(
-            &self.conn().await?,
+        let c = self.conn().await?;
+        let released = execute(
+            &c,
             "UPDATE events SET next_attempt_at = LEAST(created_at, $1), lease_owner = NULL \
              WHERE state = 'pending' AND lease_owner = $2",
             &[&now, &owner],
         )
-        .await
+        .await?;
+        self.listed.forget(owner);
+        execute(&c, "DELETE FROM lease_owners WHERE owner = $1", &[&owner]).await?;
+        Ok(released)
     }
 
     async fn next_delivery_due(&self) -> StoreResult<Option<OffsetDateTime>> {

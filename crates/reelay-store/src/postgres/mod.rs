@@ -34,6 +34,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0001_init.sql"),
     include_str!("../../migrations/postgres/0002_no_foreign_keys_on_the_hot_path.sql"),
     include_str!("../../migrations/postgres/0003_in_flight_by_owner.sql"),
+    include_str!("../../migrations/postgres/0004_lease_owners.sql"),
 ];
 
 /// Held (as a session advisory lock) while migrations run, so that nodes starting together
@@ -72,6 +73,8 @@ pub struct PgStore {
     /// The most webhook attempts in flight to one destination across every node (see
     /// [`PgStore::with_destination_limit`]).
     per_destination: usize,
+    /// Until when this process last listed a lease owner in `lease_owners`.
+    listed: std::sync::Arc<deliveries::Listed>,
 }
 
 /// [`PgStore::with_destination_limit`]'s default: `REELAY_WEBHOOK_PER_DESTINATION`'s.
@@ -164,6 +167,7 @@ impl PgStore {
             finishes: Default::default(),
             attempts: Default::default(),
             per_destination: DEFAULT_PER_DESTINATION,
+            listed: Default::default(),
         })
     }
 
