@@ -3,7 +3,7 @@
 //! record) are one small statement each: one transaction apiece would spend the database's
 //! time on flushes and round trips, and one busy account's balance row would let it create
 //! only as fast as the disk flushes. So the writes of one kind that arrive together share one
-//! transaction: their statements go down one connection back to back (pipelined), in a
+//! transaction, written by a fixed number of statements over arrays of their values, in a
 //! fixed lock order (so two batches never deadlock), and one flush acknowledges them all.
 //! A write the rules refuse (a balance that does not cover a price, a finish that lost its
 //! lease) is refused on its own; the others go on.
@@ -41,15 +41,6 @@ pub(super) trait Write: Send + Sync + Sized + 'static {
         writes: Vec<&'a Self>,
         tx: &'a Transaction<'a>,
     ) -> BoxFuture<'a, Vec<StoreResult<Self::Done>>>;
-}
-
-/// [`Write::run_all`] for writes of one row each: their statements polled together, so they
-/// are sent in order without waiting for each other's answers.
-pub(super) fn pipelined<'a, W: Write>(
-    writes: Vec<&'a W>,
-    run: impl Fn(&'a W) -> BoxFuture<'a, StoreResult<W::Done>> + Send + 'a,
-) -> BoxFuture<'a, Vec<StoreResult<W::Done>>> {
-    Box::pin(futures::future::join_all(writes.into_iter().map(run)))
 }
 
 type Job<W> = (W, oneshot::Sender<StoreResult<<W as Write>::Done>>);

@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 use tokio_postgres::types::Type;
 use uuid::Uuid;
 
-use super::batch::{Write, pipelined};
+use super::batch::Write;
 use super::rows::{GENERATION_COLUMNS, generation, get as column};
 use super::sql::{Param, execute, query, query_one, query_opt, query_planned};
 use super::{PgStore, backend};
@@ -434,10 +434,41 @@ const FINISH: &str = "WITH ended AS ( \
          FROM ended) \
      SELECT {columns} FROM ended";
 
-/// A finish without a refund: committed with the others that arrive with it. It locks only
-/// its generation's row (and adds an outbox row), so batches take rows in id order and never
-/// deadlock. A refunded finish also locks its account's row, which creates lock in account
-/// order: it runs alone rather than risk a deadlock against a create batch.
+/// A batch of finishes without a refund in one statement: each generation ends as in
+/// [`FINISH`] (from pending or processing, under `owner`'s lease when one is named), and each
+/// that ended gets its outbox event. The input is in generation id order, and each row is
+/// found by primary key in that order, so batches lock rows in one order. One statement per
+/// finish cost the database an executor start, a plan lookup and a round trip each: profiled
+/// at saturation, the finishes took 40 % of its statement time against 9 % for the creates,
+/// which write more rows per task but one statement per batch.
+const FINISH_MANY: &str = "WITH input AS ( \
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::text[], \
+             $5::text[], $6::text[], $7::text[], $8::text[], $9::text[]) \
+         AS i (id, status, at, code, video_file, video_url, owner, reason, event_id)), \
+     ended AS ( \
+         UPDATE generations g SET status = i.status, completed_at = i.at, \
+             failure_code = i.code, video_file = i.video_file, video_url = i.video_url, \
+             progress_pct = CASE WHEN i.status = 'completed' THEN 100 ELSE g.progress_pct END, \
+             ended_lease = COALESCE(i.owner, g.lease_owner), failure_reason = i.reason, \
+             lease_owner = NULL, lease_until = NULL \
+         FROM input i \
+         WHERE g.id = i.id AND g.status IN ('pending', 'processing') \
+             AND (i.owner IS NULL OR (g.status = 'processing' AND g.lease_owner = i.owner)) \
+         RETURNING {columns}, g.destination, i.event_id), \
+     event AS ( \
+         INSERT INTO events (id, generation_id, account_id, callback_url, destination, \
+             created_at, state, next_attempt_at) \
+         SELECT event_id, id, account_id, callback_url, destination, completed_at, \
+             CASE WHEN callback_url IS NULL THEN 'none' ELSE 'pending' END, \
+             CASE WHEN callback_url IS NULL THEN NULL ELSE completed_at END \
+         FROM ended) \
+     SELECT {columns} FROM ended";
+
+/// A finish without a refund: committed with the others that arrive with it, in one
+/// statement ([`FINISH_MANY`]). It locks only its generation's row (and adds an outbox row),
+/// so batches take rows in id order and never deadlock. A refunded finish also locks its
+/// account's row, which creates lock in account order: it runs alone rather than risk a
+/// deadlock against a create batch.
 pub(super) struct Finish {
     id: GenerationId,
     owner: Option<String>,
@@ -457,10 +488,109 @@ impl Write for Finish {
         writes: Vec<&'a Self>,
         tx: &'a Transaction<'a>,
     ) -> BoxFuture<'a, Vec<StoreResult<Finished>>> {
-        pipelined(writes, |w| {
-            Box::pin(finish_on(tx, w.id, w.owner.as_deref(), &w.outcome, w.now))
-        })
+        Box::pin(finish_all(writes, tx))
     }
+}
+
+/// A batch of finishes: the first of each generation together ([`FINISH_MANY`]), then any
+/// other finish of a generation already in the batch (its lease holder's and the watchdog's
+/// at once), each on its own and in batch order, as they would run one after another.
+async fn finish_all(writes: Vec<&Finish>, tx: &Transaction<'_>) -> Vec<StoreResult<Finished>> {
+    let mut seen = std::collections::HashSet::new();
+    let (first, again): (Vec<usize>, Vec<usize>) =
+        (0..writes.len()).partition(|&i| seen.insert(writes[i].id));
+    let mut answers: Vec<Option<StoreResult<Finished>>> = vec![None; writes.len()];
+    let firsts: Vec<&Finish> = first.iter().map(|&i| writes[i]).collect();
+    match finish_many(&firsts, tx).await {
+        Ok(done) => {
+            for (i, answer) in first.into_iter().zip(done) {
+                answers[i] = Some(answer);
+            }
+        }
+        // The statement failed and aborted the transaction: nothing of the batch stays.
+        Err(e) => return writes.iter().map(|_| Err(e.clone())).collect(),
+    }
+    for i in again {
+        let w = writes[i];
+        answers[i] = Some(finish_on(tx, w.id, w.owner.as_deref(), &w.outcome, w.now).await);
+    }
+    answers.into_iter().flatten().collect()
+}
+
+/// [`FINISH_MANY`] on finishes of distinct generations: one answer each, in their order.
+async fn finish_many(
+    writes: &[&Finish],
+    tx: &Transaction<'_>,
+) -> StoreResult<Vec<StoreResult<Finished>>> {
+    let mut input = FinishColumns::default();
+    for w in writes {
+        let (status, code, reason, video) = w.outcome.columns();
+        input.ids.push(w.id.0);
+        input.statuses.push(status);
+        input.ats.push(w.now);
+        input.codes.push(code.map(FailureCode::as_str));
+        input.video_files.push(video.map(|v| v.file.as_str()));
+        input.video_urls.push(video.map(|v| v.url.as_str()));
+        input.owners.push(w.owner.as_deref());
+        input.reasons.push(reason);
+        input.event_ids.push(event_id(w.id));
+    }
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        let returned = GENERATION_COLUMNS
+            .split(", ")
+            .map(|column| format!("g.{column}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        FINISH_MANY
+            .replacen("{columns}", &returned, 1)
+            .replacen("{columns}", GENERATION_COLUMNS, 1)
+    });
+    let rows = query(
+        tx,
+        &SQL,
+        &[
+            &input.ids,
+            &input.statuses,
+            &input.ats,
+            &input.codes,
+            &input.video_files,
+            &input.video_urls,
+            &input.owners,
+            &input.reasons,
+            &input.event_ids,
+        ],
+    )
+    .await?;
+    let mut ended = std::collections::HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let g = generation(row)?;
+        ended.insert(g.id, g);
+    }
+    let mut answers = Vec::with_capacity(writes.len());
+    for w in writes {
+        answers.push(match ended.remove(&w.id) {
+            Some(generation) => Ok(Finished::Applied(generation)),
+            None => match get(tx, w.id).await? {
+                Some(current) => Ok(Finished::Refused(current)),
+                None => Err(StoreError::NotFound),
+            },
+        });
+    }
+    Ok(answers)
+}
+
+/// [`FINISH_MANY`]'s parameters: one array per column, one element per finish.
+#[derive(Default)]
+struct FinishColumns<'a> {
+    ids: Vec<Uuid>,
+    statuses: Vec<&'static str>,
+    ats: Vec<OffsetDateTime>,
+    codes: Vec<Option<&'static str>>,
+    video_files: Vec<Option<&'a str>>,
+    video_urls: Vec<Option<&'a str>>,
+    owners: Vec<Option<&'a str>>,
+    reasons: Vec<Option<&'a str>>,
+    event_ids: Vec<String>,
 }
 
 async fn finish(
