@@ -8,6 +8,8 @@
 //! A write the rules refuse (a balance that does not cover a price, a finish that lost its
 //! lease) is refused on its own; the others go on.
 
+use std::collections::HashSet;
+use std::hash::Hash;
 use std::sync::{Arc, OnceLock};
 
 use deadpool_postgres::{Pool, Transaction};
@@ -41,6 +43,36 @@ pub(super) trait Write: Send + Sync + Sized + 'static {
         writes: Vec<&'a Self>,
         tx: &'a Transaction<'a>,
     ) -> BoxFuture<'a, Vec<StoreResult<Self::Done>>>;
+}
+
+/// [`Write::run_all`] for a kind written by one statement over many rows: the first write of
+/// each row (as `row` names it) goes in that statement (`many`, one answer per write, in
+/// their order), then every repeat runs on its own (`one`), in batch order, as it would
+/// after the first (a generation finished by its lease holder and the watchdog at once). If
+/// the statement fails, it aborted the transaction: every write fails with it.
+pub(super) async fn firsts_together<'a, W: Write, K: Eq + Hash>(
+    writes: Vec<&'a W>,
+    row: impl Fn(&W) -> K,
+    many: impl FnOnce(Vec<&'a W>) -> BoxFuture<'a, StoreResult<Vec<StoreResult<W::Done>>>>,
+    one: impl Fn(&'a W) -> BoxFuture<'a, StoreResult<W::Done>>,
+) -> Vec<StoreResult<W::Done>> {
+    let mut seen = HashSet::new();
+    let (firsts, repeats): (Vec<usize>, Vec<usize>) =
+        (0..writes.len()).partition(|&i| seen.insert(row(writes[i])));
+    let mut answers: Vec<Option<StoreResult<W::Done>>> =
+        std::iter::repeat_with(|| None).take(writes.len()).collect();
+    match many(firsts.iter().map(|&i| writes[i]).collect()).await {
+        Ok(done) => {
+            for (i, answer) in firsts.into_iter().zip(done) {
+                answers[i] = Some(answer);
+            }
+        }
+        Err(e) => return writes.iter().map(|_| Err(e.clone())).collect(),
+    }
+    for i in repeats {
+        answers[i] = Some(one(writes[i]).await);
+    }
+    answers.into_iter().flatten().collect()
 }
 
 type Job<W> = (W, oneshot::Sender<StoreResult<<W as Write>::Done>>);

@@ -11,7 +11,7 @@ use reelay_core::{AccountId, GenerationId};
 use time::OffsetDateTime;
 use tokio_postgres::Row;
 
-use super::batch::Write;
+use super::batch::{Write, firsts_together};
 use super::rows::{GENERATION_COLUMNS, corrupt, generation, get, parsed, unsigned};
 use super::sql::{execute, query, query_one, query_opt};
 use super::{PgStore, backend};
@@ -448,42 +448,23 @@ impl Write for RecordAttempt {
         writes: Vec<&'a Self>,
         tx: &'a Transaction<'a>,
     ) -> BoxFuture<'a, Vec<StoreResult<bool>>> {
-        Box::pin(record_all(writes, tx))
+        Box::pin(firsts_together(
+            writes,
+            |w| w.0.event_id.clone(),
+            move |firsts| Box::pin(async move { record_many(&firsts, tx).await }),
+            move |w| Box::pin(record_attempt(tx, &w.0)),
+        ))
     }
-}
-
-/// A batch of attempt records: the first of each event together ([`RECORD_MANY`]), then any
-/// other record of an event already in the batch, each on its own and in batch order, as
-/// they would run one after another.
-async fn record_all(writes: Vec<&RecordAttempt>, tx: &Transaction<'_>) -> Vec<StoreResult<bool>> {
-    let mut seen = std::collections::HashSet::new();
-    let (first, again): (Vec<usize>, Vec<usize>) =
-        (0..writes.len()).partition(|&i| seen.insert(writes[i].0.event_id.as_str()));
-    let mut answers: Vec<Option<StoreResult<bool>>> = vec![None; writes.len()];
-    let firsts: Vec<&AttemptRecord> = first.iter().map(|&i| &writes[i].0).collect();
-    match record_many(&firsts, tx).await {
-        Ok(done) => {
-            for (i, answer) in first.into_iter().zip(done) {
-                answers[i] = Some(answer);
-            }
-        }
-        // The statement failed and aborted the transaction: nothing of the batch stays.
-        Err(e) => return writes.iter().map(|_| Err(e.clone())).collect(),
-    }
-    for i in again {
-        answers[i] = Some(record_attempt(tx, &writes[i].0).await);
-    }
-    answers.into_iter().flatten().collect()
 }
 
 /// [`RECORD_MANY`] on records of distinct events: whether each was `mine`, in their order (an
 /// event that does not exist is not found).
 async fn record_many(
-    records: &[&AttemptRecord],
+    records: &[&RecordAttempt],
     tx: &Transaction<'_>,
 ) -> StoreResult<Vec<StoreResult<bool>>> {
     let mut input = RecordColumns::default();
-    for a in records {
+    for RecordAttempt(a) in records {
         let (state, next_at, reason, delivered_at) = after_attempt(a);
         input.event_ids.push(a.event_id.as_str());
         input.owners.push(a.owner.as_str());
@@ -526,7 +507,7 @@ async fn record_many(
     }
     Ok(records
         .iter()
-        .map(|a| mine.get(&a.event_id).copied().ok_or(StoreError::NotFound))
+        .map(|RecordAttempt(a)| mine.get(&a.event_id).copied().ok_or(StoreError::NotFound))
         .collect())
 }
 

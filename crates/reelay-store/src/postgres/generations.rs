@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 use tokio_postgres::types::Type;
 use uuid::Uuid;
 
-use super::batch::Write;
+use super::batch::{Write, firsts_together};
 use super::rows::{GENERATION_COLUMNS, generation, get as column};
 use super::sql::{Param, execute, query, query_one, query_opt, query_planned};
 use super::{PgStore, backend};
@@ -488,33 +488,13 @@ impl Write for Finish {
         writes: Vec<&'a Self>,
         tx: &'a Transaction<'a>,
     ) -> BoxFuture<'a, Vec<StoreResult<Finished>>> {
-        Box::pin(finish_all(writes, tx))
+        Box::pin(firsts_together(
+            writes,
+            |w| w.id,
+            move |firsts| Box::pin(async move { finish_many(&firsts, tx).await }),
+            move |w| Box::pin(finish_on(tx, w.id, w.owner.as_deref(), &w.outcome, w.now)),
+        ))
     }
-}
-
-/// A batch of finishes: the first of each generation together ([`FINISH_MANY`]), then any
-/// other finish of a generation already in the batch (its lease holder's and the watchdog's
-/// at once), each on its own and in batch order, as they would run one after another.
-async fn finish_all(writes: Vec<&Finish>, tx: &Transaction<'_>) -> Vec<StoreResult<Finished>> {
-    let mut seen = std::collections::HashSet::new();
-    let (first, again): (Vec<usize>, Vec<usize>) =
-        (0..writes.len()).partition(|&i| seen.insert(writes[i].id));
-    let mut answers: Vec<Option<StoreResult<Finished>>> = vec![None; writes.len()];
-    let firsts: Vec<&Finish> = first.iter().map(|&i| writes[i]).collect();
-    match finish_many(&firsts, tx).await {
-        Ok(done) => {
-            for (i, answer) in first.into_iter().zip(done) {
-                answers[i] = Some(answer);
-            }
-        }
-        // The statement failed and aborted the transaction: nothing of the batch stays.
-        Err(e) => return writes.iter().map(|_| Err(e.clone())).collect(),
-    }
-    for i in again {
-        let w = writes[i];
-        answers[i] = Some(finish_on(tx, w.id, w.owner.as_deref(), &w.outcome, w.now).await);
-    }
-    answers.into_iter().flatten().collect()
 }
 
 /// [`FINISH_MANY`] on finishes of distinct generations: one answer each, in their order.
