@@ -10,10 +10,11 @@ use futures::future::BoxFuture;
 use reelay_core::{AccountId, GenerationId};
 use time::OffsetDateTime;
 use tokio_postgres::Row;
+use tokio_postgres::types::Type;
 
 use super::batch::{Write, firsts_together};
 use super::rows::{GENERATION_COLUMNS, corrupt, generation, get, parsed, unsigned};
-use super::sql::{execute, query, query_one, query_opt};
+use super::sql::{execute, query, query_one, query_opt, query_planned};
 use super::{PgStore, backend};
 use crate::*;
 
@@ -481,22 +482,24 @@ async fn record_many(
         input.response_bodies.push(a.response_body.as_deref());
         input.errors.push(a.error.as_deref());
     }
-    let rows = query(
-        tx,
+    // Planned for its rows each time, as `FINISH_MANY` is (in `generations.rs`).
+    let inner: &tokio_postgres::Transaction = tx;
+    let rows = query_planned(
+        inner,
         RECORD_MANY,
         &[
-            &input.event_ids,
-            &input.owners,
-            &input.started_ats,
-            &input.status_codes,
-            &input.states,
-            &input.next_ats,
-            &input.reasons,
-            &input.delivered_ats,
-            &input.durations_ms,
-            &input.outcomes,
-            &input.response_bodies,
-            &input.errors,
+            (&input.event_ids, Type::TEXT_ARRAY),
+            (&input.owners, Type::TEXT_ARRAY),
+            (&input.started_ats, Type::TIMESTAMPTZ_ARRAY),
+            (&input.status_codes, Type::INT4_ARRAY),
+            (&input.states, Type::TEXT_ARRAY),
+            (&input.next_ats, Type::TIMESTAMPTZ_ARRAY),
+            (&input.reasons, Type::TEXT_ARRAY),
+            (&input.delivered_ats, Type::TIMESTAMPTZ_ARRAY),
+            (&input.durations_ms, Type::INT8_ARRAY),
+            (&input.outcomes, Type::TEXT_ARRAY),
+            (&input.response_bodies, Type::TEXT_ARRAY),
+            (&input.errors, Type::TEXT_ARRAY),
         ],
     )
     .await?;

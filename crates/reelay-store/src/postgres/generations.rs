@@ -394,7 +394,8 @@ async fn claim(
     let conn = store.conn().await?;
     let (sql, params) = claim_statement(&now, &limit, &owner, &lease_until, &models);
     // Planned each time: the queue is the table that grows fastest.
-    let mut claimed = query_planned(&conn, sql, &params)
+    let client: &tokio_postgres::Client = &conn;
+    let mut claimed = query_planned(client, sql, &params)
         .await?
         .iter()
         .map(generation)
@@ -525,19 +526,22 @@ async fn finish_many(
             .replacen("{columns}", &returned, 1)
             .replacen("{columns}", GENERATION_COLUMNS, 1)
     });
-    let rows = query(
-        tx,
+    // Planned for its rows each time: a plan cached while `generations` was small would keep
+    // reading all of it to find the batch's rows (as leases once did, see `deliveries.rs`).
+    let inner: &tokio_postgres::Transaction = tx;
+    let rows = query_planned(
+        inner,
         &SQL,
         &[
-            &input.ids,
-            &input.statuses,
-            &input.ats,
-            &input.codes,
-            &input.video_files,
-            &input.video_urls,
-            &input.owners,
-            &input.reasons,
-            &input.event_ids,
+            (&input.ids, Type::UUID_ARRAY),
+            (&input.statuses, Type::TEXT_ARRAY),
+            (&input.ats, Type::TIMESTAMPTZ_ARRAY),
+            (&input.codes, Type::TEXT_ARRAY),
+            (&input.video_files, Type::TEXT_ARRAY),
+            (&input.video_urls, Type::TEXT_ARRAY),
+            (&input.owners, Type::TEXT_ARRAY),
+            (&input.reasons, Type::TEXT_ARRAY),
+            (&input.event_ids, Type::TEXT_ARRAY),
         ],
     )
     .await?;
