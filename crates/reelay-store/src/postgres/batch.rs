@@ -3,13 +3,11 @@
 //! record) are one small statement each: one transaction apiece would spend the database's
 //! time on flushes and round trips, and one busy account's balance row would let it create
 //! only as fast as the disk flushes. So the writes of one kind that arrive together share one
-//! transaction, written by a fixed number of statements over arrays of their values, in a
+//! transaction: their statements go down one connection back to back (pipelined), in a
 //! fixed lock order (so two batches never deadlock), and one flush acknowledges them all.
 //! A write the rules refuse (a balance that does not cover a price, a finish that lost its
 //! lease) is refused on its own; the others go on.
 
-use std::collections::HashSet;
-use std::hash::Hash;
 use std::sync::{Arc, OnceLock};
 
 use deadpool_postgres::{Pool, Transaction};
@@ -45,34 +43,13 @@ pub(super) trait Write: Send + Sync + Sized + 'static {
     ) -> BoxFuture<'a, Vec<StoreResult<Self::Done>>>;
 }
 
-/// [`Write::run_all`] for a kind written by one statement over many rows: the first write of
-/// each row (as `row` names it) goes in that statement (`many`, one answer per write, in
-/// their order), then every repeat runs on its own (`one`), in batch order, as it would
-/// after the first (a generation finished by its lease holder and the watchdog at once). If
-/// the statement fails, it aborted the transaction: every write fails with it.
-pub(super) async fn firsts_together<'a, W: Write, K: Eq + Hash>(
+/// [`Write::run_all`] for writes of one row each: their statements polled together, so they
+/// are sent in order without waiting for each other's answers.
+pub(super) fn pipelined<'a, W: Write>(
     writes: Vec<&'a W>,
-    row: impl Fn(&W) -> K,
-    many: impl FnOnce(Vec<&'a W>) -> BoxFuture<'a, StoreResult<Vec<StoreResult<W::Done>>>>,
-    one: impl Fn(&'a W) -> BoxFuture<'a, StoreResult<W::Done>>,
-) -> Vec<StoreResult<W::Done>> {
-    let mut seen = HashSet::new();
-    let (firsts, repeats): (Vec<usize>, Vec<usize>) =
-        (0..writes.len()).partition(|&i| seen.insert(row(writes[i])));
-    let mut answers: Vec<Option<StoreResult<W::Done>>> =
-        std::iter::repeat_with(|| None).take(writes.len()).collect();
-    match many(firsts.iter().map(|&i| writes[i]).collect()).await {
-        Ok(done) => {
-            for (i, answer) in firsts.into_iter().zip(done) {
-                answers[i] = Some(answer);
-            }
-        }
-        Err(e) => return writes.iter().map(|_| Err(e.clone())).collect(),
-    }
-    for i in repeats {
-        answers[i] = Some(one(writes[i]).await);
-    }
-    answers.into_iter().flatten().collect()
+    run: impl Fn(&'a W) -> BoxFuture<'a, StoreResult<W::Done>> + Send + 'a,
+) -> BoxFuture<'a, Vec<StoreResult<W::Done>>> {
+    Box::pin(futures::future::join_all(writes.into_iter().map(run)))
 }
 
 type Job<W> = (W, oneshot::Sender<StoreResult<<W as Write>::Done>>);

@@ -10,11 +10,10 @@ use futures::future::BoxFuture;
 use reelay_core::{AccountId, GenerationId};
 use time::OffsetDateTime;
 use tokio_postgres::Row;
-use tokio_postgres::types::Type;
 
-use super::batch::{Write, firsts_together};
+use super::batch::{Write, pipelined};
 use super::rows::{GENERATION_COLUMNS, corrupt, generation, get, parsed, unsigned};
-use super::sql::{execute, query, query_one, query_opt, query_planned};
+use super::sql::{execute, query, query_one, query_opt};
 use super::{PgStore, backend};
 use crate::*;
 
@@ -396,45 +395,8 @@ const RECORD_ATTEMPT: &str = "WITH locked AS ( \
          SELECT $1, number, $3, $9, $10, $4, $11, $12 FROM numbered) \
      SELECT mine FROM numbered";
 
-/// A batch of attempt records in one statement, as [`RECORD_ATTEMPT`] does for one: the
-/// events' rows are locked first, in id order (so batches never deadlock), each record moves
-/// its event on only when it is `mine`, and every attempt is logged under its number. One
-/// statement per record cost the database an executor start, a plan lookup and a round trip
-/// each (a quarter of its statement time at saturation).
-const RECORD_MANY: &str = "WITH input AS ( \
-         SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::integer[], \
-             $5::text[], $6::timestamptz[], $7::text[], $8::timestamptz[], $9::bigint[], \
-             $10::text[], $11::text[], $12::text[]) \
-         AS i (event_id, owner, started_at, status_code, state, next_at, reason, \
-             delivered_at, duration_ms, outcome, response_body, error)), \
-     locked AS MATERIALIZED ( \
-         SELECT e.id, e.state = 'pending' AND e.lease_owner IS NOT DISTINCT FROM i.owner \
-             AS mine \
-         FROM input i JOIN events e ON e.id = i.event_id \
-         ORDER BY e.id FOR UPDATE OF e), \
-     numbered AS ( \
-         UPDATE events SET total_attempts = events.total_attempts + 1, \
-             last_attempt_at = i.started_at, last_status_code = i.status_code, \
-             state = CASE WHEN l.mine THEN i.state ELSE events.state END, \
-             next_attempt_at = CASE WHEN l.mine THEN i.next_at ELSE events.next_attempt_at END, \
-             failure_reason = CASE WHEN l.mine THEN i.reason ELSE events.failure_reason END, \
-             delivered_at = CASE WHEN l.mine THEN i.delivered_at ELSE events.delivered_at END, \
-             round_attempts = events.round_attempts + CASE WHEN l.mine THEN 1 ELSE 0 END, \
-             lease_owner = CASE WHEN l.mine THEN NULL ELSE events.lease_owner END \
-         FROM locked l JOIN input i ON i.event_id = l.id \
-         WHERE events.id = l.id \
-         RETURNING events.id, events.total_attempts AS number, l.mine), \
-     logged AS ( \
-         INSERT INTO delivery_attempts (event_id, number, started_at, duration_ms, outcome, \
-             status_code, response_body, error) \
-         SELECT n.id, n.number, i.started_at, i.duration_ms, i.outcome, i.status_code, \
-             i.response_body, i.error \
-         FROM numbered n JOIN input i ON i.event_id = n.id) \
-     SELECT id, mine FROM numbered";
-
-/// An attempt's record: committed with the others that arrive with it, in one statement
-/// ([`RECORD_MANY`]), each locking only its event's row (and adding an attempt row), in event
-/// id order.
+/// An attempt's record: committed with the others that arrive with it, each locking only its
+/// event's row (and adding an attempt row), in event id order.
 pub(super) struct RecordAttempt(AttemptRecord);
 
 impl Write for RecordAttempt {
@@ -449,109 +411,18 @@ impl Write for RecordAttempt {
         writes: Vec<&'a Self>,
         tx: &'a Transaction<'a>,
     ) -> BoxFuture<'a, Vec<StoreResult<bool>>> {
-        Box::pin(firsts_together(
-            writes,
-            |w| w.0.event_id.clone(),
-            move |firsts| Box::pin(async move { record_many(&firsts, tx).await }),
-            move |w| Box::pin(record_attempt(tx, &w.0)),
-        ))
-    }
-}
-
-/// [`RECORD_MANY`] on records of distinct events: whether each was `mine`, in their order (an
-/// event that does not exist is not found).
-async fn record_many(
-    records: &[&RecordAttempt],
-    tx: &Transaction<'_>,
-) -> StoreResult<Vec<StoreResult<bool>>> {
-    let mut input = RecordColumns::default();
-    for RecordAttempt(a) in records {
-        let (state, next_at, reason, delivered_at) = after_attempt(a);
-        input.event_ids.push(a.event_id.as_str());
-        input.owners.push(a.owner.as_str());
-        input.started_ats.push(a.started_at);
-        input.status_codes.push(a.status_code.map(i32::from));
-        input.states.push(state);
-        input.next_ats.push(next_at);
-        input.reasons.push(reason);
-        input.delivered_ats.push(delivered_at);
-        input
-            .durations_ms
-            .push(i64::try_from(a.duration_ms).unwrap_or(i64::MAX));
-        input.outcomes.push(a.outcome.as_str());
-        input.response_bodies.push(a.response_body.as_deref());
-        input.errors.push(a.error.as_deref());
-    }
-    // Planned for its rows each time, as `FINISH_MANY` is (in `generations.rs`).
-    let inner: &tokio_postgres::Transaction = tx;
-    let rows = query_planned(
-        inner,
-        RECORD_MANY,
-        &[
-            (&input.event_ids, Type::TEXT_ARRAY),
-            (&input.owners, Type::TEXT_ARRAY),
-            (&input.started_ats, Type::TIMESTAMPTZ_ARRAY),
-            (&input.status_codes, Type::INT4_ARRAY),
-            (&input.states, Type::TEXT_ARRAY),
-            (&input.next_ats, Type::TIMESTAMPTZ_ARRAY),
-            (&input.reasons, Type::TEXT_ARRAY),
-            (&input.delivered_ats, Type::TIMESTAMPTZ_ARRAY),
-            (&input.durations_ms, Type::INT8_ARRAY),
-            (&input.outcomes, Type::TEXT_ARRAY),
-            (&input.response_bodies, Type::TEXT_ARRAY),
-            (&input.errors, Type::TEXT_ARRAY),
-        ],
-    )
-    .await?;
-    let mut mine = HashMap::with_capacity(rows.len());
-    for row in &rows {
-        let id: String = get(row, "id")?;
-        mine.insert(id, get::<bool>(row, "mine")?);
-    }
-    Ok(records
-        .iter()
-        .map(|RecordAttempt(a)| mine.get(&a.event_id).copied().ok_or(StoreError::NotFound))
-        .collect())
-}
-
-/// [`RECORD_MANY`]'s parameters: one array per column, one element per record.
-#[derive(Default)]
-struct RecordColumns<'a> {
-    event_ids: Vec<&'a str>,
-    owners: Vec<&'a str>,
-    started_ats: Vec<OffsetDateTime>,
-    status_codes: Vec<Option<i32>>,
-    states: Vec<&'static str>,
-    next_ats: Vec<Option<OffsetDateTime>>,
-    reasons: Vec<Option<&'a str>>,
-    delivered_ats: Vec<Option<OffsetDateTime>>,
-    durations_ms: Vec<i64>,
-    outcomes: Vec<&'static str>,
-    response_bodies: Vec<Option<&'a str>>,
-    errors: Vec<Option<&'a str>>,
-}
-
-/// What an attempt's outcome writes on its event: the state, the next due time, the failure
-/// reason and the delivery time.
-fn after_attempt(
-    a: &AttemptRecord,
-) -> (
-    &'static str,
-    Option<OffsetDateTime>,
-    Option<&str>,
-    Option<OffsetDateTime>,
-) {
-    match &a.next {
-        AfterAttempt::Delivered => ("delivered", None, None, Some(a.started_at)),
-        AfterAttempt::RetryAt(at) => ("pending", Some(*at), None, None),
-        AfterAttempt::Failed(reason) => ("failed", None, Some(reason.as_str()), None),
+        pipelined(writes, |w| Box::pin(record_attempt(tx, &w.0)))
     }
 }
 
 async fn record_attempt(c: &impl GenericClient, a: &AttemptRecord) -> StoreResult<bool> {
     let status = a.status_code.map(i32::from);
     let duration_ms = i64::try_from(a.duration_ms).unwrap_or(i64::MAX);
-    let (state, next_at, reason, delivered_at) = after_attempt(a);
+    let (state, next_at, reason, delivered_at) = match &a.next {
+        AfterAttempt::Delivered => ("delivered", None, None, Some(a.started_at)),
+        AfterAttempt::RetryAt(at) => ("pending", Some(*at), None, None),
+        AfterAttempt::Failed(reason) => ("failed", None, Some(reason.as_str()), None),
+    };
     let row = query_opt(
         c,
         RECORD_ATTEMPT,

@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 use tokio_postgres::types::Type;
 use uuid::Uuid;
 
-use super::batch::{Write, firsts_together};
+use super::batch::{Write, pipelined};
 use super::rows::{GENERATION_COLUMNS, generation, get as column};
 use super::sql::{Param, execute, query, query_one, query_opt, query_planned};
 use super::{PgStore, backend};
@@ -394,8 +394,7 @@ async fn claim(
     let conn = store.conn().await?;
     let (sql, params) = claim_statement(&now, &limit, &owner, &lease_until, &models);
     // Planned each time: the queue is the table that grows fastest.
-    let client: &tokio_postgres::Client = &conn;
-    let mut claimed = query_planned(client, sql, &params)
+    let mut claimed = query_planned(&conn, sql, &params)
         .await?
         .iter()
         .map(generation)
@@ -435,41 +434,10 @@ const FINISH: &str = "WITH ended AS ( \
          FROM ended) \
      SELECT {columns} FROM ended";
 
-/// A batch of finishes without a refund in one statement: each generation ends as in
-/// [`FINISH`] (from pending or processing, under `owner`'s lease when one is named), and each
-/// that ended gets its outbox event. The input is in generation id order, and each row is
-/// found by primary key in that order, so batches lock rows in one order. One statement per
-/// finish cost the database an executor start, a plan lookup and a round trip each: profiled
-/// at saturation, the finishes took 40 % of its statement time against 9 % for the creates,
-/// which write more rows per task but one statement per batch.
-const FINISH_MANY: &str = "WITH input AS ( \
-         SELECT * FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::text[], \
-             $5::text[], $6::text[], $7::text[], $8::text[], $9::text[]) \
-         AS i (id, status, at, code, video_file, video_url, owner, reason, event_id)), \
-     ended AS ( \
-         UPDATE generations g SET status = i.status, completed_at = i.at, \
-             failure_code = i.code, video_file = i.video_file, video_url = i.video_url, \
-             progress_pct = CASE WHEN i.status = 'completed' THEN 100 ELSE g.progress_pct END, \
-             ended_lease = COALESCE(i.owner, g.lease_owner), failure_reason = i.reason, \
-             lease_owner = NULL, lease_until = NULL \
-         FROM input i \
-         WHERE g.id = i.id AND g.status IN ('pending', 'processing') \
-             AND (i.owner IS NULL OR (g.status = 'processing' AND g.lease_owner = i.owner)) \
-         RETURNING {columns}, g.destination, i.event_id), \
-     event AS ( \
-         INSERT INTO events (id, generation_id, account_id, callback_url, destination, \
-             created_at, state, next_attempt_at) \
-         SELECT event_id, id, account_id, callback_url, destination, completed_at, \
-             CASE WHEN callback_url IS NULL THEN 'none' ELSE 'pending' END, \
-             CASE WHEN callback_url IS NULL THEN NULL ELSE completed_at END \
-         FROM ended) \
-     SELECT {columns} FROM ended";
-
-/// A finish without a refund: committed with the others that arrive with it, in one
-/// statement ([`FINISH_MANY`]). It locks only its generation's row (and adds an outbox row),
-/// so batches take rows in id order and never deadlock. A refunded finish also locks its
-/// account's row, which creates lock in account order: it runs alone rather than risk a
-/// deadlock against a create batch.
+/// A finish without a refund: committed with the others that arrive with it. It locks only
+/// its generation's row (and adds an outbox row), so batches take rows in id order and never
+/// deadlock. A refunded finish also locks its account's row, which creates lock in account
+/// order: it runs alone rather than risk a deadlock against a create batch.
 pub(super) struct Finish {
     id: GenerationId,
     owner: Option<String>,
@@ -489,92 +457,10 @@ impl Write for Finish {
         writes: Vec<&'a Self>,
         tx: &'a Transaction<'a>,
     ) -> BoxFuture<'a, Vec<StoreResult<Finished>>> {
-        Box::pin(firsts_together(
-            writes,
-            |w| w.id,
-            move |firsts| Box::pin(async move { finish_many(&firsts, tx).await }),
-            move |w| Box::pin(finish_on(tx, w.id, w.owner.as_deref(), &w.outcome, w.now)),
-        ))
+        pipelined(writes, |w| {
+            Box::pin(finish_on(tx, w.id, w.owner.as_deref(), &w.outcome, w.now))
+        })
     }
-}
-
-/// [`FINISH_MANY`] on finishes of distinct generations: one answer each, in their order.
-async fn finish_many(
-    writes: &[&Finish],
-    tx: &Transaction<'_>,
-) -> StoreResult<Vec<StoreResult<Finished>>> {
-    let mut input = FinishColumns::default();
-    for w in writes {
-        let (status, code, reason, video) = w.outcome.columns();
-        input.ids.push(w.id.0);
-        input.statuses.push(status);
-        input.ats.push(w.now);
-        input.codes.push(code.map(FailureCode::as_str));
-        input.video_files.push(video.map(|v| v.file.as_str()));
-        input.video_urls.push(video.map(|v| v.url.as_str()));
-        input.owners.push(w.owner.as_deref());
-        input.reasons.push(reason);
-        input.event_ids.push(event_id(w.id));
-    }
-    static SQL: LazyLock<String> = LazyLock::new(|| {
-        let returned = GENERATION_COLUMNS
-            .split(", ")
-            .map(|column| format!("g.{column}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        FINISH_MANY
-            .replacen("{columns}", &returned, 1)
-            .replacen("{columns}", GENERATION_COLUMNS, 1)
-    });
-    // Planned for its rows each time: a plan cached while `generations` was small would keep
-    // reading all of it to find the batch's rows (as leases once did, see `deliveries.rs`).
-    let inner: &tokio_postgres::Transaction = tx;
-    let rows = query_planned(
-        inner,
-        &SQL,
-        &[
-            (&input.ids, Type::UUID_ARRAY),
-            (&input.statuses, Type::TEXT_ARRAY),
-            (&input.ats, Type::TIMESTAMPTZ_ARRAY),
-            (&input.codes, Type::TEXT_ARRAY),
-            (&input.video_files, Type::TEXT_ARRAY),
-            (&input.video_urls, Type::TEXT_ARRAY),
-            (&input.owners, Type::TEXT_ARRAY),
-            (&input.reasons, Type::TEXT_ARRAY),
-            (&input.event_ids, Type::TEXT_ARRAY),
-        ],
-    )
-    .await?;
-    let mut ended = std::collections::HashMap::with_capacity(rows.len());
-    for row in &rows {
-        let g = generation(row)?;
-        ended.insert(g.id, g);
-    }
-    let mut answers = Vec::with_capacity(writes.len());
-    for w in writes {
-        answers.push(match ended.remove(&w.id) {
-            Some(generation) => Ok(Finished::Applied(generation)),
-            None => match get(tx, w.id).await? {
-                Some(current) => Ok(Finished::Refused(current)),
-                None => Err(StoreError::NotFound),
-            },
-        });
-    }
-    Ok(answers)
-}
-
-/// [`FINISH_MANY`]'s parameters: one array per column, one element per finish.
-#[derive(Default)]
-struct FinishColumns<'a> {
-    ids: Vec<Uuid>,
-    statuses: Vec<&'static str>,
-    ats: Vec<OffsetDateTime>,
-    codes: Vec<Option<&'static str>>,
-    video_files: Vec<Option<&'a str>>,
-    video_urls: Vec<Option<&'a str>>,
-    owners: Vec<Option<&'a str>>,
-    reasons: Vec<Option<&'a str>>,
-    event_ids: Vec<String>,
 }
 
 async fn finish(

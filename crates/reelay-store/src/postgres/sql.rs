@@ -46,7 +46,7 @@ pub async fn query_one(
 /// (Seen in the `queue` benchmark: a claim cached while the statistics counted 20 pending
 /// generations read and sorted all 20,000 of them for each claim.)
 pub async fn query_planned(
-    c: &impl tokio_postgres::GenericClient,
+    c: &tokio_postgres::Client,
     sql: &str,
     params: &[(Param<'_>, Type)],
 ) -> StoreResult<Vec<Row>> {
