@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -75,6 +76,10 @@ pub(crate) struct Inner {
     /// One permit per worker long-poll allowed to wait.
     pub(crate) worker_polls: Arc<Semaphore>,
     slots: Arc<Semaphore>,
+    /// Set while the claim loop waits for a slot to free: only then does a generation that
+    /// ends wake it. A wake per ended generation would cost a claim (a planned query) each,
+    /// most of them finding nothing the previous claim had not taken.
+    slot_wanted: AtomicBool,
     running: Mutex<HashMap<GenerationId, CancellationToken>>,
     /// Wakes the status streams of generations this process changes.
     pub(crate) changes: Arc<Changes>,
@@ -86,6 +91,7 @@ impl Engine {
             inner: Arc::new(Inner {
                 store,
                 slots: Arc::new(Semaphore::new(generator.concurrency().max(1))),
+                slot_wanted: AtomicBool::new(false),
                 generator,
                 work: Notify::new(),
                 worker_work: Notify::new(),
@@ -249,6 +255,13 @@ impl Engine {
             if free > 0 && claimed == free {
                 continue; // there may be more waiting
             }
+            if inner.slots.available_permits() == 0 {
+                inner.slot_wanted.store(true, Ordering::SeqCst);
+                // A slot freed before the flag was up woke no one.
+                if inner.slots.available_permits() > 0 {
+                    continue;
+                }
+            }
             tokio::select! {
                 _ = inner.work.notified() => {}
                 _ = tokio::time::sleep(inner.config.poll_interval) => {}
@@ -299,7 +312,9 @@ impl Engine {
         }
         inner.running.lock().expect("running map").remove(&g.id);
         drop(_slot);
-        inner.work.notify_one();
+        if inner.slot_wanted.swap(false, Ordering::SeqCst) {
+            inner.work.notify_one();
+        }
     }
 
     /// Runs the generator while heartbeating the lease. `None` when the work was stopped

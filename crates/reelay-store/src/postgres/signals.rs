@@ -19,10 +19,22 @@ const COALESCE: Duration = Duration::from_millis(20);
 /// How long a node waits before listening again after its connection dropped.
 const RECONNECT: Duration = Duration::from_secs(1);
 
-/// The announcing side: a task started on first use that sends one `NOTIFY` per burst.
-#[derive(Default)]
+/// The announcing side: a task started on first use that sends one `NOTIFY` per burst, with
+/// this process's `origin` as its payload. The process woke itself already: its listener
+/// skips its own notifications, each of which would otherwise cost it a claim that finds
+/// nothing.
 pub(super) struct Announcer {
     pending: OnceLock<Arc<Notify>>,
+    origin: String,
+}
+
+impl Default for Announcer {
+    fn default() -> Self {
+        Self {
+            pending: OnceLock::new(),
+            origin: uuid::Uuid::new_v4().to_string(),
+        }
+    }
 }
 
 impl PgStore {
@@ -36,7 +48,8 @@ impl PgStore {
     }
 
     pub(super) fn watch(&self, wake: WakeFn) {
-        tokio::spawn(listen(self.config.clone(), wake));
+        let origin = self.announcer.origin.clone();
+        tokio::spawn(listen(self.config.clone(), origin, wake));
     }
 }
 
@@ -44,9 +57,10 @@ async fn announce_bursts(store: PgStore, pending: Arc<Notify>) {
     loop {
         pending.notified().await;
         tokio::time::sleep(COALESCE).await;
+        let origin = &store.announcer.origin;
         let sent = match store.conn().await {
             Ok(c) => c
-                .batch_execute(&format!("NOTIFY {CHANNEL}"))
+                .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, origin])
                 .await
                 .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
@@ -57,9 +71,9 @@ async fn announce_bursts(store: PgStore, pending: Arc<Notify>) {
     }
 }
 
-async fn listen(config: tokio_postgres::Config, wake: WakeFn) {
+async fn listen(config: tokio_postgres::Config, origin: String, wake: WakeFn) {
     loop {
-        match listen_once(&config, &wake).await {
+        match listen_once(&config, &origin, &wake).await {
             Ok(()) => tracing::warn!("the connection listening for other nodes' work closed"),
             Err(error) => {
                 tracing::warn!(%error, "listening for other nodes' work failed; polling meanwhile")
@@ -72,6 +86,7 @@ async fn listen(config: tokio_postgres::Config, wake: WakeFn) {
 /// Listens on one connection until it drops.
 async fn listen_once(
     config: &tokio_postgres::Config,
+    origin: &str,
     wake: &WakeFn,
 ) -> Result<(), tokio_postgres::Error> {
     let (client, mut connection) = config.connect(NoTls).await?;
@@ -81,10 +96,13 @@ async fn listen_once(
     // the client's own LISTEN below.
     let mut driver = tokio::spawn({
         let arrived = arrived.clone();
+        let origin = origin.to_owned();
         async move {
             let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
             while let Some(Ok(message)) = messages.next().await {
-                if let AsyncMessage::Notification(_) = message {
+                if let AsyncMessage::Notification(n) = message
+                    && n.payload() != origin
+                {
                     arrived.notify_one();
                 }
             }
@@ -100,4 +118,50 @@ async fn listen_once(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::GenerationStore;
+    use crate::postgres::TestDatabase;
+
+    /// A store watching for work, and what its wake-ups send.
+    async fn watching(url: &str) -> (PgStore, mpsc::UnboundedReceiver<()>) {
+        let store = PgStore::connect(url).await.unwrap();
+        let (woken, wakes) = mpsc::unbounded_channel();
+        store.watch_work(Box::new(move || {
+            let _ = woken.send(());
+        }));
+        (store, wakes)
+    }
+
+    async fn next(wakes: &mut mpsc::UnboundedReceiver<()>, within: Duration) -> bool {
+        tokio::time::timeout(within, wakes.recv()).await.is_ok()
+    }
+
+    /// Work one node announces wakes the others, not itself: it woke itself already.
+    #[tokio::test]
+    async fn an_announcement_wakes_the_other_nodes_only() {
+        let db = TestDatabase::create().await;
+        let (a, mut a_wakes) = watching(db.url()).await;
+        let (_b, mut b_wakes) = watching(db.url()).await;
+        // Each wakes once as it starts listening, for work announced before.
+        assert!(next(&mut a_wakes, Duration::from_secs(10)).await);
+        assert!(next(&mut b_wakes, Duration::from_secs(10)).await);
+
+        a.announce_work();
+        assert!(
+            next(&mut b_wakes, Duration::from_secs(10)).await,
+            "the other node was not woken"
+        );
+        assert!(
+            !next(&mut a_wakes, Duration::from_millis(500)).await,
+            "the announcing node woke itself"
+        );
+    }
 }
