@@ -444,3 +444,108 @@ impl Inner {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use async_trait::async_trait;
+    use reelay_core::request::ImageInputs;
+    use reelay_core::{AspectRatio, Credits, GenerationStatus, Model};
+    use reelay_store::SqliteStore;
+
+    use super::*;
+    use crate::generator::GenerateError;
+
+    /// One generation at a time, done at once.
+    struct OneAtATime;
+
+    #[async_trait]
+    impl Generator for OneAtATime {
+        async fn generate(&self, _: &Generation, _: &Progress) -> Result<String, GenerateError> {
+            Ok("video.mp4".into())
+        }
+
+        fn concurrency(&self) -> usize {
+            1
+        }
+    }
+
+    struct NoWebhooks;
+
+    impl OutboxListener for NoWebhooks {
+        fn due(&self, _: Vec<DueRef>) {}
+        fn look(&self) {}
+    }
+
+    /// With every slot taken, the generation that ends wakes the claim loop for the next
+    /// one: the poll that would otherwise find it is an hour away.
+    #[tokio::test]
+    async fn a_freed_slot_starts_the_next_generation_without_a_poll() {
+        let dir = std::env::temp_dir().join(format!("reelay-engine-{}", GenerationId::random()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.join("db.sqlite3")).unwrap());
+        let account = store
+            .create_account("alice", Credits::from_units(1_000_000_000), store.now())
+            .await
+            .unwrap();
+        let engine = Engine::new(
+            store.clone(),
+            Arc::new(OneAtATime),
+            EngineConfig {
+                node_id: "node".into(),
+                lease: Duration::from_secs(30),
+                poll_interval: Duration::from_secs(3600),
+                public_url: "http://localhost".into(),
+                video_key: VideoKey::new([7; 32]),
+                moderator: Moderator::builtin(),
+                prices: Prices::default(),
+                generation_timeout: Duration::from_secs(600),
+                outbox: Arc::new(NoWebhooks),
+                worker_lease: Duration::from_secs(30),
+                max_worker_polls: 1,
+                max_lost_leases: 3,
+                inputs_dir: dir.join("inputs"),
+            },
+        );
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            let request = GenerateRequest {
+                prompt: "a lighthouse at dusk".into(),
+                callback_url: None,
+                model: Model::Veo3Fast,
+                aspect_ratio: AspectRatio::Landscape,
+                seed: Some(1),
+                watermark_text: None,
+                images: ImageInputs::default(),
+            };
+            ids.push(
+                engine
+                    .submit(account.id, request, None)
+                    .await
+                    .unwrap()
+                    .generation
+                    .id,
+            );
+        }
+        // Started after all three are queued: the first claim takes one, the slot's only.
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(engine.clone().run(shutdown.clone()));
+        let all_completed = async {
+            loop {
+                let mut done = 0;
+                for id in &ids {
+                    let g = store.generation(*id).await.unwrap().unwrap();
+                    done += usize::from(g.stage.status() == GenerationStatus::Completed);
+                }
+                if done == ids.len() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        let finished = tokio::time::timeout(Duration::from_secs(60), all_completed).await;
+        shutdown.cancel();
+        running.await.unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(finished.is_ok(), "the queued generations waited for a poll");
+    }
+}
