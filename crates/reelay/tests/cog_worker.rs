@@ -216,16 +216,26 @@ fn top_level_boxes(mp4: &[u8]) -> Vec<String> {
 /// Runs `input` on the Cog server directly and returns the video it makes.
 async fn direct_prediction(cog: &CogServer, input: serde_json::Value) -> Vec<u8> {
     use base64::Engine as _;
-    let direct: serde_json::Value = reqwest::Client::new()
-        .post(format!("{}/predictions", cog.url))
-        .json(&serde_json::json!({ "input": input }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let data = direct["output"].as_str().expect("a data URL");
+    // The model server frees its slot a moment after the worker has read the last output, and
+    // answers 409 until then, as the worker expects too.
+    let client = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let direct: serde_json::Value = loop {
+        let r = client
+            .post(format!("{}/predictions", cog.url))
+            .json(&serde_json::json!({ "input": input }))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == reqwest::StatusCode::CONFLICT && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        break r.json().await.unwrap();
+    };
+    let data = direct["output"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a data URL: {direct}"));
     let encoded = data.split_once(";base64,").expect("base64").1;
     base64::engine::general_purpose::STANDARD
         .decode(encoded)
