@@ -248,14 +248,23 @@ async fn list_owner(
 }
 
 /// A lease is two statements in one transaction (after [`list_owner`]'s, when it runs). This
-/// one takes each asked-for destination's advisory lock, in one order on every node (so two
-/// leases cannot deadlock), until the transaction ends: the count of live leases that
-/// follows, in a statement of its own (a snapshot taken after the locks), then sees every
-/// lease another node made of these destinations, and every owner it listed.
-const LOCK_DESTINATIONS: &str = "SELECT pg_advisory_xact_lock(hashtextextended(destination, 0)) \
-     FROM (SELECT DISTINCT e.destination \
-           FROM unnest($1::text[]) AS want (id) JOIN events e ON e.id = want.id \
-           ORDER BY e.destination) asked";
+/// one reads the asked-for deliveries without locking them and keeps those that look due: one
+/// another node has leased since this node heard of it is left alone, for locking its row
+/// would hold up that node's record of its attempt until this lease commits (seen with two
+/// nodes: each node's refills find the events the other has just finished). It then takes the
+/// advisory lock of each of their destinations, in one order on every node (so two leases
+/// cannot deadlock), until the transaction ends, and returns the ids whose destination it
+/// locked: the count of live leases that follows, in a statement of its own (a snapshot taken
+/// after the locks), then sees every lease another node made of these destinations, and
+/// every owner it listed. Due-ness is computed, not filtered on, so the events are found by
+/// primary key alone (see [`WITHIN_LIMIT`] for why that matters).
+const LOCK_DESTINATIONS: &str = "WITH peek AS MATERIALIZED ( \
+         SELECT e.id, e.destination, e.state = 'pending' AND e.next_attempt_at <= $2 AS due \
+         FROM unnest($1::text[]) AS want (id) JOIN events e ON e.id = want.id), \
+     locked AS MATERIALIZED ( \
+         SELECT destination, pg_advisory_xact_lock(hashtextextended(destination, 0)) \
+         FROM (SELECT DISTINCT destination FROM peek WHERE due ORDER BY destination) asked) \
+     SELECT peek.id FROM peek JOIN locked USING (destination) WHERE peek.due";
 
 /// The second (with the UPDATE below) leases those of the asked-for deliveries it may without
 /// any destination going past `$5` attempts in flight across the cluster (the other owners'
@@ -315,7 +324,14 @@ async fn lease(
     // the whole table instead of looking the ids up (seen in auto_explain: a sequential scan of
     // 57,000 rows for 58 ids), and a lease's ids are many enough to make planning cheap.
     execute(c, "SET LOCAL plan_cache_mode = force_custom_plan", &[]).await?;
-    execute(c, LOCK_DESTINATIONS, &[&event_ids]).await?;
+    let event_ids: Vec<String> = query(c, LOCK_DESTINATIONS, &[&event_ids, &now])
+        .await?
+        .iter()
+        .map(|r| get(r, "id"))
+        .collect::<StoreResult<_>>()?;
+    if event_ids.is_empty() {
+        return Ok(Vec::new());
+    }
     static SQL: LazyLock<String> = LazyLock::new(|| {
         format!(
             "{WITHIN_LIMIT}, \
@@ -658,5 +674,71 @@ impl DeliveryStore for PgStore {
             scheduled: unsigned::<i64, _>(&row, "scheduled")?,
             failed: unsigned::<i64, _>(&row, "failed")?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::postgres::{PgStore, TestDatabase};
+
+    /// A lease asked for a delivery that another node leased after this node heard of it
+    /// leaves that delivery's row unlocked, so the other node records its attempt without
+    /// waiting for this lease to commit; and a lease that finds nothing due takes no
+    /// destination's lock.
+    #[tokio::test]
+    async fn a_lease_leaves_alone_what_another_node_has_leased() {
+        let db = TestDatabase::create().await;
+        let store = PgStore::connect(db.url()).await.unwrap();
+        let mut other = store.conn().await.unwrap();
+        let now = time::macros::datetime!(2030-06-01 00:00 UTC);
+        other
+            .execute(
+                "INSERT INTO events (id, generation_id, account_id, callback_url, destination, \
+                     payload, created_at, state, next_attempt_at, lease_owner) \
+                 SELECT id, gen_random_uuid(), gen_random_uuid(), 'https://r.example/hook', \
+                     'https://r.example:443', '{}', $1::timestamptz, 'pending', $1::timestamptz + ahead, owner \
+                 FROM (VALUES ('taken', interval '1 minute', 'b'), \
+                              ('free', interval '-1 second', NULL)) AS v (id, ahead, owner)",
+                &[&now],
+            )
+            .await
+            .unwrap();
+        let row_free = "SELECT id FROM events WHERE id = 'taken' FOR UPDATE NOWAIT";
+        let destination_free =
+            "SELECT pg_try_advisory_xact_lock(hashtextextended('https://r.example:443', 0))";
+        let until = now + time::Duration::minutes(1);
+        let mut a = store.conn().await.unwrap();
+        for (asked, expected) in [
+            (vec!["taken", "free"], vec!["free"]),
+            (vec!["taken"], vec![]),
+        ] {
+            let asked: Vec<String> = asked.into_iter().map(String::from).collect();
+            let tx = a.transaction().await.unwrap();
+            let leased = lease(&tx, "a", &asked, &HashMap::new(), 64, until, now)
+                .await
+                .unwrap();
+            let leased: Vec<&str> = leased.iter().map(|d| d.event_id.as_str()).collect();
+            assert_eq!(leased, expected, "leased when asked for {asked:?}");
+            // The lease is still open: the other node's record of `taken` does not wait.
+            let locked = other.query(row_free, &[]).await;
+            assert!(
+                locked.is_ok(),
+                "{asked:?}: the row of a delivery leased by another node was locked: {locked:?}"
+            );
+            let other_tx = other.transaction().await.unwrap();
+            let free: bool = other_tx
+                .query_one(destination_free, &[])
+                .await
+                .unwrap()
+                .get(0);
+            other_tx.rollback().await.unwrap();
+            assert_eq!(
+                free,
+                expected.is_empty(),
+                "{asked:?}: the destination's lock taken"
+            );
+            tx.rollback().await.unwrap();
+        }
     }
 }
