@@ -52,7 +52,13 @@ pub const DEFAULT_POOL_SIZE: usize = 16;
 /// counted few pending generations (a claim read all 10,225 entries of
 /// `generations_pending_by_model` for its 17 rows; with an ordered index scan it reads a few
 /// pages).
-const SESSION_SETTINGS: &str = "SET enable_bitmapscan = off";
+///
+/// JIT compilation is off: it pays off for long analytic queries, and reelay runs none, but
+/// the planner turns it on by cost estimate alone, so a lease whose estimate crossed
+/// `jit_above_cost` stopped for 420 ms to compile 72 functions while it held its
+/// destination's lock, stalling every node's deliveries to that destination (seen twice in
+/// `pg_stat_statements` over one two-node `pipeline --quick`).
+const SESSION_SETTINGS: &str = "SET enable_bitmapscan = off; SET jit = off";
 
 /// How long a request waits for a connection (a free one, or a new one to a database that
 /// went away) before it fails as unavailable (a 503 at the API).
@@ -245,4 +251,26 @@ async fn apply(conn: &mut Object) -> StoreResult<usize> {
         tx.commit().await.map_err(backend)?;
     }
     Ok(MIGRATIONS.len() - done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every pooled connection plans as [`SESSION_SETTINGS`] says, whatever the server's
+    /// defaults (this machine's PostgreSQL has JIT on).
+    #[tokio::test]
+    async fn pooled_connections_never_jit_compile_nor_bitmap_scan() {
+        let db = TestDatabase::create().await;
+        let store = PgStore::connect(db.url()).await.unwrap();
+        let c = store.conn().await.unwrap();
+        for (setting, expected) in [("jit", "off"), ("enable_bitmapscan", "off")] {
+            let value: String = c
+                .query_one(&format!("SHOW {setting}"), &[])
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(value, expected, "{setting}");
+        }
+    }
 }
