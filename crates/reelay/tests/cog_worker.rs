@@ -216,8 +216,9 @@ fn top_level_boxes(mp4: &[u8]) -> Vec<String> {
 /// Runs `input` on the Cog server directly and returns the video it makes.
 async fn direct_prediction(cog: &CogServer, input: serde_json::Value) -> Vec<u8> {
     use base64::Engine as _;
-    // The model server frees its slot a moment after the worker has read the last output, and
-    // answers 409 until then, as the worker expects too.
+    // The model server may still be freeing its slot from the worker's prediction, and answers
+    // 409 (busy) meanwhile: try again, as the worker does. (CI once got an answer without an
+    // output here; the panic below now shows what it was.)
     let client = reqwest::Client::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let direct: serde_json::Value = loop {
