@@ -480,9 +480,9 @@ mod tests {
     /// one: the poll that would otherwise find it is an hour away.
     #[tokio::test]
     async fn a_freed_slot_starts_the_next_generation_without_a_poll() {
-        let dir = std::env::temp_dir().join(format!("reelay-engine-{}", GenerationId::random()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.join("db.sqlite3")).unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(dir.path().join("db.sqlite3")).unwrap());
         let account = store
             .create_account("alice", Credits::from_units(1_000_000_000), store.now())
             .await
@@ -503,7 +503,7 @@ mod tests {
                 worker_lease: Duration::from_secs(30),
                 max_worker_polls: 1,
                 max_lost_leases: 3,
-                inputs_dir: dir.join("inputs"),
+                inputs_dir: dir.path().join("inputs"),
             },
         );
         let mut ids = Vec::new();
@@ -545,7 +545,6 @@ mod tests {
         let finished = tokio::time::timeout(Duration::from_secs(60), all_completed).await;
         shutdown.cancel();
         running.await.unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
         assert!(finished.is_ok(), "the queued generations waited for a poll");
     }
 }
