@@ -50,10 +50,6 @@ pub(super) struct Create(NewGeneration);
 
 impl Write for Create {
     type Done = Created;
-    /// One at a time: a batch holds its accounts' rows until its commit is flushed, so a
-    /// second batch of the same busy account would only wait for the first, and the creates
-    /// it took would wait with it instead of joining the next, larger batch.
-    const AT_ONCE: usize = 1;
     /// Charges lock account rows: every batch takes them in account order.
     type LockOrder = AccountId;
 
