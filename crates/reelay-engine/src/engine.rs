@@ -165,11 +165,18 @@ impl Engine {
         Ok(created)
     }
 
-    /// Says that new work may be waiting, so it starts without waiting for a poll.
+    /// Says that new work may be waiting, so it starts without waiting for a poll: here, and
+    /// on the other nodes sharing the database when this one cannot start it itself (its
+    /// generators are all busy, or they are external workers, who may be polling any node).
+    /// Woken for work this node takes at once, every other node would spend a claim finding
+    /// nothing; the claim loop wakes them when it finds more than it has room for.
     pub fn wake(&self) {
-        self.inner.work.notify_one();
-        self.inner.worker_work.notify_waiters();
-        self.inner.store.announce_work();
+        let inner = &self.inner;
+        inner.work.notify_one();
+        inner.worker_work.notify_waiters();
+        if !inner.generator.runs_here() || inner.slots.available_permits() == 0 {
+            inner.store.announce_work();
+        }
     }
 
     /// The absolute URL a finished generation's video is served at.
@@ -253,7 +260,9 @@ impl Engine {
                 }
             }
             if free > 0 && claimed == free {
-                continue; // there may be more waiting
+                // There may be more waiting than this node has room for.
+                inner.store.announce_work();
+                continue;
             }
             if inner.slots.available_permits() == 0 {
                 inner.slot_wanted.store(true, Ordering::SeqCst);
@@ -450,7 +459,9 @@ mod tests {
     use async_trait::async_trait;
     use reelay_core::request::ImageInputs;
     use reelay_core::{AspectRatio, Credits, GenerationStatus, Model};
-    use reelay_store::SqliteStore;
+    use std::path::Path;
+
+    use reelay_store::{GenerationStore, PgStore, SqliteStore};
 
     use super::*;
     use crate::generator::GenerateError;
@@ -476,20 +487,11 @@ mod tests {
         fn look(&self) {}
     }
 
-    /// With every slot taken, the generation that ends wakes the claim loop for the next
-    /// one: the poll that would otherwise find it is an hour away.
-    #[tokio::test]
-    async fn a_freed_slot_starts_the_next_generation_without_a_poll() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> =
-            Arc::new(SqliteStore::open(dir.path().join("db.sqlite3")).unwrap());
-        let account = store
-            .create_account("alice", Credits::from_units(1_000_000_000), store.now())
-            .await
-            .unwrap();
-        let engine = Engine::new(
-            store.clone(),
-            Arc::new(OneAtATime),
+    /// An engine on `store` whose claim loop polls once an hour, so only wake-ups start work.
+    fn engine(store: Arc<dyn Store>, generator: Arc<dyn Generator>, inputs: &Path) -> Engine {
+        Engine::new(
+            store,
+            generator,
             EngineConfig {
                 node_id: "node".into(),
                 lease: Duration::from_secs(30),
@@ -503,48 +505,143 @@ mod tests {
                 worker_lease: Duration::from_secs(30),
                 max_worker_polls: 1,
                 max_lost_leases: 3,
-                inputs_dir: dir.path().join("inputs"),
+                inputs_dir: inputs.to_owned(),
             },
+        )
+    }
+
+    async fn submit(engine: &Engine, account: AccountId) -> GenerationId {
+        let request = GenerateRequest {
+            prompt: "a lighthouse at dusk".into(),
+            callback_url: None,
+            model: Model::Veo3Fast,
+            aspect_ratio: AspectRatio::Landscape,
+            seed: Some(1),
+            watermark_text: None,
+            images: ImageInputs::default(),
+        };
+        engine
+            .submit(account, request, None)
+            .await
+            .unwrap()
+            .generation
+            .id
+    }
+
+    async fn account(store: &Arc<dyn Store>) -> AccountId {
+        store
+            .create_account("alice", Credits::from_units(1_000_000_000), store.now())
+            .await
+            .unwrap()
+            .id
+    }
+
+    /// Waits up to a minute for `id` to be in `status`.
+    async fn reaches(store: &Arc<dyn Store>, id: GenerationId, status: GenerationStatus) -> bool {
+        let reached = async {
+            while store.generation(id).await.unwrap().unwrap().stage.status() != status {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), reached)
+            .await
+            .is_ok()
+    }
+
+    /// With every slot taken, the generation that ends wakes the claim loop for the next
+    /// one: the poll that would otherwise find it is an hour away.
+    #[tokio::test]
+    async fn a_freed_slot_starts_the_next_generation_without_a_poll() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(dir.path().join("db.sqlite3")).unwrap());
+        let account = account(&store).await;
+        let engine = engine(
+            store.clone(),
+            Arc::new(OneAtATime),
+            &dir.path().join("inputs"),
         );
         let mut ids = Vec::new();
         for _ in 0..3 {
-            let request = GenerateRequest {
-                prompt: "a lighthouse at dusk".into(),
-                callback_url: None,
-                model: Model::Veo3Fast,
-                aspect_ratio: AspectRatio::Landscape,
-                seed: Some(1),
-                watermark_text: None,
-                images: ImageInputs::default(),
-            };
-            ids.push(
-                engine
-                    .submit(account.id, request, None)
-                    .await
-                    .unwrap()
-                    .generation
-                    .id,
-            );
+            ids.push(submit(&engine, account).await);
         }
         // Started after all three are queued: the first claim takes one, the slot's only.
         let shutdown = CancellationToken::new();
         let running = tokio::spawn(engine.clone().run(shutdown.clone()));
-        let all_completed = async {
-            loop {
-                let mut done = 0;
-                for id in &ids {
-                    let g = store.generation(*id).await.unwrap().unwrap();
-                    done += usize::from(g.stage.status() == GenerationStatus::Completed);
-                }
-                if done == ids.len() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        };
-        let finished = tokio::time::timeout(Duration::from_secs(60), all_completed).await;
+        let mut all_completed = true;
+        for id in &ids {
+            all_completed &= reaches(&store, *id, GenerationStatus::Completed).await;
+        }
         shutdown.cancel();
         running.await.unwrap();
-        assert!(finished.is_ok(), "the queued generations waited for a poll");
+        assert!(all_completed, "the queued generations waited for a poll");
+    }
+
+    /// One generation at a time, each held until the test ends.
+    struct Busy;
+
+    #[async_trait]
+    impl Generator for Busy {
+        async fn generate(&self, _: &Generation, _: &Progress) -> Result<String, GenerateError> {
+            std::future::pending().await
+        }
+
+        fn concurrency(&self) -> usize {
+            1
+        }
+    }
+
+    /// Whether `wakes` hears of work within `within`.
+    async fn woken(wakes: &mut tokio::sync::mpsc::UnboundedReceiver<()>, within: Duration) -> bool {
+        tokio::time::timeout(within, wakes.recv()).await.is_ok()
+    }
+
+    /// On a shared database, a node wakes the others for work it has no room for, and only
+    /// then: woken for work their peer starts at once, they would each spend a claim on it.
+    #[tokio::test]
+    async fn other_nodes_are_woken_only_for_work_this_one_has_no_room_for() {
+        let db = reelay_store::postgres::TestDatabase::create().await;
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(PgStore::connect(db.url()).await.unwrap());
+        let account = account(&store).await;
+        // Another node's ears.
+        let other = PgStore::connect(db.url()).await.unwrap();
+        let (wake, mut wakes) = tokio::sync::mpsc::unbounded_channel();
+        other.watch_work(Box::new(move || {
+            let _ = wake.send(());
+        }));
+        assert!(
+            woken(&mut wakes, Duration::from_secs(10)).await,
+            "never listened"
+        );
+        let engine = engine(store.clone(), Arc::new(Busy), &dir.path().join("inputs"));
+
+        // Two queued while the engine is stopped, its one slot free: nobody else is told.
+        let first = submit(&engine, account).await;
+        let second = submit(&engine, account).await;
+        let quiet = Duration::from_millis(500);
+        assert!(
+            !woken(&mut wakes, quiet).await,
+            "woken for work with room for it"
+        );
+        // Its claim fills its only slot and may have left more: now the others look.
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(engine.clone().run(shutdown.clone()));
+        assert!(reaches(&store, first, GenerationStatus::Processing).await);
+        assert!(
+            woken(&mut wakes, Duration::from_secs(10)).await,
+            "not woken when the claim left work behind"
+        );
+        // And for a create that finds the slot taken.
+        while woken(&mut wakes, quiet).await {}
+        submit(&engine, account).await;
+        assert!(
+            woken(&mut wakes, Duration::from_secs(10)).await,
+            "not woken for a create this node has no room for"
+        );
+        shutdown.cancel();
+        running.await.unwrap();
+        let second = store.generation(second).await.unwrap().unwrap();
+        assert_eq!(second.stage.status(), GenerationStatus::Pending);
     }
 }
