@@ -11,7 +11,7 @@
 //! A node commits one batch of a kind at a time, and what arrives meanwhile gathers into the
 //! next. Several at once made more, smaller transactions for the same writes, and batches of
 //! one busy account only waited for each other's lock on its balance: with one at a time a
-//! node delivered 12–18% more webhooks for 12% less database CPU each (BENCHMARKS.md, "One
+//! node delivered 8–10% more webhooks for 7–12% less database CPU each (BENCHMARKS.md, "One
 //! batch of a kind at a time").
 
 use std::sync::OnceLock;
