@@ -456,11 +456,11 @@ impl Inner {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use async_trait::async_trait;
     use reelay_core::request::ImageInputs;
     use reelay_core::{AspectRatio, Credits, GenerationStatus, Model};
-    use std::path::Path;
-
     use reelay_store::{GenerationStore, PgStore, SqliteStore};
 
     use super::*;
