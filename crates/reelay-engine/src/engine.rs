@@ -461,7 +461,8 @@ mod tests {
     use async_trait::async_trait;
     use reelay_core::request::ImageInputs;
     use reelay_core::{AspectRatio, Credits, GenerationStatus, Model};
-    use reelay_store::{GenerationStore, PgStore, SqliteStore};
+    use reelay_store::postgres::{TestDatabase, Wakes};
+    use reelay_store::{PgStore, SqliteStore};
 
     use super::*;
     use crate::generator::GenerateError;
@@ -591,27 +592,19 @@ mod tests {
         }
     }
 
-    /// Whether `wakes` hears of work within `within`.
-    async fn woken(wakes: &mut tokio::sync::mpsc::UnboundedReceiver<()>, within: Duration) -> bool {
-        tokio::time::timeout(within, wakes.recv()).await.is_ok()
-    }
-
     /// On a shared database, a node wakes the others for work it has no room for, and only
     /// then: woken for work their peer starts at once, they would each spend a claim on it.
     #[tokio::test]
     async fn other_nodes_are_woken_only_for_work_this_one_has_no_room_for() {
-        let db = reelay_store::postgres::TestDatabase::create().await;
+        let db = TestDatabase::create().await;
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(PgStore::connect(db.url()).await.unwrap());
         let account = account(&store).await;
         // Another node's ears.
         let other = PgStore::connect(db.url()).await.unwrap();
-        let (wake, mut wakes) = tokio::sync::mpsc::unbounded_channel();
-        other.watch_work(Box::new(move || {
-            let _ = wake.send(());
-        }));
+        let mut wakes = Wakes::of(&other);
         assert!(
-            woken(&mut wakes, Duration::from_secs(10)).await,
+            wakes.within(Duration::from_secs(10)).await,
             "never listened"
         );
         let engine = engine(store.clone(), Arc::new(Busy), &dir.path().join("inputs"));
@@ -621,7 +614,7 @@ mod tests {
         let second = submit(&engine, account).await;
         let quiet = Duration::from_millis(500);
         assert!(
-            !woken(&mut wakes, quiet).await,
+            !wakes.within(quiet).await,
             "woken for work with room for it"
         );
         // Its claim fills its only slot and may have left more: now the others look.
@@ -629,14 +622,14 @@ mod tests {
         let running = tokio::spawn(engine.clone().run(shutdown.clone()));
         assert!(reaches(&store, first, GenerationStatus::Processing).await);
         assert!(
-            woken(&mut wakes, Duration::from_secs(10)).await,
+            wakes.within(Duration::from_secs(10)).await,
             "not woken when the claim left work behind"
         );
         // And for a create that finds the slot taken.
-        while woken(&mut wakes, quiet).await {}
+        while wakes.within(quiet).await {}
         submit(&engine, account).await;
         assert!(
-            woken(&mut wakes, Duration::from_secs(10)).await,
+            wakes.within(Duration::from_secs(10)).await,
             "not woken for a create this node has no room for"
         );
         shutdown.cancel();

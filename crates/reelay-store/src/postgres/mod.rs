@@ -27,7 +27,7 @@ use tokio_postgres::error::SqlState;
 
 use crate::{StoreError, StoreResult};
 #[cfg(feature = "testing")]
-pub use test_database::TestDatabase;
+pub use test_database::{TestDatabase, Wakes};
 
 /// Schema migrations, applied in order; `reelay_migrations` records which ran.
 const MIGRATIONS: &[&str] = &[

@@ -124,24 +124,15 @@ async fn listen_once(
 mod tests {
     use std::time::Duration;
 
-    use tokio::sync::mpsc;
-
     use super::*;
     use crate::GenerationStore;
-    use crate::postgres::TestDatabase;
+    use crate::postgres::{TestDatabase, Wakes};
 
-    /// A store watching for work, and what its wake-ups send.
-    async fn watching(url: &str) -> (PgStore, mpsc::UnboundedReceiver<()>) {
+    /// A store watching for work, and what it hears.
+    async fn watching(url: &str) -> (PgStore, Wakes) {
         let store = PgStore::connect(url).await.unwrap();
-        let (woken, wakes) = mpsc::unbounded_channel();
-        store.watch_work(Box::new(move || {
-            let _ = woken.send(());
-        }));
+        let wakes = Wakes::of(&store);
         (store, wakes)
-    }
-
-    async fn next(wakes: &mut mpsc::UnboundedReceiver<()>, within: Duration) -> bool {
-        tokio::time::timeout(within, wakes.recv()).await.is_ok()
     }
 
     /// Work one node announces wakes the others, not itself: it woke itself already.
@@ -151,16 +142,16 @@ mod tests {
         let (a, mut a_wakes) = watching(db.url()).await;
         let (_b, mut b_wakes) = watching(db.url()).await;
         // Each wakes once as it starts listening, for work announced before.
-        assert!(next(&mut a_wakes, Duration::from_secs(10)).await);
-        assert!(next(&mut b_wakes, Duration::from_secs(10)).await);
+        assert!(a_wakes.within(Duration::from_secs(10)).await);
+        assert!(b_wakes.within(Duration::from_secs(10)).await);
 
         a.announce_work();
         assert!(
-            next(&mut b_wakes, Duration::from_secs(10)).await,
+            b_wakes.within(Duration::from_secs(10)).await,
             "the other node was not woken"
         );
         assert!(
-            !next(&mut a_wakes, Duration::from_millis(500)).await,
+            !a_wakes.within(Duration::from_millis(500)).await,
             "the announcing node woke itself"
         );
     }

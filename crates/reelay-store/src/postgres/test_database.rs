@@ -4,8 +4,13 @@
 //! when the server cannot be reached: it never skips.
 
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
+use tokio::sync::mpsc;
 use tokio_postgres::NoTls;
+
+use super::PgStore;
+use crate::GenerationStore;
 
 /// Where test databases are made when `REELAY_TEST_DATABASE_URL` is unset.
 pub const DEFAULT_SERVER: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -102,5 +107,25 @@ impl Drop for TestDatabase {
         if dropped.is_err() && !std::thread::panicking() {
             panic!("dropping test database {}", self.name);
         }
+    }
+}
+
+/// What a store watching for other nodes' work ([`GenerationStore::watch_work`]) hears: one
+/// message per wake-up, starting with the one it gets as it starts listening.
+pub struct Wakes(mpsc::UnboundedReceiver<()>);
+
+impl Wakes {
+    /// Starts `store` watching.
+    pub fn of(store: &PgStore) -> Self {
+        let (woken, wakes) = mpsc::unbounded_channel();
+        store.watch_work(Box::new(move || {
+            let _ = woken.send(());
+        }));
+        Self(wakes)
+    }
+
+    /// Whether a wake-up arrives within `within`.
+    pub async fn within(&mut self, within: Duration) -> bool {
+        tokio::time::timeout(within, self.0.recv()).await.is_ok()
     }
 }
