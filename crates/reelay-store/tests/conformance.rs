@@ -104,6 +104,7 @@ macro_rules! conformance_tests {
             create_generation_refused_leaves_no_trace,
             retention_prunes_media_then_records_and_keeps_the_ledger,
             concurrent_creates_never_overdraw,
+            creates_at_once_are_charged_each_on_their_own,
             idempotent_replay_charges_once,
             idempotent_concurrent_requests_make_one_generation,
             idempotency_conflict_and_forgotten_keys,
@@ -659,6 +660,56 @@ async fn concurrent_creates_never_overdraw(h: &dyn Harness) {
     assert_eq!((ok, short), (10, 40), "results: {results:?}");
     assert_eq!(balance(store.as_ref(), alice.id).await, 0);
     assert_eq!(total(store.as_ref(), alice.id).await, 10);
+}
+
+/// Creates of several accounts at once (a backend may commit them together): each account's
+/// are charged as if they came one by one. One that the balance cannot cover is refused on
+/// its own, never the cheaper ones beside it; an unknown account's create refuses nothing
+/// else; and whatever fits is charged exactly once.
+async fn creates_at_once_are_charged_each_on_their_own(h: &dyn Harness) {
+    let store = h.open().await;
+    let rich = account(store.as_ref(), "rich", 100 * PRICE).await;
+    let short = account(store.as_ref(), "short", 3 * PRICE).await;
+    let tight = account(store.as_ref(), "tight", 2 * PRICE).await;
+    let mut creates = Vec::new();
+    for i in 0..10 {
+        creates.push(("rich", new_gen(rich.id, PRICE, i)));
+        creates.push(("short", new_gen(short.id, PRICE, 100 + i)));
+    }
+    creates.push(("tight, too dear", new_gen(tight.id, 3 * PRICE, 200)));
+    creates.push(("tight", new_gen(tight.id, PRICE, 201)));
+    creates.push(("tight", new_gen(tight.id, PRICE, 202)));
+    creates.push(("nobody", new_gen(AccountId::random(), PRICE, 300)));
+
+    let results = join_all(creates.into_iter().map(|(who, new)| {
+        let store = Arc::clone(&store);
+        async move { (who, store.create_generation(new).await) }
+    }))
+    .await;
+
+    let count = |who: &str, ok: bool| {
+        results
+            .iter()
+            .filter(|(w, r)| *w == who && r.is_ok() == ok)
+            .count()
+    };
+    assert_eq!((count("rich", true), count("rich", false)), (10, 0));
+    assert_eq!((count("short", true), count("short", false)), (3, 7));
+    assert_eq!(count("tight", true), 2, "results: {results:?}");
+    for (who, result) in &results {
+        match (*who, result) {
+            ("short", Err(e)) | ("tight, too dear", Err(e)) => {
+                assert_eq!(*e, StoreError::InsufficientCredits)
+            }
+            ("nobody", r) => assert_eq!(r.as_ref().err(), Some(&StoreError::NotFound)),
+            ("tight, too dear", Ok(_)) => panic!("charged past the balance: {results:?}"),
+            _ => {}
+        }
+    }
+    for (a, left, made) in [(&rich, 90 * PRICE, 10), (&short, 0, 3), (&tight, 0, 2)] {
+        assert_eq!(balance(store.as_ref(), a.id).await, left, "{}", a.name);
+        assert_eq!(total(store.as_ref(), a.id).await, made, "{}", a.name);
+    }
 }
 
 // ------------------------------------------------------------------------------------------

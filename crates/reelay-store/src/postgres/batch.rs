@@ -6,7 +6,9 @@
 //! transaction: their statements go down one connection back to back (pipelined), in a
 //! fixed lock order (so two batches never deadlock), and one flush acknowledges them all.
 //! A write the rules refuse (a balance that does not cover a price, a finish that lost its
-//! lease) is refused on its own; the others go on.
+//! lease) is refused on its own; the others go on. A kind whose batch usually fits one
+//! statement (creates) commits it alone, with no transaction around it, and leaves only what
+//! that statement could not take to a transaction.
 //!
 //! A node commits one batch of a kind at a time, and what arrives meanwhile gathers into the
 //! next. Several at once made more, smaller transactions for the same writes, and batches of
@@ -16,7 +18,7 @@
 
 use std::sync::OnceLock;
 
-use deadpool_postgres::{Pool, Transaction};
+use deadpool_postgres::{Client, Pool, Transaction};
 use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 
@@ -35,6 +37,19 @@ pub(super) trait Write: Send + Sync + Sized + 'static {
     type LockOrder: Ord;
 
     fn lock_order(&self) -> Self::LockOrder;
+
+    /// Commits what it can of a batch, in lock order, in one statement outside any
+    /// transaction: one round trip, and the rows it locks are held only while it runs and its
+    /// commit flushes, never across a round trip (for a busy account's balance row, which
+    /// every other node's batches wait for, that is most of the time it is held). Answers each
+    /// write it committed, and `None` for each it leaves to [`Write::run_all`]; an error means
+    /// the statement failed and committed nothing. By default it leaves them all.
+    fn run_alone<'a>(
+        writes: &'a [&'a Self],
+        _c: &'a Client,
+    ) -> BoxFuture<'a, StoreResult<Vec<Option<Self::Done>>>> {
+        Box::pin(async move { Ok(writes.iter().map(|_| None).collect()) })
+    }
 
     /// Runs a batch's writes, in lock order, in `tx`: one answer per write, in their order. A
     /// refusal the caller expects is an answer of its own (a value, or an error other than
@@ -106,33 +121,64 @@ async fn gather<W: Write>(pool: Pool, mut jobs: mpsc::Receiver<Job<W>>) {
 
 async fn commit<W: Write>(pool: &Pool, mut batch: Vec<Job<W>>) {
     batch.sort_by_cached_key(|(write, _)| write.lock_order());
-    let outcomes = async {
+    let writes: Vec<&W> = batch.iter().map(|(write, _)| write).collect();
+    let outcomes: Vec<StoreResult<W::Done>> = async {
         let mut conn = pool.get().await.map_err(pool_error)?;
-        let tx = conn.transaction().await.map_err(backend)?;
-        let outcomes = W::run_all(batch.iter().map(|(write, _)| write).collect(), &tx).await;
-        // A statement that failed aborted the transaction: nothing of it stays.
-        if let Some(Err(e)) = outcomes.iter().find(|o| {
-            matches!(
-                o,
-                Err(StoreError::Backend(_)) | Err(StoreError::Unavailable(_))
-            )
-        }) {
-            return Err(e.clone());
+        let alone = W::run_alone(&writes, &conn).await?;
+        let rest: Vec<&W> = writes
+            .iter()
+            .zip(&alone)
+            .filter(|(_, done)| done.is_none())
+            .map(|(write, _)| *write)
+            .collect();
+        // What the statement alone committed stays committed, whatever happens to the rest.
+        let left = rest.len();
+        let mut rest = if left == 0 {
+            Vec::new()
+        } else {
+            in_transaction(&mut conn, rest)
+                .await
+                .unwrap_or_else(|e| failed(&e, left))
         }
-        tx.commit().await.map_err(backend)?;
-        Ok(outcomes)
+        .into_iter();
+        Ok(alone
+            .into_iter()
+            .map(|done| match done {
+                Some(done) => Ok(done),
+                None => rest.next().unwrap_or_else(|| {
+                    Err(StoreError::Backend("a write batch lost an answer".into()))
+                }),
+            })
+            .collect())
     }
-    .await;
-    match outcomes {
-        Ok(outcomes) => {
-            for ((_, done), outcome) in batch.into_iter().zip(outcomes) {
-                let _ = done.send(outcome);
-            }
-        }
-        Err(e) => {
-            for (_, done) in batch {
-                let _ = done.send(Err(e.clone()));
-            }
-        }
+    .await
+    .unwrap_or_else(|e: StoreError| failed(&e, writes.len()));
+    drop(writes);
+    for ((_, done), outcome) in batch.into_iter().zip(outcomes) {
+        let _ = done.send(outcome);
     }
+}
+
+fn failed<T>(e: &StoreError, n: usize) -> Vec<StoreResult<T>> {
+    (0..n).map(|_| Err(e.clone())).collect()
+}
+
+/// Runs `writes` in one transaction: one answer each, or the error that aborted it.
+async fn in_transaction<W: Write>(
+    conn: &mut Client,
+    writes: Vec<&W>,
+) -> StoreResult<Vec<StoreResult<W::Done>>> {
+    let tx = conn.transaction().await.map_err(backend)?;
+    let outcomes = W::run_all(writes, &tx).await;
+    // A statement that failed aborted the transaction: nothing of it stays.
+    if let Some(Err(e)) = outcomes.iter().find(|o| {
+        matches!(
+            o,
+            Err(StoreError::Backend(_)) | Err(StoreError::Unavailable(_))
+        )
+    }) {
+        return Err(e.clone());
+    }
+    tx.commit().await.map_err(backend)?;
+    Ok(outcomes)
 }

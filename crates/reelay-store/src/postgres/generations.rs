@@ -6,7 +6,7 @@
 use std::sync::LazyLock;
 
 use async_trait::async_trait;
-use deadpool_postgres::{GenericClient, Transaction};
+use deadpool_postgres::{Client, GenericClient, Transaction};
 use futures::future::BoxFuture;
 use reelay_core::destination::destination_key;
 use reelay_core::{AccountId, FailureCode, GenerationId, GenerationStatus};
@@ -55,6 +55,31 @@ impl Write for Create {
 
     fn lock_order(&self) -> AccountId {
         self.0.account_id
+    }
+
+    /// The batch's creates whose account's balance covers all of its creates in the batch,
+    /// the usual case: one statement, one round trip, so a busy account's balance row is held
+    /// only while it runs and its commit flushes (every other node's batches for the account
+    /// wait for it). The rest, in a transaction, take each create in turn while it fits.
+    fn run_alone<'a>(
+        writes: &'a [&'a Self],
+        c: &'a Client,
+    ) -> BoxFuture<'a, StoreResult<Vec<Option<Created>>>> {
+        Box::pin(async move {
+            let creates: Vec<&NewGeneration> = writes
+                .iter()
+                .map(|Create(new)| new)
+                .filter(|new| new.price >= Credits::ZERO)
+                .collect();
+            let charged = insert_charged(c, &creates).await?;
+            Ok(writes
+                .iter()
+                .map(|Create(new)| {
+                    (new.price >= Credits::ZERO && charged.contains(&new.account_id))
+                        .then(|| Created::made(new.clone()))
+                })
+                .collect())
+        })
     }
 
     fn run_all<'a>(
@@ -186,28 +211,101 @@ pub(super) async fn charge_and_insert(
     }
 }
 
-/// Inserts a batch's generations with their charges in one statement: the per-account total
-/// taken off each balance, a generation and a ledger row for each.
+/// Inserts a batch's generations with their charges in one statement, for each account whose
+/// balance covers the whole of its creates in the batch: the accounts' rows are locked in
+/// account order (so two batches never deadlock) and read as committed last, the per-account
+/// total taken off each balance that covers it, and a generation and a ledger row inserted for
+/// each of its creates. Returns the accounts charged. Run alone it is the whole batch in one
+/// round trip; an account it leaves out (a balance short of the total, or no such account) is
+/// left to [`create_all`], whose creates then always fit.
 const INSERT_CHARGED: &str = "WITH made AS ( \
          SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::bigint[], $4::text[], $5::text[], \
              $6::text[], $7::bigint[], $8::text[], $9::text[], $10::timestamptz[], \
              $11::timestamptz[], $12::text[], $13::text[]) \
          AS m(id, account_id, price, prompt, model, aspect_ratio, seed, watermark_text, \
              callback_url, created_at, deadline_at, inputs, destination)), \
+     totals AS (SELECT account_id, SUM(price) AS total FROM made GROUP BY account_id), \
+     locked AS MATERIALIZED ( \
+         SELECT id, balance FROM accounts WHERE id IN (SELECT account_id FROM totals) \
+         ORDER BY id FOR NO KEY UPDATE), \
+     covered AS MATERIALIZED ( \
+         SELECT l.id, t.total FROM locked l JOIN totals t ON t.account_id = l.id \
+         WHERE l.balance >= t.total), \
      charged AS ( \
-         UPDATE accounts SET balance = balance - t.total \
-         FROM (SELECT account_id, SUM(price) AS total FROM made GROUP BY account_id) t \
-         WHERE accounts.id = t.account_id), \
+         UPDATE accounts SET balance = balance - c.total FROM covered c \
+         WHERE accounts.id = c.id RETURNING accounts.id), \
      inserted AS ( \
          INSERT INTO generations (id, account_id, status, prompt, model, aspect_ratio, seed, \
              watermark_text, callback_url, destination, price, created_at, deadline_at, \
              inputs) \
          SELECT id, account_id, 'pending', prompt, model, aspect_ratio, seed, watermark_text, \
-             callback_url, destination, price, created_at, deadline_at, inputs FROM made) \
-     INSERT INTO ledger (account_id, generation_id, kind, amount, created_at) \
-     SELECT account_id, id, 'charge', -price, created_at FROM made";
+             callback_url, destination, price, created_at, deadline_at, inputs FROM made \
+         WHERE account_id IN (SELECT id FROM charged)), \
+     ledger AS ( \
+         INSERT INTO ledger (account_id, generation_id, kind, amount, created_at) \
+         SELECT account_id, id, 'charge', -price, created_at FROM made \
+         WHERE account_id IN (SELECT id FROM charged)) \
+     SELECT id FROM charged";
 
-/// A batch of creates in two statements, whatever its size: the accounts' rows are locked
+/// [`INSERT_CHARGED`] for `creates`: the accounts it charged.
+async fn insert_charged(
+    c: &impl GenericClient,
+    creates: &[&NewGeneration],
+) -> StoreResult<Vec<AccountId>> {
+    let ids: Vec<Uuid> = creates.iter().map(|n| n.id.0).collect();
+    let owners: Vec<Uuid> = creates.iter().map(|n| n.account_id.0).collect();
+    let prices: Vec<i64> = creates.iter().map(|n| n.price.units()).collect();
+    let prompts: Vec<&str> = creates.iter().map(|n| n.spec.prompt.as_str()).collect();
+    let models: Vec<&str> = creates.iter().map(|n| n.spec.model.as_str()).collect();
+    let ratios: Vec<&str> = creates
+        .iter()
+        .map(|n| n.spec.aspect_ratio.as_str())
+        .collect();
+    let seeds: Vec<i64> = creates.iter().map(|n| i64::from(n.spec.seed)).collect();
+    let marks: Vec<Option<&str>> = creates
+        .iter()
+        .map(|n| n.spec.watermark_text.as_deref())
+        .collect();
+    let callbacks: Vec<Option<&str>> = creates
+        .iter()
+        .map(|n| n.spec.callback_url.as_deref())
+        .collect();
+    let created: Vec<OffsetDateTime> = creates.iter().map(|n| n.created_at).collect();
+    let deadlines: Vec<OffsetDateTime> = creates.iter().map(|n| n.deadline_at).collect();
+    let inputs: Vec<String> = creates
+        .iter()
+        .map(|n| InputFile::join(&n.spec.inputs))
+        .collect();
+    let destinations: Vec<Option<String>> = creates
+        .iter()
+        .map(|n| n.spec.callback_url.as_deref().and_then(destination_key))
+        .collect();
+    query(
+        c,
+        INSERT_CHARGED,
+        &[
+            &ids,
+            &owners,
+            &prices,
+            &prompts,
+            &models,
+            &ratios,
+            &seeds,
+            &marks,
+            &callbacks,
+            &created,
+            &deadlines,
+            &inputs,
+            &destinations,
+        ],
+    )
+    .await?
+    .iter()
+    .map(|row| column(row, "id").map(AccountId))
+    .collect()
+}
+
+/// The creates [`Write::run_alone`] left, in two statements: the accounts' rows are locked
 /// (in account order) and read, each create is taken in order while its account's balance
 /// covers it, and those taken are inserted together. One statement per create would cost
 /// the database a plan and, for one busy account, a walk along the balance row's versions
@@ -247,51 +345,7 @@ async fn create_all(
         })
         .collect();
     if !taken.is_empty() {
-        let ids: Vec<Uuid> = taken.iter().map(|n| n.id.0).collect();
-        let owners: Vec<Uuid> = taken.iter().map(|n| n.account_id.0).collect();
-        let prices: Vec<i64> = taken.iter().map(|n| n.price.units()).collect();
-        let prompts: Vec<&str> = taken.iter().map(|n| n.spec.prompt.as_str()).collect();
-        let models: Vec<&str> = taken.iter().map(|n| n.spec.model.as_str()).collect();
-        let ratios: Vec<&str> = taken.iter().map(|n| n.spec.aspect_ratio.as_str()).collect();
-        let seeds: Vec<i64> = taken.iter().map(|n| i64::from(n.spec.seed)).collect();
-        let marks: Vec<Option<&str>> = taken
-            .iter()
-            .map(|n| n.spec.watermark_text.as_deref())
-            .collect();
-        let callbacks: Vec<Option<&str>> = taken
-            .iter()
-            .map(|n| n.spec.callback_url.as_deref())
-            .collect();
-        let created: Vec<OffsetDateTime> = taken.iter().map(|n| n.created_at).collect();
-        let deadlines: Vec<OffsetDateTime> = taken.iter().map(|n| n.deadline_at).collect();
-        let inputs: Vec<String> = taken
-            .iter()
-            .map(|n| InputFile::join(&n.spec.inputs))
-            .collect();
-        let destinations: Vec<Option<String>> = taken
-            .iter()
-            .map(|n| n.spec.callback_url.as_deref().and_then(destination_key))
-            .collect();
-        execute(
-            tx,
-            INSERT_CHARGED,
-            &[
-                &ids,
-                &owners,
-                &prices,
-                &prompts,
-                &models,
-                &ratios,
-                &seeds,
-                &marks,
-                &callbacks,
-                &created,
-                &deadlines,
-                &inputs,
-                &destinations,
-            ],
-        )
-        .await?;
+        insert_charged(tx, &taken).await?;
     }
     Ok(answers)
 }
