@@ -13,7 +13,7 @@ use tokio_postgres::Row;
 
 use super::batch::{Write, pipelined};
 use super::rows::{GENERATION_COLUMNS, corrupt, generation, get, parsed, unsigned};
-use super::sql::{execute, query, query_one, query_opt};
+use super::sql::{Param, execute, query, query_one, query_opt};
 use super::{PgStore, backend};
 use crate::*;
 
@@ -247,28 +247,33 @@ async fn list_owner(
     .map(drop)
 }
 
-/// A lease is two statements in one transaction (after [`list_owner`]'s, when it runs). This
-/// one reads the asked-for deliveries without locking them and keeps those that look due: one
-/// another node has leased since this node heard of it is left alone, for locking its row
-/// would hold up that node's record of its attempt until this lease commits (seen with two
-/// nodes: each node's refills find the events the other has just finished). It then takes the
-/// advisory lock of each of their destinations, in one order on every node (so two leases
-/// cannot deadlock), until the transaction ends, and returns the ids whose destination it
-/// locked: the count of live leases that follows, in a statement of its own (a snapshot taken
-/// after the locks), then sees every lease another node made of these destinations, and
-/// every owner it listed. Due-ness is computed, not filtered on, so the events are found by
-/// primary key alone (see [`WITHIN_LIMIT`] for why that matters).
+/// A lease is two statements in one transaction (after [`list_owner`]'s, when it runs), sent
+/// together: the second is on its way while the first runs, so the destinations' locks the
+/// first takes are held for no round trip between them, only to the commit. This one reads
+/// the asked-for deliveries without locking them and keeps those that look due: one another
+/// node has leased since this node heard of it is left alone, for locking its row would hold
+/// up that node's record of its attempt until this lease commits (seen with two nodes: each
+/// node's refills find the events the other has just finished). It then takes the advisory
+/// lock of each of their destinations, in one order on every node (so two leases cannot
+/// deadlock), until the transaction ends, and hands the ids whose destination it locked to
+/// the second statement in the transaction's setting `reelay.leasing`: the count of live
+/// leases that follows, in a statement of its own (a snapshot taken after the locks), then
+/// sees every lease another node made of these destinations, and every owner it listed.
+/// Due-ness is computed, not filtered on, so the events are found by primary key alone (see
+/// [`WITHIN_LIMIT`] for why that matters).
 const LOCK_DESTINATIONS: &str = "WITH peek AS MATERIALIZED ( \
          SELECT e.id, e.destination, e.state = 'pending' AND e.next_attempt_at <= $2 AS due \
          FROM unnest($1::text[]) AS want (id) JOIN events e ON e.id = want.id), \
      locked AS MATERIALIZED ( \
          SELECT destination, pg_advisory_xact_lock(hashtextextended(destination, 0)) \
          FROM (SELECT DISTINCT destination FROM peek WHERE due ORDER BY destination) asked) \
-     SELECT peek.id FROM peek JOIN locked USING (destination) WHERE peek.due";
+     SELECT set_config('reelay.leasing', COALESCE(( \
+         SELECT array_agg(peek.id) FROM peek JOIN locked USING (destination) WHERE peek.due \
+     ), '{}')::text, true)";
 
-/// The second (with the UPDATE below) leases those of the asked-for deliveries it may without
-/// any destination going past `$5` attempts in flight across the cluster (the other owners'
-/// unexpired live leases, the requests this one says it has open, `$6`/`$7`, and the new
+/// The second (with the UPDATE below) leases those of the deliveries the first handed over it
+/// may without any destination going past `$4` attempts in flight across the cluster (the other
+/// owners' unexpired live leases, the requests this one says it has open, `$5`/`$6`, and the new
 /// ones), oldest due first, and brings the bodies to build (the generations of events stored
 /// without one).
 ///
@@ -287,7 +292,8 @@ const LOCK_DESTINATIONS: &str = "WITH peek AS MATERIALIZED ( \
 /// behind, dead or not.
 const WITHIN_LIMIT: &str = "WITH asked AS MATERIALIZED ( \
          SELECT e.id, e.destination, e.next_attempt_at, e.state \
-         FROM unnest($4::text[]) AS want (id) JOIN events e ON e.id = want.id \
+         FROM unnest(current_setting('reelay.leasing')::text[]) AS want (id) \
+             JOIN events e ON e.id = want.id \
          ORDER BY e.id FOR UPDATE OF e SKIP LOCKED), \
      due AS MATERIALIZED ( \
          SELECT id, destination, next_attempt_at FROM asked \
@@ -298,14 +304,14 @@ const WITHIN_LIMIT: &str = "WITH asked AS MATERIALIZED ( \
                  WHERE e.destination = d.destination AND e.lease_owner = o.owner \
                      AND e.state = 'pending' AND e.next_attempt_at > $3) c \
              WHERE o.owner <> $1 AND o.live_until > $3) \
-             + COALESCE((SELECT s.n FROM unnest($6::text[], $7::bigint[]) AS s (destination, n) \
+             + COALESCE((SELECT s.n FROM unnest($5::text[], $6::bigint[]) AS s (destination, n) \
                  WHERE s.destination = d.destination), 0) AS n \
          FROM (SELECT DISTINCT destination FROM due) d), \
      ranked AS MATERIALIZED ( \
          SELECT a.id, live.n + row_number() OVER ( \
              PARTITION BY a.destination ORDER BY a.next_attempt_at, a.id) AS k \
          FROM due a JOIN live USING (destination)), \
-     chosen AS MATERIALIZED (SELECT id FROM ranked WHERE k <= $5)";
+     chosen AS MATERIALIZED (SELECT id FROM ranked WHERE k <= $4)";
 
 async fn lease(
     c: &impl GenericClient,
@@ -323,15 +329,9 @@ async fn lease(
     // Planned for these ids each time: a plan cached while the events table was small reads
     // the whole table instead of looking the ids up (seen in auto_explain: a sequential scan of
     // 57,000 rows for 58 ids), and a lease's ids are many enough to make planning cheap.
-    execute(c, "SET LOCAL plan_cache_mode = force_custom_plan", &[]).await?;
-    let event_ids: Vec<String> = query(c, LOCK_DESTINATIONS, &[&event_ids, &now])
-        .await?
-        .iter()
-        .map(|r| get(r, "id"))
-        .collect::<StoreResult<_>>()?;
-    if event_ids.is_empty() {
-        return Ok(Vec::new());
-    }
+    let planned = execute(c, "SET LOCAL plan_cache_mode = force_custom_plan", &[]);
+    let lock_params: [Param<'_>; 2] = [&event_ids, &now];
+    let locked = execute(c, LOCK_DESTINATIONS, &lock_params);
     static SQL: LazyLock<String> = LazyLock::new(|| {
         format!(
             "{WITHIN_LIMIT}, \
@@ -351,40 +351,38 @@ async fn lease(
                 .join(", ")
         )
     });
-    query(
-        c,
-        &SQL,
-        &[
-            &owner,
-            &lease_until,
-            &now,
-            &event_ids,
-            &per_destination,
-            &destinations,
-            &open,
-        ],
-    )
-    .await?
-    .iter()
-    .map(|r| {
-        let generation_id = GenerationId(get(r, "event_generation_id")?);
-        let g = if get(r, "has_generation")? {
-            Some(generation(r)?)
-        } else {
-            None
-        };
-        Ok(DueDelivery {
-            event_id: get(r, "event_id")?,
-            generation_id,
-            account_id: AccountId(get(r, "event_account_id")?),
-            url: get(r, "url")?,
-            destination: get(r, "destination")?,
-            payload: body(generation_id, get(r, "payload")?, g)?,
-            created_at: get(r, "event_created_at")?,
-            round_attempts: unsigned::<i32, _>(r, "round_attempts")?,
+    let lease_params: [Param<'_>; 6] = [
+        &owner,
+        &lease_until,
+        &now,
+        &per_destination,
+        &destinations,
+        &open,
+    ];
+    let leasing = query(c, &SQL, &lease_params);
+    // Polled together, so sent one after the other without waiting for each other's answers.
+    let (_, _, leased) = futures::try_join!(planned, locked, leasing)?;
+    leased
+        .iter()
+        .map(|r| {
+            let generation_id = GenerationId(get(r, "event_generation_id")?);
+            let g = if get(r, "has_generation")? {
+                Some(generation(r)?)
+            } else {
+                None
+            };
+            Ok(DueDelivery {
+                event_id: get(r, "event_id")?,
+                generation_id,
+                account_id: AccountId(get(r, "event_account_id")?),
+                url: get(r, "url")?,
+                destination: get(r, "destination")?,
+                payload: body(generation_id, get(r, "payload")?, g)?,
+                created_at: get(r, "event_created_at")?,
+                round_attempts: unsigned::<i32, _>(r, "round_attempts")?,
+            })
         })
-    })
-    .collect()
+        .collect()
 }
 
 /// An attempt in one statement (one round trip, one commit): the event row is locked first
