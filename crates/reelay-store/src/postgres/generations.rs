@@ -71,7 +71,11 @@ impl Write for Create {
                 .map(|Create(new)| new)
                 .filter(|new| new.price >= Credits::ZERO)
                 .collect();
-            let charged = insert_charged(c, &creates).await?;
+            let charged = if creates.is_empty() {
+                Vec::new()
+            } else {
+                insert_charged(c, &creates).await?
+            };
             Ok(writes
                 .iter()
                 .map(|Create(new)| {
@@ -345,7 +349,14 @@ async fn create_all(
         })
         .collect();
     if !taken.is_empty() {
-        insert_charged(tx, &taken).await?;
+        let charged = insert_charged(tx, &taken).await?;
+        // Never the case with the rows locked above; if it were, those creates were not made.
+        if let Some(new) = taken.iter().find(|n| !charged.contains(&n.account_id)) {
+            return Err(StoreError::Backend(format!(
+                "account {} was not charged for creates its balance covers",
+                new.account_id
+            )));
+        }
     }
     Ok(answers)
 }
