@@ -139,6 +139,7 @@ macro_rules! conformance_tests {
             claim_models_filters_and_keeps_order,
             ended_lease_names_the_holder_at_the_end,
             finishes_and_attempts_arriving_together_answer_as_one_by_one,
+            attempts_of_many_events_together_move_on_only_under_their_lease,
         );
     };
     (@suite $backend:ident, $make:expr; $($check:ident),* $(,)?) => {
@@ -3382,6 +3383,69 @@ async fn finishes_and_attempts_arriving_together_answer_as_one_by_one(h: &dyn Ha
             attempt_numbers(&store.attempts(e).await.unwrap()),
             [1, 2, 3]
         );
+    }
+}
+
+/// Attempts of many events at once, each event once (a backend may record them in one
+/// statement): those under their event's lease move it on, those of a node whose lease has
+/// gone are logged and leave the event and its lease as they were.
+async fn attempts_of_many_events_together_move_on_only_under_their_lease(h: &dyn Harness) {
+    let store = h.open().await;
+    let alice = account(store.as_ref(), "alice", 100 * PRICE).await;
+    let mut events = Vec::new();
+    for i in 0..20 {
+        let mut new = new_gen(alice.id, PRICE, i);
+        new.spec.callback_url = Some(HOOK_A.into());
+        let id = create(store.as_ref(), new).await.id;
+        events.push(event_id(id));
+    }
+    for g in store.claim("w1", 20, at(600), at(30)).await.unwrap() {
+        let done = Outcome::Completed(video(&g.id.to_string()));
+        let finisher = Finisher::LeaseHolder("w1");
+        applied(store.finish(g.id, finisher, done, at(40)).await.unwrap());
+    }
+    let leased = store
+        .lease_deliveries("d1", events.clone(), HashMap::new(), at(200), at(50))
+        .await
+        .unwrap();
+    assert_eq!(leased.len(), 20);
+
+    let tasks: Vec<_> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let store = Arc::clone(&store);
+            let owner = if i % 2 == 0 { "d1" } else { "d2" };
+            let rec = record(
+                e,
+                owner,
+                60,
+                AttemptOutcome::Delivered,
+                Some(200),
+                AfterAttempt::Delivered,
+            );
+            tokio::spawn(async move { (owner, store.record_attempt(rec).await) })
+        })
+        .collect();
+    for task in tasks {
+        let (owner, moved_on) = task.await.unwrap();
+        assert_eq!(moved_on, Ok(owner == "d1"), "{owner}");
+    }
+    for (i, e) in events.iter().enumerate() {
+        let event = ev(store.as_ref(), e).await;
+        assert_eq!(event.total_attempts, 1, "{e}");
+        assert_eq!(attempt_numbers(&store.attempts(e).await.unwrap()), [1]);
+        if i % 2 == 0 {
+            assert_eq!(event.state, DeliveryState::Delivered, "{e}");
+            assert!(!event.in_flight, "{e}");
+        } else {
+            assert_eq!(
+                event.state,
+                DeliveryState::Pending,
+                "{e}: moved by a stranger"
+            );
+            assert!(event.in_flight, "{e}: its lease was let go by a stranger");
+        }
     }
 }
 
