@@ -410,8 +410,7 @@ const RECORD_ATTEMPT: &str = "WITH locked AS ( \
      SELECT mine FROM numbered";
 
 /// An attempt's record: committed with the others that arrive with it, each locking only its
-/// event's row (and adding an attempt row), in event id order: in one statement for the
-/// batch, which per attempt costs the database about half what a statement each did.
+/// event's row (and adding an attempt row), in event id order.
 pub(super) struct RecordAttempt(AttemptRecord);
 
 impl Write for RecordAttempt {
@@ -422,127 +421,22 @@ impl Write for RecordAttempt {
         self.0.event_id.clone()
     }
 
-    /// One statement for the batch ([`RECORD_ATTEMPTS`]), or one each when the batch holds
-    /// two attempts of one event (one statement cannot move a row twice).
     fn run_all<'a>(
         writes: Vec<&'a Self>,
         tx: &'a Transaction<'a>,
     ) -> BoxFuture<'a, Vec<StoreResult<bool>>> {
-        let mut events = std::collections::HashSet::new();
-        if writes.len() == 1 || !writes.iter().all(|w| events.insert(&w.0.event_id)) {
-            return pipelined(writes, |w| Box::pin(record_attempt(tx, &w.0)));
-        }
-        Box::pin(async move {
-            let n = writes.len();
-            record_attempts(tx, &writes)
-                .await
-                .unwrap_or_else(|e| (0..n).map(|_| Err(e.clone())).collect())
-        })
-    }
-}
-
-/// [`RECORD_ATTEMPT`] for a batch of attempts of distinct events, in one statement: the rows
-/// locked in id order, each moved on only when it is still `mine`, every attempt logged.
-const RECORD_ATTEMPTS: &str = "WITH input AS ( \
-         SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::integer[], \
-             $5::text[], $6::timestamptz[], $7::text[], $8::timestamptz[], $9::bigint[], \
-             $10::text[], $11::text[], $12::text[]) \
-         AS a (event_id, owner, started_at, status_code, state, next_at, reason, \
-             delivered_at, duration_ms, outcome, response_body, error)), \
-     locked AS MATERIALIZED ( \
-         SELECT e.id, e.state = 'pending' AND e.lease_owner IS NOT DISTINCT FROM a.owner AS mine \
-         FROM input a JOIN events e ON e.id = a.event_id ORDER BY e.id FOR UPDATE OF e), \
-     numbered AS ( \
-         UPDATE events SET total_attempts = total_attempts + 1, \
-             last_attempt_at = a.started_at, last_status_code = a.status_code, \
-             state = CASE WHEN l.mine THEN a.state ELSE events.state END, \
-             next_attempt_at = CASE WHEN l.mine THEN a.next_at ELSE events.next_attempt_at END, \
-             failure_reason = CASE WHEN l.mine THEN a.reason ELSE events.failure_reason END, \
-             delivered_at = CASE WHEN l.mine THEN a.delivered_at ELSE events.delivered_at END, \
-             round_attempts = events.round_attempts + CASE WHEN l.mine THEN 1 ELSE 0 END, \
-             lease_owner = CASE WHEN l.mine THEN NULL ELSE events.lease_owner END \
-         FROM locked l JOIN input a ON a.event_id = l.id WHERE events.id = l.id \
-         RETURNING events.id, events.total_attempts AS number, l.mine), \
-     logged AS ( \
-         INSERT INTO delivery_attempts (event_id, number, started_at, duration_ms, outcome, \
-             status_code, response_body, error) \
-         SELECT n.id, n.number, a.started_at, a.duration_ms, a.outcome, a.status_code, \
-             a.response_body, a.error \
-         FROM numbered n JOIN input a ON a.event_id = n.id) \
-     SELECT id, mine FROM numbered";
-
-async fn record_attempts(
-    tx: &Transaction<'_>,
-    writes: &[&RecordAttempt],
-) -> StoreResult<Vec<StoreResult<bool>>> {
-    let attempts: Vec<&AttemptRecord> = writes.iter().map(|w| &w.0).collect();
-    let ids: Vec<&str> = attempts.iter().map(|a| a.event_id.as_str()).collect();
-    let owners: Vec<&str> = attempts.iter().map(|a| a.owner.as_str()).collect();
-    let started: Vec<OffsetDateTime> = attempts.iter().map(|a| a.started_at).collect();
-    let statuses: Vec<Option<i32>> = attempts
-        .iter()
-        .map(|a| a.status_code.map(i32::from))
-        .collect();
-    let afters: Vec<_> = attempts
-        .iter()
-        .map(|a| after(&a.next, a.started_at))
-        .collect();
-    let states: Vec<&str> = afters.iter().map(|(state, ..)| *state).collect();
-    let next_ats: Vec<Option<OffsetDateTime>> = afters.iter().map(|(_, at, ..)| *at).collect();
-    let reasons: Vec<Option<&str>> = afters.iter().map(|(_, _, reason, _)| *reason).collect();
-    let delivered: Vec<Option<OffsetDateTime>> = afters.iter().map(|(.., at)| *at).collect();
-    let durations: Vec<i64> = attempts
-        .iter()
-        .map(|a| i64::try_from(a.duration_ms).unwrap_or(i64::MAX))
-        .collect();
-    let outcomes: Vec<&str> = attempts.iter().map(|a| a.outcome.as_str()).collect();
-    let bodies: Vec<Option<&str>> = attempts
-        .iter()
-        .map(|a| a.response_body.as_deref())
-        .collect();
-    let errors: Vec<Option<&str>> = attempts.iter().map(|a| a.error.as_deref()).collect();
-    // Planned for this batch: see `lease` for what a cached plan did on a growing table.
-    execute(tx, "SET LOCAL plan_cache_mode = force_custom_plan", &[]).await?;
-    let mine: HashMap<String, bool> = query(
-        tx,
-        RECORD_ATTEMPTS,
-        &[
-            &ids, &owners, &started, &statuses, &states, &next_ats, &reasons, &delivered,
-            &durations, &outcomes, &bodies, &errors,
-        ],
-    )
-    .await?
-    .iter()
-    .map(|r| Ok((get(r, "id")?, get(r, "mine")?)))
-    .collect::<StoreResult<_>>()?;
-    Ok(ids
-        .iter()
-        .map(|id| mine.get(*id).copied().ok_or(StoreError::NotFound))
-        .collect())
-}
-
-/// What follows an attempt, as the event's columns: its state, next due time, failure reason
-/// and delivery time.
-fn after(
-    next: &AfterAttempt,
-    started_at: OffsetDateTime,
-) -> (
-    &'static str,
-    Option<OffsetDateTime>,
-    Option<&str>,
-    Option<OffsetDateTime>,
-) {
-    match next {
-        AfterAttempt::Delivered => ("delivered", None, None, Some(started_at)),
-        AfterAttempt::RetryAt(at) => ("pending", Some(*at), None, None),
-        AfterAttempt::Failed(reason) => ("failed", None, Some(reason.as_str()), None),
+        pipelined(writes, |w| Box::pin(record_attempt(tx, &w.0)))
     }
 }
 
 async fn record_attempt(c: &impl GenericClient, a: &AttemptRecord) -> StoreResult<bool> {
     let status = a.status_code.map(i32::from);
     let duration_ms = i64::try_from(a.duration_ms).unwrap_or(i64::MAX);
-    let (state, next_at, reason, delivered_at) = after(&a.next, a.started_at);
+    let (state, next_at, reason, delivered_at) = match &a.next {
+        AfterAttempt::Delivered => ("delivered", None, None, Some(a.started_at)),
+        AfterAttempt::RetryAt(at) => ("pending", Some(*at), None, None),
+        AfterAttempt::Failed(reason) => ("failed", None, Some(reason.as_str()), None),
+    };
     let row = query_opt(
         c,
         RECORD_ATTEMPT,
