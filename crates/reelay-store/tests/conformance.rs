@@ -3283,19 +3283,24 @@ async fn delivery_counts_and_next_due(h: &dyn Harness) {
     );
 }
 
-/// Records a successful attempt by the owner of an already leased delivery.
+/// `n` generations of `account` with a callback to `HOOK_A`, created one by one.
+async fn hooked(store: &dyn Store, account: AccountId, n: i64) -> Vec<GenerationId> {
+    let mut gens = Vec::new();
+    for i in 0..n {
+        let mut new = new_gen(account, PRICE, i);
+        new.spec.callback_url = Some(HOOK_A.into());
+        gens.push(create(store, new).await.id);
+    }
+    gens
+}
+
 /// Many finishes and attempt records at once (a backend may commit them together): each gets
 /// the answer it would get alone, whatever else shares its transaction. Repeats, a stranger's
 /// lease and unknown ids are mixed in with the writes that apply.
 async fn finishes_and_attempts_arriving_together_answer_as_one_by_one(h: &dyn Harness) {
     let store = h.open().await;
     let alice = account(store.as_ref(), "alice", 100 * PRICE).await;
-    let mut gens = Vec::new();
-    for i in 0..20 {
-        let mut new = new_gen(alice.id, PRICE, i);
-        new.spec.callback_url = Some(HOOK_A.into());
-        gens.push(create(store.as_ref(), new).await.id);
-    }
+    let gens = hooked(store.as_ref(), alice.id, 20).await;
     assert_eq!(
         ids(&store.claim("w1", 20, at(600), at(30)).await.unwrap()).len(),
         20
@@ -3392,13 +3397,8 @@ async fn finishes_and_attempts_arriving_together_answer_as_one_by_one(h: &dyn Ha
 async fn attempts_of_many_events_together_move_on_only_under_their_lease(h: &dyn Harness) {
     let store = h.open().await;
     let alice = account(store.as_ref(), "alice", 100 * PRICE).await;
-    let mut events = Vec::new();
-    for i in 0..20 {
-        let mut new = new_gen(alice.id, PRICE, i);
-        new.spec.callback_url = Some(HOOK_A.into());
-        let id = create(store.as_ref(), new).await.id;
-        events.push(event_id(id));
-    }
+    let gens = hooked(store.as_ref(), alice.id, 20).await;
+    let events: Vec<String> = gens.iter().map(|&id| event_id(id)).collect();
     for g in store.claim("w1", 20, at(600), at(30)).await.unwrap() {
         let done = Outcome::Completed(video(&g.id.to_string()));
         let finisher = Finisher::LeaseHolder("w1");
@@ -3449,6 +3449,7 @@ async fn attempts_of_many_events_together_move_on_only_under_their_lease(h: &dyn
     }
 }
 
+/// Records a successful attempt by the owner of an already leased delivery.
 async fn attempt_once_leased(store: &dyn Store, event_id: &str, owner: &str, secs: i64) {
     assert_eq!(
         store
