@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use reelay_core::request::GenerateRequest;
 use reelay_core::{AccountId, FailureCode, GenerationId};
 use reelay_store::{
     Created, DueRef, Failure, Finished, Finisher, Generation, Idempotency, NewGeneration,
-    OutboxListener, Outcome, Spec, Stage, Store, StoreError, StoreResult, Video,
+    OutboxListener, Outcome, Spec, Stage, Start, Store, StoreError, StoreResult, Video,
 };
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -80,6 +80,14 @@ pub(crate) struct Inner {
     /// ends wake it. A wake per ended generation would cost a claim (a planned query) each,
     /// most of them finding nothing the previous claim had not taken.
     slot_wanted: AtomicBool,
+    /// Counts the times work was queued that this node did not start itself: announced by
+    /// another node, or created here with no generator free.
+    queued: AtomicU64,
+    /// What `queued` read before the last claim that left the queue empty (it took fewer
+    /// than it had room for). While the two are equal, nothing older than a new create
+    /// waits, so a node with a free generator starts the create itself and the queue keeps
+    /// its order.
+    drained_at: AtomicU64,
     running: Mutex<HashMap<GenerationId, CancellationToken>>,
     /// Wakes the status streams of generations this process changes.
     pub(crate) changes: Arc<Changes>,
@@ -92,6 +100,9 @@ impl Engine {
                 store,
                 slots: Arc::new(Semaphore::new(generator.concurrency().max(1))),
                 slot_wanted: AtomicBool::new(false),
+                queued: AtomicU64::new(0),
+                // Unknown until the first claim: work a previous run left may be waiting.
+                drained_at: AtomicU64::new(u64::MAX),
                 generator,
                 work: Notify::new(),
                 worker_work: Notify::new(),
@@ -105,6 +116,7 @@ impl Engine {
         let inner = Arc::downgrade(&engine.inner);
         engine.inner.store.watch_work(Box::new(move || {
             if let Some(inner) = inner.upgrade() {
+                inner.queued.fetch_add(1, Ordering::SeqCst);
                 inner.work.notify_one();
                 inner.worker_work.notify_waiters();
             }
@@ -134,6 +146,7 @@ impl Engine {
             .await
             .map_err(|e| StoreError::Backend(format!("keeping the input images: {e}")))?;
         let has_inputs = !inputs.is_empty();
+        let slot = self.inner.free_slot_for_new_work();
         let created = self
             .inner
             .store
@@ -144,6 +157,10 @@ impl Engine {
                 created_at: now,
                 deadline_at: now + config.generation_timeout,
                 idempotency,
+                start: slot.as_ref().map(|_| Start {
+                    owner: config.node_id.clone(),
+                    until: now + config.lease,
+                }),
                 spec: Spec {
                     seed: request.seed.unwrap_or_else(rand::random),
                     prompt: request.prompt,
@@ -159,8 +176,15 @@ impl Engine {
             inputs::remove(&config.inputs_dir, id).await;
         }
         let created = created?;
-        if !created.replayed {
-            self.wake();
+        match slot {
+            Some(slot) if !created.replayed => {
+                tokio::spawn(self.clone().run_one(created.generation.clone(), slot));
+            }
+            _ if !created.replayed => {
+                self.inner.queued.fetch_add(1, Ordering::SeqCst);
+                self.wake();
+            }
+            _ => {}
         }
         Ok(created)
     }
@@ -238,6 +262,7 @@ impl Engine {
             let free = inner.slots.available_permits();
             let mut claimed = 0;
             if free > 0 {
+                let queued = inner.queued.load(Ordering::SeqCst);
                 let now = inner.store.now();
                 match inner
                     .store
@@ -246,14 +271,23 @@ impl Engine {
                 {
                     Ok(generations) => {
                         claimed = generations.len();
+                        if claimed < free {
+                            inner.drained_at.store(queued, Ordering::SeqCst);
+                        }
                         for g in generations {
                             inner.changes.changed(g.id);
-                            let slot = inner
-                                .slots
-                                .clone()
-                                .try_acquire_owned()
-                                .expect("claimed no more than the free slots");
-                            tokio::spawn(self.clone().run_one(g, slot));
+                            let this = self.clone();
+                            match inner.slots.clone().try_acquire_owned() {
+                                Ok(slot) => tokio::spawn(this.run_one(g, slot)),
+                                // A create started work in the slot meanwhile: this waits for
+                                // the next, ahead of any create (a semaphore hands a freed
+                                // permit to its waiters first).
+                                Err(_) => tokio::spawn(async move {
+                                    let slot = this.inner.slots.clone().acquire_owned().await;
+                                    this.run_one(g, slot.expect("the slots are never closed"))
+                                        .await
+                                }),
+                            };
                         }
                     }
                     Err(e) => tracing::error!(error = %e, "claiming generations failed"),
@@ -410,6 +444,16 @@ impl Engine {
 }
 
 impl Inner {
+    /// A generator slot for a create to start at once, when one is free and nothing queued
+    /// is waiting for it (see [`Inner::drained_at`]). Work on the database that no one
+    /// announced (a lease lapsed on a node that died) is claimed at the next poll.
+    fn free_slot_for_new_work(&self) -> Option<OwnedSemaphorePermit> {
+        let drained = self.drained_at.load(Ordering::SeqCst) == self.queued.load(Ordering::SeqCst);
+        (self.generator.runs_here() && drained)
+            .then(|| self.slots.clone().try_acquire_owned().ok())
+            .flatten()
+    }
+
     /// Why a just-claimed generation must fail instead of being worked on, if it must: its
     /// prompt is refused by moderation (UNSAFE_CONTENT), or it has lost too many leases to be
     /// handed out again (TASK_FAILED, refunded) — a job that kills or stalls every worker that
@@ -576,6 +620,63 @@ mod tests {
         shutdown.cancel();
         running.await.unwrap();
         assert!(all_completed, "the queued generations waited for a poll");
+    }
+
+    /// Two generations at a time, each held until the test ends; says which it started.
+    struct Held(tokio::sync::mpsc::UnboundedSender<GenerationId>);
+
+    #[async_trait]
+    impl Generator for Held {
+        async fn generate(&self, g: &Generation, _: &Progress) -> Result<String, GenerateError> {
+            let _ = self.0.send(g.id);
+            std::future::pending().await
+        }
+
+        fn concurrency(&self) -> usize {
+            2
+        }
+    }
+
+    /// A create that finds a generator free and nothing older waiting starts at once, created
+    /// processing under this node's lease; otherwise it waits its turn in the queue.
+    #[tokio::test]
+    async fn a_create_starts_at_once_only_when_nothing_older_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(dir.path().join("db.sqlite3")).unwrap());
+        let account = account(&store).await;
+        let (started, mut starts) = tokio::sync::mpsc::unbounded_channel();
+        let engine = engine(
+            store.clone(),
+            Arc::new(Held(started)),
+            &dir.path().join("inputs"),
+        );
+        let stage = |id| {
+            let store = store.clone();
+            async move { store.generation(id).await.unwrap().unwrap().stage }
+        };
+
+        // Before its first claim a node does not know what a previous run left queued.
+        let first = submit(&engine, account).await;
+        assert_eq!(stage(first).await, Stage::Pending);
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(engine.clone().run(shutdown.clone()));
+        assert_eq!(starts.recv().await, Some(first));
+
+        // That claim left the queue empty, and one generator is free.
+        let second = submit(&engine, account).await;
+        assert!(
+            matches!(stage(second).await, Stage::Processing { claims: 1, .. }),
+            "not started at once"
+        );
+        assert_eq!(store.lease_holder(second).await, Ok(Some("node".into())));
+        assert_eq!(starts.recv().await, Some(second));
+
+        // Both busy: queued.
+        let third = submit(&engine, account).await;
+        assert_eq!(stage(third).await, Stage::Pending);
+        shutdown.cancel();
+        running.await.unwrap();
     }
 
     /// One generation at a time, each held until the test ends.

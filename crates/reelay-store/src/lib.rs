@@ -105,7 +105,8 @@ pub trait GenerationStore: Send + Sync + 'static {
         drop(wake);
     }
     /// Creates a generation and charges its price in one transaction, or replays the
-    /// generation an idempotency key already made.
+    /// generation an idempotency key already made. With [`NewGeneration::start`], it is
+    /// created processing (its first claim) under that lease.
     async fn create_generation(&self, new: NewGeneration) -> StoreResult<Created>;
     async fn generation(&self, id: GenerationId) -> StoreResult<Option<Generation>>;
     /// Newest first.

@@ -29,7 +29,7 @@ use reelay_store::{
     Account, AfterAttempt, Attempt, AttemptRecord, Created, DeliveryCounts, DeliveryState,
     DueDelivery, DueRef, Event, ExpiredMedia, Failure, Finished, Finisher, Generation, Idempotency,
     InputFile, NewGeneration, NewKey, NewWorker, Outcome, PgStore, Prunable, Redelivery, Rotated,
-    Rotation, SealedSecret, Spec, SqliteStore, Stage, Store, StoreError, Video, event_id,
+    Rotation, SealedSecret, Spec, SqliteStore, Stage, Start, Store, StoreError, Video, event_id,
     webhook_body,
 };
 use reelay_webhooks::GenerationEvent;
@@ -109,6 +109,7 @@ macro_rules! conformance_tests {
             idempotent_concurrent_requests_make_one_generation,
             idempotency_conflict_and_forgotten_keys,
             claim_heartbeat_finish_lifecycle,
+            generations_started_at_creation_are_claimed_already,
             claim_skips_generations_past_their_deadline,
             finish_requires_the_lease_holder,
             failures_refund_by_code,
@@ -201,6 +202,7 @@ fn new_gen(account: AccountId, price: i64, secs: i64) -> NewGeneration {
         created_at: at(secs),
         deadline_at: at(secs + LIMIT_SECS),
         idempotency: None,
+        start: None,
     }
 }
 
@@ -1019,6 +1021,80 @@ async fn claim_heartbeat_finish_lifecycle(h: &dyn Harness) {
     assert!(!ids(&later).contains(&g1.id));
     // (g2 and g3 had lost their leases by at(400), so they are the ones taken.)
     assert_eq!(ids(&later), [g2.id, g3.id]);
+}
+
+async fn generations_started_at_creation_are_claimed_already(h: &dyn Harness) {
+    let store = h.open().await;
+    let store = store.as_ref();
+    let alice = account(store, "alice", 10 * PRICE).await;
+    // Started by node n1, its lease until `secs`.
+    let started = |mut new: NewGeneration, secs| {
+        new.start = Some(Start {
+            owner: "n1".into(),
+            until: at(secs),
+        });
+        new
+    };
+    let queued = new_gen(alice.id, PRICE, 1);
+    // Started ones made together with a queued one (one batch on PostgreSQL), and one under
+    // an idempotency key (its own transaction).
+    let (first, second) = (new_gen(alice.id, PRICE, 2), new_gen(alice.id, PRICE, 3));
+    let (queued, first, second) = futures::join!(
+        create(store, queued),
+        create(store, started(first, 30)),
+        create(store, started(second, 30))
+    );
+    let mut keyed = new_gen(alice.id, PRICE, 4);
+    keyed.idempotency = idem("k", 1, at(0));
+    let keyed = create(store, started(keyed, 40)).await;
+
+    for (g, secs) in [(&first, 2), (&second, 3), (&keyed, 4)] {
+        assert_eq!(
+            g.stage,
+            Stage::Processing {
+                started_at: at(secs),
+                progress_pct: 0,
+                claims: 1
+            }
+        );
+        assert_eq!(&get(store, g.id).await, g);
+        assert_eq!(store.lease_holder(g.id).await, Ok(Some("n1".into())));
+        assert_eq!(store.queue_position(g).await, Ok(0));
+    }
+    assert_eq!(queued.stage, Stage::Pending);
+    // Behind the queued one only: the started ones are not in the queue.
+    let later = create(store, new_gen(alice.id, PRICE, 5)).await;
+    assert_eq!(store.queue_position(&later).await, Ok(1));
+    assert_eq!(balance(store, alice.id).await, 5 * PRICE);
+
+    // A claim takes only the queued ones while the leases hold.
+    let claimed = store.claim("n2", 10, at(100), at(10)).await.unwrap();
+    assert_eq!(ids(&claimed), [queued.id, later.id]);
+    // Their holder works on them like on anything it claimed.
+    assert_eq!(store.heartbeat(first.id, "n1", at(60), 50).await, Ok(true));
+    assert_eq!(store.heartbeat(first.id, "n2", at(60), 50).await, Ok(false));
+    applied(
+        store
+            .finish(
+                second.id,
+                Finisher::LeaseHolder("n1"),
+                Outcome::Completed(video("second")),
+                at(20),
+            )
+            .await
+            .unwrap(),
+    );
+    // A lease that lapses returns its generation to the queue, a second claim.
+    let taken = store.claim("n2", 10, at(200), at(50)).await.unwrap();
+    assert_eq!(ids(&taken), [keyed.id]);
+    assert_eq!(
+        taken[0].stage,
+        Stage::Processing {
+            started_at: at(50),
+            progress_pct: 0,
+            claims: 2
+        }
+    );
 }
 
 async fn claim_skips_generations_past_their_deadline(h: &dyn Harness) {

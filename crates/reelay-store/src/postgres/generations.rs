@@ -170,8 +170,11 @@ const CHARGE_AND_INSERT: &str = "WITH charged AS ( \
      made AS ( \
          INSERT INTO generations (id, account_id, status, prompt, model, aspect_ratio, seed, \
              watermark_text, callback_url, destination, price, created_at, deadline_at, \
-             inputs) \
-         SELECT $1, id, 'pending', $4, $5, $6, $7, $8, $9, $13, $3, $10, $11, $12 \
+             inputs, lease_owner, lease_until, started_at, claims) \
+         SELECT $1, id, CASE WHEN $14::text IS NULL THEN 'pending' ELSE 'processing' END, \
+             $4, $5, $6, $7, $8, $9, $13, $3, $10, $11, $12, $14, $15::timestamptz, \
+             CASE WHEN $14 IS NULL THEN NULL ELSE $10::timestamptz END, \
+             CASE WHEN $14 IS NULL THEN 0 ELSE 1 END \
          FROM charged \
          RETURNING id), \
      charge AS ( \
@@ -205,6 +208,8 @@ pub(super) async fn charge_and_insert(
             &new.deadline_at,
             &InputFile::join(&spec.inputs),
             &spec.callback_url.as_deref().and_then(destination_key),
+            &new.start.as_ref().map(|s| &s.owner),
+            &new.start.as_ref().map(|s| s.until),
         ],
     )
     .await?;
@@ -225,9 +230,10 @@ pub(super) async fn charge_and_insert(
 const INSERT_CHARGED: &str = "WITH made AS ( \
          SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::bigint[], $4::text[], $5::text[], \
              $6::text[], $7::bigint[], $8::text[], $9::text[], $10::timestamptz[], \
-             $11::timestamptz[], $12::text[], $13::text[]) \
+             $11::timestamptz[], $12::text[], $13::text[], $14::text[], $15::timestamptz[]) \
          AS m(id, account_id, price, prompt, model, aspect_ratio, seed, watermark_text, \
-             callback_url, created_at, deadline_at, inputs, destination)), \
+             callback_url, created_at, deadline_at, inputs, destination, lease_owner, \
+             lease_until)), \
      totals AS (SELECT account_id, SUM(price) AS total FROM made GROUP BY account_id), \
      locked AS MATERIALIZED ( \
          SELECT id, balance FROM accounts WHERE id IN (SELECT account_id FROM totals) \
@@ -241,9 +247,13 @@ const INSERT_CHARGED: &str = "WITH made AS ( \
      inserted AS ( \
          INSERT INTO generations (id, account_id, status, prompt, model, aspect_ratio, seed, \
              watermark_text, callback_url, destination, price, created_at, deadline_at, \
-             inputs) \
-         SELECT id, account_id, 'pending', prompt, model, aspect_ratio, seed, watermark_text, \
-             callback_url, destination, price, created_at, deadline_at, inputs FROM made \
+             inputs, lease_owner, lease_until, started_at, claims) \
+         SELECT id, account_id, \
+             CASE WHEN lease_owner IS NULL THEN 'pending' ELSE 'processing' END, prompt, \
+             model, aspect_ratio, seed, watermark_text, callback_url, destination, price, \
+             created_at, deadline_at, inputs, lease_owner, lease_until, \
+             CASE WHEN lease_owner IS NULL THEN NULL ELSE created_at END, \
+             CASE WHEN lease_owner IS NULL THEN 0 ELSE 1 END FROM made \
          WHERE account_id IN (SELECT id FROM charged)), \
      ledger AS ( \
          INSERT INTO ledger (account_id, generation_id, kind, amount, created_at) \
@@ -284,6 +294,14 @@ async fn insert_charged(
         .iter()
         .map(|n| n.spec.callback_url.as_deref().and_then(destination_key))
         .collect();
+    let lease_owners: Vec<Option<&str>> = creates
+        .iter()
+        .map(|n| n.start.as_ref().map(|s| s.owner.as_str()))
+        .collect();
+    let leases_until: Vec<Option<OffsetDateTime>> = creates
+        .iter()
+        .map(|n| n.start.as_ref().map(|s| s.until))
+        .collect();
     query(
         c,
         INSERT_CHARGED,
@@ -301,6 +319,8 @@ async fn insert_charged(
             &deadlines,
             &inputs,
             &destinations,
+            &lease_owners,
+            &leases_until,
         ],
     )
     .await?

@@ -74,10 +74,14 @@ pub fn create(c: &Connection, new: NewGeneration) -> StoreResult<Created> {
     }
     let id = new.id.to_string();
     let spec = &new.spec;
+    let start = new.start.as_ref();
     c.prepare_cached(
         "INSERT INTO generations (id, account_id, status, prompt, model, aspect_ratio, seed, \
-         watermark_text, callback_url, price, created_at, deadline_at, inputs) \
-         VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+         watermark_text, callback_url, price, created_at, deadline_at, inputs, \
+         lease_owner, lease_until, started_at, claims) \
+         VALUES (?1, ?2, CASE WHEN ?13 IS NULL THEN 'pending' ELSE 'processing' END, ?3, ?4, \
+         ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, \
+         CASE WHEN ?13 IS NULL THEN NULL ELSE ?10 END, ?13 IS NOT NULL)",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -93,6 +97,8 @@ pub fn create(c: &Connection, new: NewGeneration) -> StoreResult<Created> {
             micros(new.created_at),
             micros(new.deadline_at),
             InputFile::join(&spec.inputs),
+            start.map(|s| &s.owner),
+            start.map(|s| micros(s.until)),
         ])
     })
     .map_err(backend)?;
