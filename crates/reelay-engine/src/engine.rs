@@ -279,13 +279,11 @@ impl Engine {
                             let this = self.clone();
                             match inner.slots.clone().try_acquire_owned() {
                                 Ok(slot) => tokio::spawn(this.run_one(g, slot)),
-                                // A create started work in the slot meanwhile: this waits for
-                                // the next, ahead of any create (a semaphore hands a freed
-                                // permit to its waiters first).
+                                // A create started work in the slot meanwhile.
                                 Err(_) => tokio::spawn(async move {
-                                    let slot = this.inner.slots.clone().acquire_owned().await;
-                                    this.run_one(g, slot.expect("the slots are never closed"))
-                                        .await
+                                    if let Some(slot) = this.inner.next_slot(&g).await {
+                                        this.run_one(g, slot).await
+                                    }
                                 }),
                             };
                         }
@@ -454,6 +452,31 @@ impl Inner {
             .flatten()
     }
 
+    /// Waits for a slot for `g`, claimed while a create took the one it was claimed for,
+    /// ahead of any create (a semaphore hands a freed permit to its waiters first). Its lease
+    /// is renewed meanwhile, so it does not lapse while another generation takes minutes;
+    /// `None` when it was lost (the generation ended elsewhere).
+    async fn next_slot(&self, g: &Generation) -> Option<OwnedSemaphorePermit> {
+        let slot = self.slots.clone().acquire_owned();
+        tokio::pin!(slot);
+        loop {
+            tokio::select! {
+                slot = &mut slot => return Some(slot.expect("the slots are never closed")),
+                _ = tokio::time::sleep(self.config.lease / 3) => {}
+            }
+            let until = self.store.now() + self.config.lease;
+            match self
+                .store
+                .heartbeat(g.id, &self.config.node_id, until, 0)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => return None,
+                Err(e) => tracing::warn!(generation = %g.id, error = %e, "heartbeat failed"),
+            }
+        }
+    }
+
     /// Why a just-claimed generation must fail instead of being worked on, if it must: its
     /// prompt is refused by moderation (UNSAFE_CONTENT), or it has lost too many leases to be
     /// handed out again (TASK_FAILED, refunded) — a job that kills or stalls every worker that
@@ -534,12 +557,22 @@ mod tests {
 
     /// An engine on `store` whose claim loop polls once an hour, so only wake-ups start work.
     fn engine(store: Arc<dyn Store>, generator: Arc<dyn Generator>, inputs: &Path) -> Engine {
+        leasing(store, generator, inputs, Duration::from_secs(30))
+    }
+
+    /// [`engine`] with leases of `lease`.
+    fn leasing(
+        store: Arc<dyn Store>,
+        generator: Arc<dyn Generator>,
+        inputs: &Path,
+        lease: Duration,
+    ) -> Engine {
         Engine::new(
             store,
             generator,
             EngineConfig {
                 node_id: "node".into(),
-                lease: Duration::from_secs(30),
+                lease,
                 poll_interval: Duration::from_secs(3600),
                 public_url: "http://localhost".into(),
                 video_key: VideoKey::new([7; 32]),
@@ -677,6 +710,48 @@ mod tests {
         assert_eq!(stage(third).await, Stage::Pending);
         shutdown.cancel();
         running.await.unwrap();
+    }
+
+    /// A generation claimed while a create took its slot keeps its lease until a slot frees,
+    /// and gives up waiting once it ends elsewhere.
+    #[tokio::test]
+    async fn a_claimed_generation_waiting_for_a_slot_keeps_its_lease() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(dir.path().join("db.sqlite3")).unwrap());
+        let account = account(&store).await;
+        let (started, _starts) = tokio::sync::mpsc::unbounded_channel();
+        let lease = Duration::from_secs(2);
+        let engine = leasing(
+            store.clone(),
+            Arc::new(Held(started)),
+            &dir.path().join("inputs"),
+            lease,
+        );
+        let inner = engine.inner.clone();
+        let taken = inner.slots.clone().try_acquire_many_owned(2).unwrap();
+        let [first, second] = [
+            submit(&engine, account).await,
+            submit(&engine, account).await,
+        ];
+        let now = store.now();
+        let claimed = store.claim("node", 2, now + lease, now).await.unwrap();
+        let waiting = claimed.into_iter().map(|g| {
+            let inner = inner.clone();
+            tokio::spawn(async move { inner.next_slot(&g).await.map(|_| g.id) })
+        });
+        let [for_first, for_second] = <[_; 2]>::try_from(waiting.collect::<Vec<_>>()).unwrap();
+
+        // Past the lease it claimed them under, nobody else can take them.
+        tokio::time::sleep(lease * 2).await;
+        let now = store.now();
+        assert_eq!(store.claim("other", 2, now + lease, now).await, Ok(vec![]));
+        // One ends elsewhere: its wait ends.
+        engine.cancel(second).await.unwrap();
+        assert_eq!(for_second.await.unwrap(), None);
+        // A slot frees: the other gets it.
+        drop(taken);
+        assert_eq!(for_first.await.unwrap(), Some(first));
     }
 
     /// One generation at a time, each held until the test ends.
