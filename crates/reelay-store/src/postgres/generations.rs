@@ -161,9 +161,9 @@ async fn create(store: &PgStore, new: NewGeneration) -> StoreResult<Created> {
 }
 
 /// Charges a generation's price and inserts it (pending, or processing under its [`Start`])
-/// with its ledger row, in one statement: nothing when the balance does not cover the price. The account row stays locked until the
-/// transaction ends, so racing creates of one account each see the balance the one before
-/// left.
+/// with its ledger row, in one statement: nothing when the balance does not cover the price.
+/// The account row stays locked until the transaction ends, so racing creates of one account
+/// each see the balance the one before left.
 const CHARGE_AND_INSERT: &str = "WITH charged AS ( \
          UPDATE accounts SET balance = balance - $3 WHERE id = $2 AND balance >= $3 \
          RETURNING id), \
@@ -224,9 +224,10 @@ pub(super) async fn charge_and_insert(
 /// balance covers the whole of its creates in the batch: the accounts' rows are locked in
 /// account order (so two batches never deadlock) and read as committed last, the per-account
 /// total taken off each balance that covers it, and a generation (pending, or processing under
-/// its [`Start`]) and a ledger row inserted for each of its creates. Returns the accounts charged. Run alone it is the whole batch in one
-/// round trip; an account it leaves out (a balance short of the total, or no such account) is
-/// left to [`create_all`], whose creates then always fit.
+/// its [`Start`]) and a ledger row inserted for each of its creates. Returns the accounts
+/// charged. Run alone it is the whole batch in one round trip; an account it leaves out (a
+/// balance short of the total, or no such account) is left to [`create_all`], whose creates
+/// then always fit.
 const INSERT_CHARGED: &str = "WITH made AS ( \
          SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::bigint[], $4::text[], $5::text[], \
              $6::text[], $7::bigint[], $8::text[], $9::text[], $10::timestamptz[], \
