@@ -176,15 +176,16 @@ impl Engine {
             inputs::remove(&config.inputs_dir, id).await;
         }
         let created = created?;
-        match slot {
-            Some(slot) if !created.replayed => {
-                tokio::spawn(self.clone().run_one(created.generation.clone(), slot));
+        if !created.replayed {
+            match slot {
+                Some(slot) => {
+                    tokio::spawn(self.clone().run_one(created.generation.clone(), slot));
+                }
+                None => {
+                    self.inner.queued.fetch_add(1, Ordering::SeqCst);
+                    self.wake();
+                }
             }
-            _ if !created.replayed => {
-                self.inner.queued.fetch_add(1, Ordering::SeqCst);
-                self.wake();
-            }
-            _ => {}
         }
         Ok(created)
     }
@@ -606,6 +607,11 @@ mod tests {
             .id
     }
 
+    /// A fresh SQLite store in `dir`.
+    fn sqlite(dir: &Path) -> Arc<dyn Store> {
+        Arc::new(SqliteStore::open(dir.join("db.sqlite3")).unwrap())
+    }
+
     async fn account(store: &Arc<dyn Store>) -> AccountId {
         store
             .create_account("alice", Credits::from_units(1_000_000_000), store.now())
@@ -631,8 +637,7 @@ mod tests {
     #[tokio::test]
     async fn a_freed_slot_starts_the_next_generation_without_a_poll() {
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> =
-            Arc::new(SqliteStore::open(dir.path().join("db.sqlite3")).unwrap());
+        let store = sqlite(dir.path());
         let account = account(&store).await;
         let engine = engine(
             store.clone(),
@@ -675,8 +680,7 @@ mod tests {
     #[tokio::test]
     async fn a_create_starts_at_once_only_when_nothing_older_waits() {
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> =
-            Arc::new(SqliteStore::open(dir.path().join("db.sqlite3")).unwrap());
+        let store = sqlite(dir.path());
         let account = account(&store).await;
         let (started, mut starts) = tokio::sync::mpsc::unbounded_channel();
         let engine = engine(
@@ -717,8 +721,7 @@ mod tests {
     #[tokio::test]
     async fn a_claimed_generation_waiting_for_a_slot_keeps_its_lease() {
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> =
-            Arc::new(SqliteStore::open(dir.path().join("db.sqlite3")).unwrap());
+        let store = sqlite(dir.path());
         let account = account(&store).await;
         let (started, _starts) = tokio::sync::mpsc::unbounded_channel();
         let lease = Duration::from_secs(2);
