@@ -178,11 +178,13 @@ where
 }
 
 /// Creates generations on one reelay, or round-robin (by request number) on several nodes.
+/// Request `n` goes to node `n % nodes` under key `n % keys`: with a key per node, each
+/// node's creates are its own account's.
 #[derive(Clone)]
 pub struct Creator {
     client: reqwest::Client,
     endpoints: Arc<[String]>,
-    auth: Arc<str>,
+    auths: Arc<[String]>,
 }
 
 /// A generation created: its id and the instant its create request was sent.
@@ -197,14 +199,14 @@ struct CreatedView {
 }
 
 impl Creator {
-    pub fn round_robin(client: reqwest::Client, base_urls: &[&str], api_key: &str) -> Self {
+    pub fn round_robin(client: reqwest::Client, base_urls: &[&str], api_keys: &[String]) -> Self {
         Self {
             client,
             endpoints: base_urls
                 .iter()
                 .map(|u| format!("{u}/v1/veo/generate"))
                 .collect(),
-            auth: format!("Bearer {api_key}").into(),
+            auths: api_keys.iter().map(|k| format!("Bearer {k}")).collect(),
         }
     }
 
@@ -227,11 +229,12 @@ impl Creator {
 
     async fn send(&self, n: u64, body: String) -> anyhow::Result<Created> {
         let endpoint = &self.endpoints[(n % self.endpoints.len() as u64) as usize];
+        let auth = &self.auths[(n % self.auths.len() as u64) as usize];
         let sent = Instant::now();
         let response = self
             .client
             .post(endpoint)
-            .header("authorization", &*self.auth)
+            .header("authorization", auth)
             .header("content-type", "application/json")
             .body(body)
             .send()

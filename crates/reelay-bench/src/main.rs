@@ -68,6 +68,11 @@ struct Cli {
     /// a postgres:// `--database-url`, and runs only limit, pipeline and cpu
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
     nodes: u16,
+    /// With `--nodes` and `pipeline`: each node's creates under an account of its own,
+    /// calling back to a receiver port (a destination) of its own, so the nodes share no
+    /// account row and no destination's limit: what more nodes cost apart from coordinating
+    #[arg(long)]
+    partitioned: bool,
     /// Requests in flight for the saturation loops
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
@@ -140,6 +145,12 @@ async fn run(cli: Cli) -> i32 {
         );
         return 2;
     }
+    if cli.partitioned && (nodes < 2 || cli.scenario != Scenario::Pipeline) {
+        eprintln!(
+            "error: --partitioned splits pipeline's load between nodes: it needs pipeline and --nodes 2 or more"
+        );
+        return 2;
+    }
     let client = match load::client() {
         Ok(c) => c,
         Err(e) => {
@@ -156,6 +167,7 @@ async fn run(cli: Cli) -> i32 {
         raw_requests_per_s: None,
         settings: cli.settings.clone(),
         nodes,
+        partitioned: cli.partitioned,
     };
     // Refuse early and clearly when reelay cannot run on the backend asked for.
     if let Backend::Postgres { url, .. } = &ctx.backend

@@ -95,9 +95,12 @@ async fn hook(State(rec): State<Arc<Recorder>>, headers: HeaderMap, body: Bytes)
     StatusCode::OK
 }
 
-/// A receiver listening on one loopback port, answering 200 to every request.
+/// A receiver listening on loopback ports, answering 200 to every request. Each port is a
+/// destination of its own to reelay (scheme, host and port); one recorder counts them all.
 pub struct Receiver {
+    /// The first port's address.
     pub addr: SocketAddr,
+    hooks: Hooks,
     pub recorder: Arc<Recorder>,
     runtime: Option<tokio::runtime::Runtime>,
 }
@@ -105,31 +108,62 @@ pub struct Receiver {
 impl Receiver {
     /// Starts on `127.0.0.1:port` (0 for any free port).
     pub fn start(port: u16) -> anyhow::Result<Self> {
+        Self::listen(&[port])
+    }
+
+    /// Starts on `count` free ports (at least one).
+    pub fn start_ports(count: usize) -> anyhow::Result<Self> {
+        Self::listen(&vec![0; count.max(1)])
+    }
+
+    fn listen(ports: &[u16]) -> anyhow::Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("receiver")
             .enable_all()
             .build()?;
-        let listener = std::net::TcpListener::bind(("127.0.0.1", port))
-            .with_context(|| format!("binding the receiver to 127.0.0.1:{port}"))?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
         let recorder = Arc::new(Recorder::default());
         let app = Router::new().fallback(hook).with_state(recorder.clone());
-        runtime.spawn(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).expect("receiver listener");
-            let _ = axum::serve(listener, app).await;
-        });
+        let mut addrs = Vec::new();
+        for &port in ports {
+            let listener = std::net::TcpListener::bind(("127.0.0.1", port))
+                .with_context(|| format!("binding the receiver to 127.0.0.1:{port}"))?;
+            listener.set_nonblocking(true)?;
+            addrs.push(listener.local_addr()?);
+            let app = app.clone();
+            runtime.spawn(async move {
+                let listener =
+                    tokio::net::TcpListener::from_std(listener).expect("receiver listener");
+                let _ = axum::serve(listener, app).await;
+            });
+        }
         Ok(Self {
-            addr,
+            addr: addrs[0],
+            hooks: Hooks(addrs.iter().map(SocketAddr::port).collect()),
             recorder,
             runtime: Some(runtime),
         })
     }
 
-    /// The callback URL for the event numbered `n`.
     pub fn url(&self, n: u64) -> String {
-        hook_url(self.addr.port(), n)
+        self.hooks.url(n)
+    }
+
+    /// Its callback URLs, for load loops to own.
+    pub fn hooks(&self) -> Hooks {
+        self.hooks.clone()
+    }
+}
+
+/// A receiver's callback URLs.
+#[derive(Clone)]
+pub struct Hooks(Arc<[u16]>);
+
+impl Hooks {
+    /// The callback URL for the event numbered `n`: port `n % ports`, so with a port per node
+    /// and creates round-robin, each node calls back to a port of its own.
+    pub fn url(&self, n: u64) -> String {
+        hook_url(self.0[(n % self.0.len() as u64) as usize], n)
     }
 }
 

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::load::{Created, Creator};
-use crate::receiver::Recorder;
+use crate::receiver::{Receiver, Recorder};
 use crate::reelay::{Backend, Reelay, Setup};
 use crate::report::Row;
 use crate::stats::Latency;
@@ -31,6 +31,9 @@ pub struct Ctx {
     pub settings: Vec<(String, String)>,
     /// `--nodes`: `reelay serve` processes per setup, on one database (PostgreSQL only).
     pub nodes: usize,
+    /// `--partitioned`: each node's creates under an account of their own, calling back to a
+    /// receiver port of their own.
+    pub partitioned: bool,
 }
 
 impl Ctx {
@@ -43,16 +46,23 @@ impl Ctx {
         Row::new(scenario, variant, &self.backend_label())
     }
 
-    /// `sqlite`, `postgres`, or `postgres x2` with two nodes.
+    /// `sqlite`, `postgres`, `postgres x2` with two nodes, `postgres x2 apart` partitioned.
     pub fn backend_label(&self) -> String {
-        match self.nodes {
-            1 => self.backend.name().to_owned(),
-            n => format!("{} x{n}", self.backend.name()),
+        match (self.nodes, self.partitioned) {
+            (1, _) => self.backend.name().to_owned(),
+            (n, false) => format!("{} x{n}", self.backend.name()),
+            (n, true) => format!("{} x{n} apart", self.backend.name()),
         }
     }
 
-    /// A fresh data directory (a fresh database on PostgreSQL) with `extra` settings, a key,
-    /// and `ctx.nodes` × `reelay serve` on it; creates go round-robin to the nodes.
+    /// A receiver with a port for each node when partitioned, else one port.
+    pub fn receiver(&self) -> anyhow::Result<Receiver> {
+        Receiver::start_ports(if self.partitioned { self.nodes } else { 1 })
+    }
+
+    /// A fresh data directory (a fresh database on PostgreSQL) with `extra` settings, a key
+    /// (a key per node when partitioned, each of its own account), and `ctx.nodes` ×
+    /// `reelay serve` on it; creates go round-robin to the nodes.
     pub async fn start(&self, extra: &[(&str, String)]) -> anyhow::Result<Running> {
         let setup = Setup::new(&self.bin, &self.backend, &self.settings, extra).await?;
         let key = setup.create_key().await?;
@@ -65,7 +75,13 @@ impl Ctx {
             .chain(&others)
             .map(|r| r.url.as_str())
             .collect();
-        let creator = Creator::round_robin(self.client.clone(), &urls, &key);
+        let mut keys = vec![key.clone()];
+        if self.partitioned {
+            for _ in 1..self.nodes {
+                keys.push(setup.create_key().await?);
+            }
+        }
+        let creator = Creator::round_robin(self.client.clone(), &urls, &keys);
         Ok(Running {
             reelay,
             others,

@@ -48,7 +48,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
 
 /// A few hundred events first, so connections and caches are warm.
 pub async fn warm_up(ctx: &Ctx, run: &Running) -> anyhow::Result<()> {
-    let receiver = Receiver::start(0)?;
+    let receiver = ctx.receiver()?;
     let out = creates_closed(ctx, run, &receiver, 300, Duration::from_secs(10)).await;
     out.check("warm-up")?;
     await_all(
@@ -68,10 +68,10 @@ async fn creates_closed(
     within: Duration,
 ) -> Outcome<Created> {
     let creator = run.creator.clone();
-    let port = receiver.addr.port();
+    let hooks = receiver.hooks();
     closed_loop(count, ctx.concurrency, Instant::now() + within, move |i| {
-        let creator = creator.clone();
-        async move { creator.create(i, &crate::receiver::hook_url(port, i)).await }
+        let (creator, url) = (creator.clone(), hooks.url(i));
+        async move { creator.create(i, &url).await }
     })
     .await
 }
@@ -85,7 +85,7 @@ async fn saturation(
     within: Duration,
     variant: &str,
 ) -> anyhow::Result<Row> {
-    let receiver = Receiver::start(0)?;
+    let receiver = ctx.receiver()?;
     progress!(
         "pipeline {variant}: up to {count} creates, {} in flight, for at most {within:?}",
         ctx.concurrency
@@ -129,18 +129,18 @@ pub async fn fixed_rate(
     per_s: u64,
     seconds: u64,
 ) -> anyhow::Result<Row> {
-    let receiver = Receiver::start(0)?;
+    let receiver = ctx.receiver()?;
     progress!("{scenario}: {per_s}/s for {seconds} s");
     let creator = run.creator.clone();
-    let port = receiver.addr.port();
+    let hooks = receiver.hooks();
     let cpu = CpuMeter::all(run, &ctx.backend);
     let out = open_loop(
         per_s as f64,
         per_s * seconds,
         Instant::now() + Duration::from_secs(seconds) + Duration::from_millis(500),
         move |i| {
-            let creator = creator.clone();
-            async move { creator.create(i, &crate::receiver::hook_url(port, i)).await }
+            let (creator, url) = (creator.clone(), hooks.url(i));
+            async move { creator.create(i, &url).await }
         },
     )
     .await;
