@@ -255,3 +255,50 @@ impl Creator {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use axum::Router;
+    use axum::extract::State;
+    use axum::http::{HeaderMap, StatusCode, Uri};
+
+    use super::*;
+
+    type Seen = Arc<Mutex<Vec<(String, String)>>>;
+
+    /// Answers every create with 201, noting the path it came to and its authorization.
+    async fn created(
+        State(seen): State<Seen>,
+        uri: Uri,
+        headers: HeaderMap,
+    ) -> (StatusCode, String) {
+        let auth = headers["authorization"].to_str().unwrap().to_owned();
+        seen.lock().unwrap().push((uri.path().to_owned(), auth));
+        (StatusCode::CREATED, r#"{"generation_id":"g"}"#.to_owned())
+    }
+
+    #[tokio::test]
+    async fn with_a_key_per_node_each_nodes_creates_are_its_own_accounts() {
+        let seen = Seen::default();
+        let app = Router::new().fallback(created).with_state(seen.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        // Two "nodes" told apart by path on one server.
+        let nodes = [format!("{base}/a"), format!("{base}/b")];
+        let urls: Vec<&str> = nodes.iter().map(String::as_str).collect();
+        let keys = ["k0".to_owned(), "k1".to_owned()];
+        let creator = Creator::round_robin(client().unwrap(), &urls, &keys);
+        for n in 0..4 {
+            creator.create(n, "http://127.0.0.1:1/hook").await.unwrap();
+        }
+        let node_a = ("/a/v1/veo/generate".to_owned(), "Bearer k0".to_owned());
+        let node_b = ("/b/v1/veo/generate".to_owned(), "Bearer k1".to_owned());
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [node_a.clone(), node_b.clone(), node_a, node_b]
+        );
+    }
+}

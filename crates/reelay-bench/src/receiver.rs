@@ -243,47 +243,28 @@ impl Drop for BlackHoles {
 
 #[cfg(test)]
 mod tests {
-    use std::io::{Read, Write};
-
     use super::*;
 
-    /// Posts a webhook for `generation_id` to `url` (http://127.0.0.1:PORT/PATH); the status line.
-    fn post(url: &str, generation_id: &str) -> String {
-        let rest = url.strip_prefix("http://").unwrap();
-        let (host, path) = rest.split_once('/').unwrap();
-        let body = format!(r#"{{"generation_id":"{generation_id}"}}"#);
-        let mut stream = std::net::TcpStream::connect(host).unwrap();
-        write!(
-            stream,
-            "POST /{path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n\
-             content-length: {}\r\nconnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).unwrap();
-        answer.lines().next().unwrap_or_default().to_owned()
+    fn port(url: &str) -> Option<u16> {
+        reqwest::Url::parse(url).unwrap().port()
     }
 
-    #[test]
-    fn a_port_per_node_makes_each_nodes_callbacks_a_destination_of_their_own() {
+    #[tokio::test]
+    async fn a_port_per_node_makes_each_nodes_callbacks_a_destination_of_their_own() {
         let receiver = Receiver::start_ports(2).unwrap();
-        let port = |n| {
-            let url = receiver.url(n);
-            url.split(':')
-                .nth(2)
-                .unwrap()
-                .split('/')
-                .next()
-                .unwrap()
-                .to_owned()
-        };
         // Create n goes to node n % 2, so its callback must go to port n % 2.
-        assert_ne!(port(0), port(1));
-        assert_eq!(port(0), port(2));
-        assert_eq!(port(1), port(3));
+        assert_ne!(port(&receiver.url(0)), port(&receiver.url(1)));
+        assert_eq!(port(&receiver.url(0)), port(&receiver.url(2)));
+        assert_eq!(port(&receiver.url(1)), port(&receiver.url(3)));
+        let client = crate::load::client().unwrap();
         for n in 0..4 {
-            assert_eq!(post(&receiver.url(n), &format!("g{n}")), "HTTP/1.1 200 OK");
+            let answer = client
+                .post(receiver.url(n))
+                .json(&serde_json::json!({ "generation_id": format!("g{n}") }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(answer.status(), StatusCode::OK);
         }
         assert_eq!(
             receiver.recorder.distinct(),
@@ -292,9 +273,6 @@ mod tests {
         );
 
         let single = Receiver::start_ports(1).unwrap();
-        assert_eq!(
-            single.url(0).split('/').nth(2),
-            single.url(1).split('/').nth(2)
-        );
+        assert_eq!(port(&single.url(0)), port(&single.url(1)));
     }
 }
