@@ -1,8 +1,7 @@
 //! Accounts, their keys, credits and ledger, and worker tokens.
 //!
-//! A balance changes only under its account row's lock (`FOR NO KEY UPDATE`: it serializes
-//! every writer of the balance, on any node, yet lets other transactions insert rows that
-//! merely reference the account, whose foreign-key checks take `FOR KEY SHARE`).
+//! A balance is kept in stripes ([`balances`]); a credit locks them all, so it serializes
+//! with every other writer of the balance, on any node.
 
 use async_trait::async_trait;
 use deadpool_postgres::GenericClient;
@@ -15,10 +14,13 @@ use tokio_postgres::error::SqlState;
 
 use super::rows::{get, stored, unsigned};
 use super::sql::{execute, execute_or, query, query_one, query_opt};
-use super::{PgStore, backend, workers};
+use super::{PgStore, backend, balances, workers};
 use crate::*;
 
-const ACCOUNT_COLUMNS: &str = "id, name, balance, created_at";
+/// An account's balance is its stripes' sum.
+const ACCOUNT_COLUMNS: &str = "id, name, \
+    (SELECT COALESCE(SUM(s.balance), 0)::bigint FROM balance_stripes s \
+     WHERE s.account_id = accounts.id) AS balance, created_at";
 
 fn account(row: &Row) -> StoreResult<Account> {
     Ok(Account {
@@ -38,31 +40,25 @@ async fn get_account(c: &impl GenericClient, id: AccountId) -> StoreResult<Optio
         .transpose()
 }
 
-/// Must run inside a transaction (`c` a [`deadpool_postgres::Transaction`]): the lock taken
-/// on the account row lasts until it ends, and the caller commits.
+/// Must run inside a transaction (`c` a [`deadpool_postgres::Transaction`]): the locks taken
+/// on the account's stripes last until it ends, and the caller commits.
 async fn add_credits(
     c: &impl GenericClient,
     id: AccountId,
     amount: Credits,
     now: OffsetDateTime,
 ) -> StoreResult<Result<Credits, BalanceError>> {
-    let lock = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = $1 FOR NO KEY UPDATE");
-    let Some(row) = query_opt(c, &lock, &[&id.0]).await? else {
+    let Some(&current) = balances::lock(c, &[id.0]).await?.get(&id.0) else {
         return Err(StoreError::NotFound);
     };
-    let current = account(&row)?;
     // A statement of its own, after the lock: under READ COMMITTED it sees every change
     // committed by whoever held the lock before (a charge, a refund) with its generation.
-    let balance = match current.balance.balance_after(amount, held(c, id).await?) {
+    let held = held(c, id).await?;
+    let balance = match Credits::from_units(current).balance_after(amount, held) {
         Ok(balance) => balance,
         Err(refused) => return Ok(Err(refused)),
     };
-    execute(
-        c,
-        "UPDATE accounts SET balance = $2 WHERE id = $1",
-        &[&id.0, &balance.units()],
-    )
-    .await?;
+    balances::spread(c, &[(id.0, balance.units())].into()).await?;
     if amount != Credits::ZERO {
         execute(
             c,
@@ -119,10 +115,11 @@ impl AccountStore for PgStore {
         let tx = conn.transaction().await.map_err(backend)?;
         execute(
             &tx,
-            "INSERT INTO accounts (id, name, balance, created_at) VALUES ($1, $2, 0, $3)",
+            "INSERT INTO accounts (id, name, created_at) VALUES ($1, $2, $3)",
             &[&id.0, &name, &now],
         )
         .await?;
+        balances::open(&tx, id.0).await?;
         // From zero, only a negative amount could be refused, and that was refused above.
         let balance = add_credits(&tx, id, credits, now)
             .await?

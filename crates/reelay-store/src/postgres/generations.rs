@@ -17,7 +17,7 @@ use uuid::Uuid;
 use super::batch::{Write, pipelined};
 use super::rows::{GENERATION_COLUMNS, generation, get as column};
 use super::sql::{Param, execute, query, query_one, query_opt, query_planned};
-use super::{PgStore, backend};
+use super::{PgStore, backend, balances};
 use crate::*;
 
 /// One generation, read on any client (a pooled connection or a transaction).
@@ -50,40 +50,22 @@ pub(super) struct Create(NewGeneration);
 
 impl Write for Create {
     type Done = Created;
-    /// Charges lock account rows: every batch takes them in account order.
+    /// Charges lock balance stripes: every batch takes them in account order.
     type LockOrder = AccountId;
 
     fn lock_order(&self) -> AccountId {
         self.0.account_id
     }
 
-    /// The batch's creates whose account's balance covers all of its creates in the batch,
-    /// the usual case: one statement, one round trip, so a busy account's balance row is held
-    /// only while it runs and its commit flushes (every other node's batches for the account
-    /// wait for it). The rest, in a transaction, take each create in turn while it fits.
+    /// The batch's creates whose account's stripe covers all of its creates in the batch,
+    /// the usual case: one statement, one round trip, so the stripe is held only while it
+    /// runs and its commit flushes. The rest, in a transaction, take each create in turn
+    /// while the whole balance covers it.
     fn run_alone<'a>(
         writes: &'a [&'a Self],
         c: &'a Client,
     ) -> BoxFuture<'a, StoreResult<Vec<Option<Created>>>> {
-        Box::pin(async move {
-            let creates: Vec<&NewGeneration> = writes
-                .iter()
-                .map(|Create(new)| new)
-                .filter(|new| new.price >= Credits::ZERO)
-                .collect();
-            let charged = if creates.is_empty() {
-                Vec::new()
-            } else {
-                insert_charged(c, &creates).await?
-            };
-            Ok(writes
-                .iter()
-                .map(|Create(new)| {
-                    (new.price >= Credits::ZERO && charged.contains(&new.account_id))
-                        .then(|| Created::made(new.clone()))
-                })
-                .collect())
-        })
+        Box::pin(charge_stripe(c, writes))
     }
 
     fn run_all<'a>(
@@ -99,8 +81,34 @@ impl Write for Create {
     }
 }
 
+/// Charges `writes`, per account, to one stripe picked at random, for each account whose
+/// stripe covers the whole of its creates, and inserts those: one statement. `None` for each
+/// create it left (a stripe short of the total, no such account, a negative price).
+async fn charge_stripe(
+    c: &impl GenericClient,
+    writes: &[&Create],
+) -> StoreResult<Vec<Option<Created>>> {
+    let creates: Vec<&NewGeneration> = writes
+        .iter()
+        .map(|Create(new)| new)
+        .filter(|new| new.price >= Credits::ZERO)
+        .collect();
+    let charged = if creates.is_empty() {
+        Vec::new()
+    } else {
+        insert(c, &creates, Some(balances::stripe())).await?
+    };
+    Ok(writes
+        .iter()
+        .map(|Create(new)| {
+            (new.price >= Credits::ZERO && charged.contains(&new.account_id))
+                .then(|| Created::made(new.clone()))
+        })
+        .collect())
+}
+
 async fn create(store: &PgStore, new: NewGeneration) -> StoreResult<Created> {
-    let Some(idem) = &new.idempotency else {
+    let Some(idem) = new.idempotency.clone() else {
         return store.creates.run(&store.pool, Create(new)).await;
     };
     let mut conn = store.conn().await?;
@@ -142,7 +150,15 @@ async fn create(store: &PgStore, new: NewGeneration) -> StoreResult<Created> {
         )
         .await?;
     }
-    charge_and_insert(&tx, &new).await?;
+    let write = Create(new);
+    let created = match charge_stripe(&tx, &[&write]).await?.pop().flatten() {
+        Some(created) => created,
+        None => create_all(vec![&write], &tx)
+            .await?
+            .pop()
+            .ok_or_else(|| StoreError::Backend("a create lost its answer".into()))??,
+    };
+    let Create(new) = &write;
     execute(
         &tx,
         "INSERT INTO idempotency_keys (account_id, key, request_hash, generation_id, \
@@ -157,78 +173,14 @@ async fn create(store: &PgStore, new: NewGeneration) -> StoreResult<Created> {
     )
     .await?;
     tx.commit().await.map_err(backend)?;
-    Ok(Created::made(new))
+    Ok(created)
 }
 
-/// Charges a generation's price and inserts it (pending, or processing under its [`Start`])
-/// with its ledger row, in one statement: nothing when the balance does not cover the price.
-/// The account row stays locked until the transaction ends, so racing creates of one account
-/// each see the balance the one before left.
-const CHARGE_AND_INSERT: &str = "WITH charged AS ( \
-         UPDATE accounts SET balance = balance - $3 WHERE id = $2 AND balance >= $3 \
-         RETURNING id), \
-     made AS ( \
-         INSERT INTO generations (id, account_id, status, prompt, model, aspect_ratio, seed, \
-             watermark_text, callback_url, destination, price, created_at, deadline_at, \
-             inputs, lease_owner, lease_until, started_at, claims) \
-         SELECT $1, id, CASE WHEN $14::text IS NULL THEN 'pending' ELSE 'processing' END, \
-             $4, $5, $6, $7, $8, $9, $13, $3, $10, $11, $12, $14, $15::timestamptz, \
-             CASE WHEN $14 IS NULL THEN NULL ELSE $10::timestamptz END, \
-             CASE WHEN $14 IS NULL THEN 0 ELSE 1 END \
-         FROM charged \
-         RETURNING id), \
-     charge AS ( \
-         INSERT INTO ledger (account_id, generation_id, kind, amount, created_at) \
-         SELECT $2, id, 'charge', -$3::bigint, $10 FROM made) \
-     SELECT EXISTS (SELECT 1 FROM made) AS made, \
-         EXISTS (SELECT 1 FROM accounts WHERE id = $2) AS known";
-
-pub(super) async fn charge_and_insert(
-    c: &impl GenericClient,
-    new: &NewGeneration,
-) -> StoreResult<()> {
-    if new.price < Credits::ZERO {
-        return Err(StoreError::Backend(format!("negative price {}", new.price)));
-    }
-    let spec = &new.spec;
-    let row = query_one(
-        c,
-        CHARGE_AND_INSERT,
-        &[
-            &new.id.0,
-            &new.account_id.0,
-            &new.price.units(),
-            &spec.prompt,
-            &spec.model.as_str(),
-            &spec.aspect_ratio.as_str(),
-            &i64::from(spec.seed),
-            &spec.watermark_text,
-            &spec.callback_url,
-            &new.created_at,
-            &new.deadline_at,
-            &InputFile::join(&spec.inputs),
-            &spec.callback_url.as_deref().and_then(destination_key),
-            &new.start.as_ref().map(|s| &s.owner),
-            &new.start.as_ref().map(|s| s.until),
-        ],
-    )
-    .await?;
-    match (column(&row, "made")?, column(&row, "known")?) {
-        (true, _) => Ok(()),
-        (false, true) => Err(StoreError::InsufficientCredits),
-        (false, false) => Err(StoreError::NotFound),
-    }
-}
-
-/// Inserts a batch's generations with their charges in one statement, for each account whose
-/// balance covers the whole of its creates in the batch: the accounts' rows are locked in
-/// account order (so two batches never deadlock) and read as committed last, the per-account
-/// total taken off each balance that covers it, and a generation (pending, or processing under
-/// its [`Start`]) and a ledger row inserted for each of its creates. Returns the accounts
-/// charged. Run alone it is the whole batch in one round trip; an account it leaves out (a
-/// balance short of the total, or no such account) is left to [`create_all`], whose creates
-/// then always fit.
-const INSERT_CHARGED: &str = "WITH made AS ( \
+/// Inserts a batch's generations (each pending, or processing under its [`Start`]) with their
+/// charges in the ledger, in one statement, for the accounts `{charged}` names; returns those
+/// accounts. [`CHARGE_STRIPE`] charges the batch there and then; [`PAID`] says the caller
+/// already took it off the balance.
+const INSERT: &str = "WITH made AS ( \
          SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::bigint[], $4::text[], $5::text[], \
              $6::text[], $7::bigint[], $8::text[], $9::text[], $10::timestamptz[], \
              $11::timestamptz[], $12::text[], $13::text[], $14::text[], $15::timestamptz[]) \
@@ -236,15 +188,7 @@ const INSERT_CHARGED: &str = "WITH made AS ( \
              callback_url, created_at, deadline_at, inputs, destination, lease_owner, \
              lease_until)), \
      totals AS (SELECT account_id, SUM(price) AS total FROM made GROUP BY account_id), \
-     locked AS MATERIALIZED ( \
-         SELECT id, balance FROM accounts WHERE id IN (SELECT account_id FROM totals) \
-         ORDER BY id FOR NO KEY UPDATE), \
-     covered AS MATERIALIZED ( \
-         SELECT l.id, t.total FROM locked l JOIN totals t ON t.account_id = l.id \
-         WHERE l.balance >= t.total), \
-     charged AS ( \
-         UPDATE accounts SET balance = balance - c.total FROM covered c \
-         WHERE accounts.id = c.id RETURNING accounts.id), \
+     {charged}, \
      inserted AS ( \
          INSERT INTO generations (id, account_id, status, prompt, model, aspect_ratio, seed, \
              watermark_text, callback_url, destination, price, created_at, deadline_at, \
@@ -262,11 +206,32 @@ const INSERT_CHARGED: &str = "WITH made AS ( \
          WHERE account_id IN (SELECT id FROM charged)) \
      SELECT id FROM charged";
 
-/// [`INSERT_CHARGED`] for `creates`: the accounts it charged.
-async fn insert_charged(
+/// Stripe `$16` of each account, locked in account order (so two batches never deadlock) and
+/// read as committed last, less the account's total for each stripe that covers it.
+const CHARGE_STRIPE: &str = "locked AS MATERIALIZED ( \
+         SELECT account_id, balance FROM balance_stripes \
+         WHERE account_id IN (SELECT account_id FROM totals) AND stripe = $16 \
+         ORDER BY account_id FOR NO KEY UPDATE), \
+     covered AS MATERIALIZED ( \
+         SELECT l.account_id, t.total FROM locked l JOIN totals t USING (account_id) \
+         WHERE l.balance >= t.total), \
+     charged AS ( \
+         UPDATE balance_stripes s SET balance = s.balance - c.total FROM covered c \
+         WHERE s.account_id = c.account_id AND s.stripe = $16 RETURNING s.account_id AS id)";
+
+/// Every account of the batch, charged already.
+const PAID: &str = "charged AS (SELECT account_id AS id FROM totals)";
+
+/// [`INSERT`] for `creates`: charged to `stripe`, or paid already when `None`. The accounts
+/// it charged (or, paid, all of them).
+pub(super) async fn insert(
     c: &impl GenericClient,
     creates: &[&NewGeneration],
+    stripe: Option<i16>,
 ) -> StoreResult<Vec<AccountId>> {
+    static CHARGING: LazyLock<String> =
+        LazyLock::new(|| INSERT.replace("{charged}", CHARGE_STRIPE));
+    static PAYING: LazyLock<String> = LazyLock::new(|| INSERT.replace("{charged}", PAID));
     let ids: Vec<Uuid> = creates.iter().map(|n| n.id.0).collect();
     let owners: Vec<Uuid> = creates.iter().map(|n| n.account_id.0).collect();
     let prices: Vec<i64> = creates.iter().map(|n| n.price.units()).collect();
@@ -303,53 +268,50 @@ async fn insert_charged(
         .iter()
         .map(|n| n.start.as_ref().map(|s| s.until))
         .collect();
-    query(
-        c,
-        INSERT_CHARGED,
-        &[
-            &ids,
-            &owners,
-            &prices,
-            &prompts,
-            &models,
-            &ratios,
-            &seeds,
-            &marks,
-            &callbacks,
-            &created,
-            &deadlines,
-            &inputs,
-            &destinations,
-            &lease_owners,
-            &leases_until,
-        ],
-    )
-    .await?
-    .iter()
-    .map(|row| column(row, "id").map(AccountId))
-    .collect()
+    let mut params: Vec<Param<'_>> = vec![
+        &ids,
+        &owners,
+        &prices,
+        &prompts,
+        &models,
+        &ratios,
+        &seeds,
+        &marks,
+        &callbacks,
+        &created,
+        &deadlines,
+        &inputs,
+        &destinations,
+        &lease_owners,
+        &leases_until,
+    ];
+    let sql: &str = match &stripe {
+        Some(stripe) => {
+            params.push(stripe);
+            &CHARGING
+        }
+        None => &PAYING,
+    };
+    query(c, sql, &params)
+        .await?
+        .iter()
+        .map(|row| column(row, "id").map(AccountId))
+        .collect()
 }
 
-/// The creates [`Write::run_alone`] left, in two statements: the accounts' rows are locked
-/// (in account order) and read, each create is taken in order while its account's balance
-/// covers it, and those taken are inserted together. One statement per create would cost
-/// the database a plan and, for one busy account, a walk along the balance row's versions
-/// that grows with every update in the batch.
+/// The creates [`charge_stripe`] left, in three statements: the accounts' stripes are all
+/// locked (in account order) and read, each create is taken in order while its account's
+/// balance covers it, what is left of each balance is spread over its stripes again, and the
+/// creates taken are inserted together. One statement per create would cost the database a
+/// plan and, for one busy account, a walk along the balance rows' versions that grows with
+/// every update in the batch.
 async fn create_all(
     writes: Vec<&Create>,
     tx: &Transaction<'_>,
 ) -> StoreResult<Vec<StoreResult<Created>>> {
     let mut accounts: Vec<Uuid> = writes.iter().map(|w| w.0.account_id.0).collect();
     accounts.dedup(); // in lock order, so sorted by account
-    let mut balances: std::collections::HashMap<Uuid, i64> = query(
-        tx,
-        "SELECT id, balance FROM accounts WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
-        &[&accounts],
-    )
-    .await?
-    .iter()
-    .map(|row| Ok((column(row, "id")?, column(row, "balance")?)))
-    .collect::<StoreResult<_>>()?;
+    let mut balances = balances::lock(tx, &accounts).await?;
     let mut taken = Vec::with_capacity(writes.len());
     let answers = writes
         .into_iter()
@@ -370,14 +332,8 @@ async fn create_all(
         })
         .collect();
     if !taken.is_empty() {
-        let charged = insert_charged(tx, &taken).await?;
-        // Never the case with the rows locked above; if it were, those creates were not made.
-        if let Some(new) = taken.iter().find(|n| !charged.contains(&n.account_id)) {
-            return Err(StoreError::Backend(format!(
-                "account {} was not charged for creates its balance covers",
-                new.account_id
-            )));
-        }
+        balances::spread(tx, &balances).await?;
+        insert(tx, &taken, None).await?;
     }
     Ok(answers)
 }
@@ -488,9 +444,9 @@ async fn claim(
 /// A terminal transition in one statement (one round trip, one commit): the generation ends
 /// (only from pending or processing, and only under `$7`'s lease when one is named; a finish
 /// racing another waits for its row lock, then finds the status changed), its refund is
-/// written when `$9` says the code is refunded (the ledger's unique index refuses a second,
-/// and a balance past the largest bigint fails the whole statement, so nothing is half
-/// written), and its outbox event is inserted, due at once when it has a callback.
+/// written when `$9` says the code is refunded, into the account's balance stripe `$11` (the
+/// ledger's unique index refuses a second, and a balance past the largest bigint fails the
+/// whole statement, so nothing is half written), and its outbox event is inserted, due at once when it has a callback.
 const FINISH: &str = "WITH ended AS ( \
          UPDATE generations SET status = $2, completed_at = $3, failure_code = $4, \
              video_file = $5, video_url = $6, \
@@ -505,8 +461,8 @@ const FINISH: &str = "WITH ended AS ( \
          SELECT account_id, id, 'refund', price, $3 FROM ended WHERE $9 \
          RETURNING account_id, amount), \
      refunded AS ( \
-         UPDATE accounts SET balance = balance + refund.amount \
-         FROM refund WHERE accounts.id = refund.account_id), \
+         UPDATE balance_stripes s SET balance = s.balance + refund.amount \
+         FROM refund WHERE s.account_id = refund.account_id AND s.stripe = $11), \
      event AS ( \
          INSERT INTO events (id, generation_id, account_id, callback_url, destination, \
              created_at, state, next_attempt_at) \
@@ -518,8 +474,8 @@ const FINISH: &str = "WITH ended AS ( \
 
 /// A finish without a refund: committed with the others that arrive with it. It locks only
 /// its generation's row (and adds an outbox row), so batches take rows in id order and never
-/// deadlock. A refunded finish also locks its account's row, which creates lock in account
-/// order: it runs alone rather than risk a deadlock against a create batch.
+/// deadlock. A refunded finish also locks a balance stripe of its account, which creates
+/// lock in account order: it runs alone rather than risk a deadlock against a create batch.
 pub(super) struct Finish {
     id: GenerationId,
     owner: Option<String>,
@@ -589,6 +545,7 @@ async fn finish_on(
             &reason,
             &outcome.refunded(),
             &event_id(id),
+            &balances::stripe(),
         ],
     )
     .await?;
@@ -890,8 +847,8 @@ mod tests {
         let store = PgStore::connect(db.url()).await.unwrap();
         let mut c = store.conn().await.unwrap();
         c.batch_execute(
-            "INSERT INTO accounts (id, name, balance, created_at) \
-             VALUES ('00000000-0000-7000-8000-000000000000', 'a', 0, now()); \
+            "INSERT INTO accounts (id, name, created_at) \
+             VALUES ('00000000-0000-7000-8000-000000000000', 'a', now()); \
              ANALYZE generations",
         )
         .await

@@ -4,6 +4,7 @@
 //! nodes ever hold the same generation or delivery, and a dead node's leases simply lapse.
 
 mod accounts;
+mod balances;
 mod batch;
 mod clock;
 mod deliveries;
@@ -35,6 +36,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0002_no_foreign_keys_on_the_hot_path.sql"),
     include_str!("../../migrations/postgres/0003_in_flight_by_owner.sql"),
     include_str!("../../migrations/postgres/0004_lease_owners.sql"),
+    include_str!("../../migrations/postgres/0005_balance_stripes.sql"),
 ];
 
 /// Held (as a session advisory lock) while migrations run, so that nodes starting together
@@ -195,7 +197,7 @@ impl PgStore {
         conn.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
             .await
             .map_err(backend)?;
-        let applied = apply(&mut conn).await;
+        let applied = apply(&mut conn, MIGRATIONS).await;
         let unlocked = conn
             .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
             .await
@@ -211,7 +213,8 @@ impl PgStore {
     }
 }
 
-async fn apply(conn: &mut Object) -> StoreResult<usize> {
+/// Brings the schema up to the last of `migrations` (a prefix of [`MIGRATIONS`]).
+async fn apply(conn: &mut Object, migrations: &[&str]) -> StoreResult<usize> {
     let exists: bool = conn
         .query_one("SELECT to_regclass('reelay_migrations') IS NOT NULL", &[])
         .await
@@ -231,14 +234,14 @@ async fn apply(conn: &mut Object) -> StoreResult<usize> {
         .map_err(backend)?
         .get(0);
     let done = usize::try_from(done).unwrap_or(usize::MAX);
-    if done > MIGRATIONS.len() {
+    if done > migrations.len() {
         return Err(StoreError::Backend(format!(
             "the database schema (version {done}) is newer than this reelay knows \
              ({}); upgrade reelay",
-            MIGRATIONS.len()
+            migrations.len()
         )));
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(done) {
+    for (i, sql) in migrations.iter().enumerate().skip(done) {
         let tx = conn.transaction().await.map_err(backend)?;
         tx.batch_execute(sql).await.map_err(backend)?;
         let version = i32::try_from(i + 1).unwrap_or(i32::MAX);
@@ -250,7 +253,7 @@ async fn apply(conn: &mut Object) -> StoreResult<usize> {
         .map_err(backend)?;
         tx.commit().await.map_err(backend)?;
     }
-    Ok(MIGRATIONS.len() - done)
+    Ok(migrations.len() - done)
 }
 
 #[cfg(test)]
