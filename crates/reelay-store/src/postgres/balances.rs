@@ -223,4 +223,68 @@ mod tests {
             [1_251, 1_251, 1_251, 1_250, 1_250, 1_250, 1_250, 1_250]
         );
     }
+
+    /// A create with an idempotency key runs in a transaction: when its stripe falls short it
+    /// must let that stripe go before it locks all of them in order, or it deadlocks against a
+    /// create that holds the first stripes and waits for its one. Here stripe 0 is held; the
+    /// create (its stripe short) waits for it, holding no other stripe meanwhile.
+    #[tokio::test]
+    async fn a_create_waiting_for_the_whole_balance_holds_no_stripe() {
+        let db = TestDatabase::create().await;
+        let store = PgStore::connect(db.url()).await.unwrap();
+        let now = OffsetDateTime::now_utc();
+        let a = store
+            .create_account("a", Credits::from_units(4 * PRICE), now)
+            .await
+            .unwrap();
+        let lock = |stripes: &'static str| {
+            format!(
+                "SELECT 1 FROM balance_stripes WHERE account_id = '{}' AND stripe IN ({stripes}) \
+                 ORDER BY stripe FOR NO KEY UPDATE",
+                a.id.0
+            )
+        };
+        let mut first = store.conn().await.unwrap();
+        let first = first.transaction().await.unwrap();
+        first.batch_execute(&lock("0")).await.unwrap();
+        let mut new = a_create(a.id, now);
+        new.idempotency = Some(crate::Idempotency {
+            key: "k".into(),
+            request_hash: [1; 32],
+            not_before: now - time::Duration::days(1),
+        });
+        let creating = tokio::spawn({
+            let store = store.clone();
+            async move { store.create_generation(new).await }
+        });
+        let watcher = store.conn().await.unwrap();
+        while watcher
+            .query_one(
+                "SELECT COUNT(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+            == 0
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let mut second = store.conn().await.unwrap();
+        let second = second.transaction().await.unwrap();
+        second
+            .batch_execute("SET LOCAL lock_timeout = '5s'")
+            .await
+            .unwrap();
+        second
+            .batch_execute(&lock("1, 2, 3, 4, 5, 6, 7"))
+            .await
+            .expect("the waiting create holds none of the other stripes");
+        second.rollback().await.unwrap();
+        first.rollback().await.unwrap();
+        let created = creating.await.unwrap().expect("the create goes on");
+        assert!(!created.replayed);
+        assert_eq!(stripes(&store, a.id.0).await.iter().sum::<i64>(), 3 * PRICE);
+    }
 }

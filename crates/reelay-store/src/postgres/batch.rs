@@ -1,7 +1,7 @@
 //! Group commit. With `synchronous_commit` on, every commit waits for its WAL flush, and the
 //! writes on the hot path (a create's charge, a generation's finish, a webhook attempt's
 //! record) are one small statement each: one transaction apiece would spend the database's
-//! time on flushes and round trips, and one busy account's balance row would let it create
+//! time on flushes and round trips, and one busy account's balance would let it create
 //! only as fast as the disk flushes. So the writes of one kind that arrive together share one
 //! transaction: their statements go down one connection back to back (pipelined), in a
 //! fixed lock order (so two batches never deadlock), and one flush acknowledges them all.
@@ -40,8 +40,8 @@ pub(super) trait Write: Send + Sync + Sized + 'static {
 
     /// Commits what it can of a batch, in lock order, in one statement outside any
     /// transaction: one round trip, and the rows it locks are held only while it runs and its
-    /// commit flushes, never across a round trip (for a busy account's balance row, which
-    /// every other node's batches wait for, that is most of the time it is held). Answers each
+    /// commit flushes, never across a round trip (for a busy account's balance stripe, which
+    /// another node's batch may be waiting for, that is most of the time it is held). Answers each
     /// write it committed, and `None` for each it leaves to [`Write::run_all`]; an error means
     /// the statement failed and committed nothing. By default it leaves them all.
     fn run_alone<'a>(

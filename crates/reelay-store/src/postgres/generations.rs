@@ -112,7 +112,7 @@ async fn create(store: &PgStore, new: NewGeneration) -> StoreResult<Created> {
         return store.creates.run(&store.pool, Create(new)).await;
     };
     let mut conn = store.conn().await?;
-    let tx = conn.transaction().await.map_err(backend)?;
+    let mut tx = conn.transaction().await.map_err(backend)?;
     let account = new.account_id;
     // Creates with the same key queue here, on every node, so the second one sees the first
     // one's row instead of racing it to the insert.
@@ -151,12 +151,22 @@ async fn create(store: &PgStore, new: NewGeneration) -> StoreResult<Created> {
         .await?;
     }
     let write = Create(new);
-    let created = match charge_stripe(&tx, &[&write]).await?.pop().flatten() {
-        Some(created) => created,
-        None => create_all(vec![&write], &tx)
-            .await?
-            .pop()
-            .ok_or_else(|| StoreError::Backend("a create lost its answer".into()))??,
+    // The stripe's lock goes with the savepoint when the stripe falls short: held on while
+    // `create_all` locks all the stripes in order, it could deadlock against another create
+    // that holds the stripes before it.
+    let stripe = tx.savepoint("stripe").await.map_err(backend)?;
+    let created = match charge_stripe(&stripe, &[&write]).await?.pop().flatten() {
+        Some(created) => {
+            stripe.commit().await.map_err(backend)?;
+            created
+        }
+        None => {
+            stripe.rollback().await.map_err(backend)?;
+            create_all(vec![&write], &tx)
+                .await?
+                .pop()
+                .ok_or_else(|| StoreError::Backend("a create lost its answer".into()))??
+        }
     };
     let Create(new) = &write;
     execute(
