@@ -78,7 +78,7 @@ mod tests {
 
     use super::*;
     use crate::postgres::{PgStore, TestDatabase};
-    use crate::{AccountStore, GenerationStore, NewGeneration, Spec};
+    use crate::{Account, AccountStore, GenerationStore, NewGeneration, Spec};
 
     const PRICE: i64 = 2_500;
 
@@ -103,6 +103,19 @@ mod tests {
         }
     }
 
+    /// A store on a database of its own (dropped with the first value), and an account
+    /// holding `units`.
+    async fn an_account(units: i64) -> (TestDatabase, PgStore, Account, OffsetDateTime) {
+        let db = TestDatabase::create().await;
+        let store = PgStore::connect(db.url()).await.unwrap();
+        let now = OffsetDateTime::now_utc();
+        let account = store
+            .create_account("a", Credits::from_units(units), now)
+            .await
+            .unwrap();
+        (db, store, account, now)
+    }
+
     async fn stripes(store: &PgStore, account: Uuid) -> Vec<i64> {
         let c = store.conn().await.unwrap();
         c.query(
@@ -121,13 +134,7 @@ mod tests {
     /// the whole balance leaves it spread evenly (the remainder on the first stripes).
     #[tokio::test]
     async fn what_no_stripe_covers_the_whole_balance_pays_and_stays_spread() {
-        let db = TestDatabase::create().await;
-        let store = PgStore::connect(db.url()).await.unwrap();
-        let now = OffsetDateTime::now_utc();
-        let a = store
-            .create_account("a", Credits::from_units(4 * PRICE + 3), now)
-            .await
-            .unwrap();
+        let (_db, store, a, now) = an_account(4 * PRICE + 3).await;
         assert_eq!(
             stripes(&store, a.id.0).await,
             [1_251, 1_251, 1_251, 1_250, 1_250, 1_250, 1_250, 1_250]
@@ -161,13 +168,7 @@ mod tests {
     /// another (another node's batch for the same account), while one to the held stripe does.
     #[tokio::test]
     async fn a_charge_waits_only_for_its_own_stripe() {
-        let db = TestDatabase::create().await;
-        let store = PgStore::connect(db.url()).await.unwrap();
-        let now = OffsetDateTime::now_utc();
-        let a = store
-            .create_account("a", Credits::from_units(80 * PRICE), now)
-            .await
-            .unwrap();
+        let (_db, store, a, now) = an_account(80 * PRICE).await;
         let mut holder = store.conn().await.unwrap();
         let held = holder.transaction().await.unwrap();
         held.execute(
@@ -230,13 +231,7 @@ mod tests {
     /// create (its stripe short) waits for it, holding no other stripe meanwhile.
     #[tokio::test]
     async fn a_create_waiting_for_the_whole_balance_holds_no_stripe() {
-        let db = TestDatabase::create().await;
-        let store = PgStore::connect(db.url()).await.unwrap();
-        let now = OffsetDateTime::now_utc();
-        let a = store
-            .create_account("a", Credits::from_units(4 * PRICE), now)
-            .await
-            .unwrap();
+        let (_db, store, a, now) = an_account(4 * PRICE).await;
         let lock = |stripes: &'static str| {
             format!(
                 "SELECT 1 FROM balance_stripes WHERE account_id = '{}' AND stripe IN ({stripes}) \
