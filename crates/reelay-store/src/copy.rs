@@ -197,11 +197,13 @@ pub async fn sqlite_to_postgres(source: &Path, target: &PgStore) -> StoreResult<
         let placeholders: Vec<String> = (1..=names.len()).map(|i| format!("${i}")).collect();
         let insert = match *table {
             // PostgreSQL keeps a balance in stripes (`balance_stripes`), spread evenly.
-            "accounts" => "WITH a AS (INSERT INTO accounts (id, name, created_at) \
+            "accounts" => format!(
+                "WITH a AS (INSERT INTO accounts (id, name, created_at) \
                  VALUES ($1, $2, $4) RETURNING id) \
                  INSERT INTO balance_stripes (account_id, stripe, balance) \
-                 SELECT id, s, reelay_stripe_share($3, s) FROM a, generate_series(0, 7) AS s"
-                .to_owned(),
+                 SELECT id, s, reelay_stripe_share($3, s) FROM a, generate_series(0, {}) AS s",
+                crate::postgres::STRIPES - 1
+            ),
             _ => format!(
                 "INSERT INTO {table} ({}) {overriding} VALUES ({})",
                 names.join(", "),

@@ -15,7 +15,7 @@ use super::sql::{execute, query};
 use crate::StoreResult;
 
 /// Stripes per account: fixed by migration 0005 (its CHECK and `reelay_stripe_share`).
-pub(super) const STRIPES: i16 = 8;
+pub(crate) const STRIPES: i16 = 8;
 
 /// A stripe for one batch to charge or refund into. At random, so two nodes' batches for one
 /// account meet on a row once in [`STRIPES`] times, whatever the nodes' number or names.

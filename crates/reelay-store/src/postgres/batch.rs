@@ -41,9 +41,9 @@ pub(super) trait Write: Send + Sync + Sized + 'static {
     /// Commits what it can of a batch, in lock order, in one statement outside any
     /// transaction: one round trip, and the rows it locks are held only while it runs and its
     /// commit flushes, never across a round trip (for a busy account's balance stripe, which
-    /// another node's batch may be waiting for, that is most of the time it is held). Answers each
-    /// write it committed, and `None` for each it leaves to [`Write::run_all`]; an error means
-    /// the statement failed and committed nothing. By default it leaves them all.
+    /// another node's batch may be waiting for, that is most of the time it is held). Answers
+    /// each write it committed, and `None` for each it leaves to [`Write::run_all`]; an error
+    /// means the statement failed and committed nothing. By default it leaves them all.
     fn run_alone<'a>(
         writes: &'a [&'a Self],
         _c: &'a Client,

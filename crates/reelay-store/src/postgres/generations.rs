@@ -456,7 +456,8 @@ async fn claim(
 /// racing another waits for its row lock, then finds the status changed), its refund is
 /// written when `$9` says the code is refunded, into the account's balance stripe `$11` (the
 /// ledger's unique index refuses a second, and a balance past the largest bigint fails the
-/// whole statement, so nothing is half written), and its outbox event is inserted, due at once when it has a callback.
+/// whole statement, so nothing is half written), and its outbox event is inserted, due at
+/// once when it has a callback.
 const FINISH: &str = "WITH ended AS ( \
          UPDATE generations SET status = $2, completed_at = $3, failure_code = $4, \
              video_file = $5, video_url = $6, \

@@ -27,6 +27,7 @@ use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
 use crate::{StoreError, StoreResult};
+pub(crate) use balances::STRIPES;
 #[cfg(feature = "testing")]
 pub use test_database::{TestDatabase, Wakes};
 
