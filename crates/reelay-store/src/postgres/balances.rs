@@ -264,6 +264,8 @@ mod tests {
             .get::<_, i64>(0)
             == 0
         {
+            // A create that ended without waiting would leave this loop waiting forever.
+            assert!(!creating.is_finished(), "the create waits for stripe 0");
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         let mut second = store.conn().await.unwrap();
