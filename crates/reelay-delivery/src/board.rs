@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use reelay_store::{DueAt, DueRef};
+use reelay_store::{DestinationShare, DueAt, DueRef};
 use time::OffsetDateTime;
 use tokio::sync::Semaphore;
 
@@ -43,6 +43,9 @@ struct Destination {
     refill_from: Option<Resume>,
     /// Attempts in flight longer than the dispatcher's "slow" mark.
     slow: usize,
+    /// This node's part of the destination's cluster-wide limit, when it is less than the
+    /// node asked for: picks stay within it until it ends.
+    share: Option<DestinationShare>,
 }
 
 /// What to send next: deliveries to lease, and destinations to refill from storage.
@@ -167,6 +170,12 @@ impl Board {
         })
     }
 
+    /// Says what part of `destination`'s cluster-wide limit this node has, if it has less
+    /// than it asked for.
+    pub fn shared(&self, destination: &str, share: Option<DestinationShare>) {
+        self.with(|s, per| s.entry(destination, per).share = share)
+    }
+
     /// A slot of `destination` came free.
     pub fn freed(&self, destination: &str) {
         self.with(|s, _| {
@@ -220,7 +229,7 @@ impl Board {
                     s.ready.remove(&key);
                     continue;
                 };
-                let mut free = dest.slots.available_permits();
+                let mut free = dest.free_within_share(per);
                 let left = global_free - pick.due.len();
                 if dest.slow > 0 {
                     free = free.min(left.saturating_sub(reserve));
@@ -256,6 +265,18 @@ impl Board {
 }
 
 impl Destination {
+    /// Its free slots, no more than its share leaves while it has one.
+    fn free_within_share(&self, per_destination: usize) -> usize {
+        let free = self.slots.available_permits();
+        match self.share {
+            Some(share) if share.until > Instant::now() => {
+                let open = per_destination - free;
+                free.min(share.most.saturating_sub(open))
+            }
+            _ => free,
+        }
+    }
+
     /// Where the next refill starts, if it does not read from the start.
     fn resume(&self) -> Option<Resume> {
         self.refill_from
@@ -273,6 +294,7 @@ impl State {
                 backlog: false,
                 refill_from: None,
                 slow: 0,
+                share: None,
             })
     }
 }
