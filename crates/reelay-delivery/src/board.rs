@@ -384,6 +384,22 @@ mod tests {
         assert_eq!(board.pick(100, 1000, 0).refill, [refill("a", 4, None)]);
     }
 
+    /// Within its share of the cluster-wide limit, a node picks no more than the share leaves
+    /// beside its open requests; once the share ends, its own slots are the limit again.
+    #[test]
+    fn picks_stay_within_the_destination_share_while_it_lasts() {
+        let board = Board::new(8);
+        board.hear(due("a", 8));
+        let open = board.slots("a").try_acquire_many_owned(1).unwrap();
+        let share = |until| DestinationShare { most: 3, until };
+        board.shared("a", Some(share(Instant::now() + Duration::from_secs(60))));
+        assert_eq!(ids(&board.pick(100, 1000, 0)), ["a-0", "a-1"]);
+        board.freed("a");
+        board.shared("a", Some(share(Instant::now())));
+        assert_eq!(board.pick(100, 1000, 0).due.len(), 6, "the share ended");
+        drop(open);
+    }
+
     #[test]
     fn a_saturated_destination_waits_for_a_freed_slot() {
         let board = Board::new(1);
