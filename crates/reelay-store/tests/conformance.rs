@@ -4200,10 +4200,11 @@ async fn postgres_shares_never_take_a_destination_past_its_limit() {
     }
 }
 
-/// A lease within its node's share takes no destination lock, so it does not wait while
-/// another node holds it; a lease asking for more than its share has room for does.
+/// Leases within their nodes' shares of a destination take its lock shared, so one does not
+/// wait while another node's holds it; a lease asking for more than its share has room for
+/// takes it alone, so it does wait.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn postgres_a_lease_within_its_share_does_not_wait_for_the_destination_lock() {
+async fn postgres_leases_within_shares_do_not_wait_for_each_other() {
     let harness = PostgresHarness::new().await;
     let store = Arc::new(pg_node(&harness, 8).await);
     let alice = account(store.as_ref(), "alice", 0).await;
@@ -4221,10 +4222,11 @@ async fn postgres_a_lease_within_its_share_does_not_wait_for_the_destination_loc
     tokio::spawn(connection);
     let lock = format!("hashtextextended('{DEST_A}', 0)");
     other
-        .execute(&format!("SELECT pg_advisory_lock({lock})"), &[])
+        .execute(&format!("SELECT pg_advisory_lock_shared({lock})"), &[])
         .await
         .unwrap();
-    // Whether the lease ends without ever waiting for the lock.
+    // What the lease took if it ended without ever waiting for a lock, or the lease still
+    // waiting.
     let ends_without_waiting = |ids: Vec<String>, open: usize| {
         let store = store.clone();
         let leasing =
@@ -4235,7 +4237,7 @@ async fn postgres_a_lease_within_its_share_does_not_wait_for_the_destination_loc
         async move {
             loop {
                 if leasing.is_finished() {
-                    return Some(leasing.await.unwrap());
+                    return Ok(leasing.await.unwrap());
                 }
                 let waiting: i64 = other
                     .query_one(
@@ -4248,23 +4250,25 @@ async fn postgres_a_lease_within_its_share_does_not_wait_for_the_destination_loc
                     .unwrap()
                     .get(0);
                 if waiting > 0 {
-                    return None;
+                    return Err(leasing);
                 }
                 tokio::task::yield_now().await;
             }
         }
     };
     // Its share (twice the one it wanted) has room for one more.
-    assert_eq!(
-        ends_without_waiting(due[1..2].to_vec(), 1).await,
-        Some(due[1..2].to_vec())
-    );
-    // Two more with two open do not fit: the lease waits for the lock.
-    assert_eq!(ends_without_waiting(due[2..4].to_vec(), 2).await, None);
+    let within = ends_without_waiting(due[1..2].to_vec(), 1).await;
+    assert_eq!(within.ok(), Some(due[1..2].to_vec()));
+    // Two more with two open do not fit: the lease waits for the lock, and takes both once
+    // it is free (its share sized again).
+    let Err(waiting) = ends_without_waiting(due[2..4].to_vec(), 2).await else {
+        panic!("a lease asking for more than its share has room for took no lock");
+    };
     other
-        .execute(&format!("SELECT pg_advisory_unlock({lock})"), &[])
+        .execute(&format!("SELECT pg_advisory_unlock_shared({lock})"), &[])
         .await
         .unwrap();
+    assert_eq!(waiting.await.unwrap(), due[2..4]);
 }
 
 /// The leases a node holds are counted by the others only while it is on their list of

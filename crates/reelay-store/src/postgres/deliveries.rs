@@ -254,15 +254,19 @@ async fn list_owner(
 /// deliveries without locking them and keeps those that look due: one another node has leased
 /// since this node heard of it is left alone, for locking its row would hold up that node's
 /// record of its attempt until this lease commits (seen with two nodes: each node's refills
-/// find the events the other has just finished). A destination for which the node's share
-/// (`$3`, with the room it has left, `$4`) covers every due delivery asked for is leased
-/// within that share, without the destination's lock (`reelay.free`); each other one
-/// (`reelay.locked`) is locked with its advisory lock, in one order on every node (so two
-/// leases cannot deadlock), until the transaction ends. The ids go to the statements after in
-/// `reelay.leasing`: the count of live leases that follows, in a statement of its own (a
-/// snapshot taken after the locks), then sees every lease another node made of the locked
-/// destinations, and every owner it listed. Due-ness is computed, not filtered on, so the
-/// events are found by primary key alone (see [`WITHIN_LIMIT`] for why that matters).
+/// find the events the other has just finished). It then takes each of their destinations'
+/// advisory locks, in one order on every node (so two leases cannot deadlock), until the
+/// transaction ends: shared for a destination whose share (`$3`, with the room it has left
+/// beside the node's open requests, `$4`) covers every due delivery asked for
+/// (`reelay.free`), so that leases within shares on several nodes never wait for each other;
+/// exclusive for each other one (`reelay.locked`), whose lease counts the other nodes' leases
+/// and shares. So a lease within a share and a lease that counts that share never overlap:
+/// the second sees what the first committed, and reads the clock (for whether a share still
+/// counts) after. The ids go to the next statement in `reelay.leasing`: the count of live
+/// leases that follows, in a statement of its own (a snapshot taken after the locks), then
+/// sees every lease another node made of the locked destinations, and every owner it listed.
+/// Due-ness is computed, not filtered on, so the events are found by primary key alone (see
+/// [`WITHIN_LIMIT`] for why that matters).
 const LOCK_DESTINATIONS: &str = "WITH peek AS MATERIALIZED ( \
          SELECT e.id, e.destination, e.state = 'pending' AND e.next_attempt_at <= $2 AS due \
          FROM unnest($1::text[]) AS want (id) JOIN events e ON e.id = want.id), \
@@ -272,8 +276,9 @@ const LOCK_DESTINATIONS: &str = "WITH peek AS MATERIALIZED ( \
              USING (destination) \
          WHERE p.due GROUP BY p.destination), \
      locked AS MATERIALIZED ( \
-         SELECT destination, free, CASE WHEN NOT free \
-             THEN pg_advisory_xact_lock(hashtextextended(destination, 0)) END \
+         SELECT destination, free, CASE WHEN free \
+             THEN pg_advisory_xact_lock_shared(hashtextextended(destination, 0)) \
+             ELSE pg_advisory_xact_lock(hashtextextended(destination, 0)) END \
          FROM (SELECT destination, free FROM asked ORDER BY destination) ordered) \
      SELECT set_config('reelay.leasing', COALESCE(( \
              SELECT array_agg(peek.id) FROM peek JOIN locked USING (destination) \
@@ -282,20 +287,6 @@ const LOCK_DESTINATIONS: &str = "WITH peek AS MATERIALIZED ( \
              SELECT array_agg(destination) FROM locked WHERE free), '{}')::text, true), \
          set_config('reelay.locked', COALESCE(( \
              SELECT array_agg(destination) FROM locked WHERE NOT free), '{}')::text, true)";
-
-/// Then the shares' rows are locked, in one order on every node: this node's own, of the
-/// destinations it leases within its share, and the other owners', of the destinations it
-/// locked. So a lease within a share and a lease that counts that share never overlap: the
-/// one that comes second sees what the first committed, and [`WITHIN_LIMIT`] reads the time a
-/// share counts until after these locks. (A lease that counted a share as lapsed has
-/// committed before its owner's lease within it reads the clock, which then finds it lapsed
-/// too.) A lease that waits here holds no row lock another one waits for: every advisory lock
-/// comes before, and rows are taken in order.
-const LOCK_SHARES: &str = "SELECT s.destination FROM destination_shares s \
-     WHERE s.destination = ANY(current_setting('reelay.free')::text[] \
-             || current_setting('reelay.locked')::text[]) \
-         AND (s.owner = $1) = (s.destination = ANY(current_setting('reelay.free')::text[])) \
-     ORDER BY s.destination, s.owner FOR NO KEY UPDATE OF s";
 
 /// The last leases those of the deliveries the first handed over it may: within the node's
 /// share of a destination it did not lock (its open requests, `$5`/`$6`, and the new ones);
@@ -375,11 +366,10 @@ static WITHIN_LIMIT: LazyLock<String> = LazyLock::new(|| {
 });
 
 /// The node's shares of the destinations it asked for, as this lease left them: sized now
-/// (it locked the destination), or used as they were.
+/// (in this transaction, under the destination's lock), or as they were.
 static READ_SHARES: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT destination, share, wants, \
-         NOT destination = ANY(current_setting('reelay.free')::text[]) AS renewed \
+        "SELECT destination, share, wants, renewed_at >= transaction_timestamp() AS renewed \
      FROM destination_shares \
      WHERE owner = $1 AND destination = ANY(current_setting('reelay.free')::text[] \
              || current_setting('reelay.locked')::text[]) \
@@ -416,7 +406,6 @@ async fn lease(
     let lock_params: [Param<'_>; 4] = [&event_ids, &a.now, &a.free.0, &a.free.1];
     let locked = execute(c, LOCK_DESTINATIONS, &lock_params);
     let owner_params: [Param<'_>; 1] = [&a.owner];
-    let shares_locked = execute(c, LOCK_SHARES, &owner_params);
     static SQL: LazyLock<String> = LazyLock::new(|| {
         format!(
             "{}, \
@@ -448,8 +437,7 @@ async fn lease(
     let leasing = query(c, &SQL, &lease_params);
     let reading = query(c, &READ_SHARES, &owner_params);
     // Polled together, so sent one after the other without waiting for each other's answers.
-    let (_, _, _, leased, shares) =
-        futures::try_join!(planned, locked, shares_locked, leasing, reading)?;
+    let (_, _, leased, shares) = futures::try_join!(planned, locked, leasing, reading)?;
     let shares = shares
         .iter()
         .map(|r| {
@@ -487,8 +475,8 @@ async fn lease(
 
 /// Deletes lapsed shares no lease will use again: `owner`'s of `destinations` (it stopped
 /// sending to them), and, with `orphans`, those of owners no longer listed (stopped or dead).
-/// Outside any lease's transaction, so it holds no row a lease waits for while it waits for
-/// anything; a row another lease has locked is left for later.
+/// Outside any lease's transaction, so it never holds a row while it waits for a lock; a row
+/// another transaction has locked is left for later.
 async fn sweep_shares(
     c: &impl GenericClient,
     owner: &str,
