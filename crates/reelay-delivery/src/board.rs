@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use reelay_store::{DestinationShare, DueAt, DueRef};
+use reelay_store::{DueAt, DueRef};
 use time::OffsetDateTime;
 use tokio::sync::Semaphore;
 
@@ -43,9 +43,6 @@ struct Destination {
     refill_from: Option<Resume>,
     /// Attempts in flight longer than the dispatcher's "slow" mark.
     slow: usize,
-    /// This node's part of the destination's cluster-wide limit, when it is less than the
-    /// node asked for: picks stay within it until it ends.
-    share: Option<DestinationShare>,
 }
 
 /// What to send next: deliveries to lease, and destinations to refill from storage.
@@ -170,12 +167,6 @@ impl Board {
         })
     }
 
-    /// Says what part of `destination`'s cluster-wide limit this node has, if it has less
-    /// than it asked for.
-    pub fn shared(&self, destination: &str, share: Option<DestinationShare>) {
-        self.with(|s, per| s.entry(destination, per).share = share)
-    }
-
     /// A slot of `destination` came free.
     pub fn freed(&self, destination: &str) {
         self.with(|s, _| {
@@ -229,7 +220,7 @@ impl Board {
                     s.ready.remove(&key);
                     continue;
                 };
-                let mut free = dest.free_within_share(per);
+                let mut free = dest.slots.available_permits();
                 let left = global_free - pick.due.len();
                 if dest.slow > 0 {
                     free = free.min(left.saturating_sub(reserve));
@@ -265,18 +256,6 @@ impl Board {
 }
 
 impl Destination {
-    /// Its free slots, no more than its share leaves while it has one.
-    fn free_within_share(&self, per_destination: usize) -> usize {
-        let free = self.slots.available_permits();
-        match self.share {
-            Some(share) if share.until > Instant::now() => {
-                let open = per_destination - free;
-                free.min(share.most.saturating_sub(open))
-            }
-            _ => free,
-        }
-    }
-
     /// Where the next refill starts, if it does not read from the start.
     fn resume(&self) -> Option<Resume> {
         self.refill_from
@@ -294,7 +273,6 @@ impl State {
                 backlog: false,
                 refill_from: None,
                 slow: 0,
-                share: None,
             })
     }
 }
@@ -382,22 +360,6 @@ mod tests {
         // Another node took a-1 and a-2 (or the cluster-wide limit held them back).
         board.leased(&pick.due, ["a", "b"]);
         assert_eq!(board.pick(100, 1000, 0).refill, [refill("a", 4, None)]);
-    }
-
-    /// Within its share of the cluster-wide limit, a node picks no more than the share leaves
-    /// beside its open requests; once the share ends, its own slots are the limit again.
-    #[test]
-    fn picks_stay_within_the_destination_share_while_it_lasts() {
-        let board = Board::new(8);
-        board.hear(due("a", 8));
-        let open = board.slots("a").try_acquire_many_owned(1).unwrap();
-        let share = |until| DestinationShare { most: 3, until };
-        board.shared("a", Some(share(Instant::now() + Duration::from_secs(60))));
-        assert_eq!(ids(&board.pick(100, 1000, 0)), ["a-0", "a-1"]);
-        board.freed("a");
-        board.shared("a", Some(share(Instant::now())));
-        assert_eq!(board.pick(100, 1000, 0).due.len(), 6, "the share ended");
-        drop(open);
     }
 
     #[test]

@@ -204,16 +204,16 @@ impl Dispatcher {
         }
         let ids = asked.iter().map(|d| d.event_id.clone()).collect();
         let sending = inner.board.sending(&asked);
-        let destinations: Vec<String> = sending.keys().cloned().collect();
-        let node = &inner.config.node_id;
         let leased = inner
             .store
-            .lease_deliveries(node, ids, sending, now + inner.config.lease, now)
+            .lease_deliveries(
+                &inner.config.node_id,
+                ids,
+                sending,
+                now + inner.config.lease,
+                now,
+            )
             .await?;
-        for destination in destinations {
-            let share = inner.store.destination_share(node, &destination);
-            inner.board.shared(&destination, share);
-        }
         inner
             .board
             .leased(&asked, leased.iter().map(|d| d.destination.as_str()));

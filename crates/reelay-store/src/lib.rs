@@ -273,13 +273,6 @@ pub trait DeliveryStore: Send + Sync + 'static {
         lease_until: OffsetDateTime,
         now: OffsetDateTime,
     ) -> StoreResult<Vec<DueDelivery>>;
-    /// How many attempts `owner` should keep in flight to `destination` for now, when a backend
-    /// that several nodes share has sized its part of the destination's limit below what it
-    /// asked for: asking for more before `until` only finds nothing more to lease. `None` when
-    /// only the configured limit applies (the default, and a node alone).
-    fn destination_share(&self, _owner: &str, _destination: &str) -> Option<DestinationShare> {
-        None
-    }
     /// Records an attempt; its outcome moves the delivery on only while `owner` holds the
     /// lease (returns false otherwise: the attempt is kept in the log all the same).
     async fn record_attempt(&self, attempt: AttemptRecord) -> StoreResult<bool>;

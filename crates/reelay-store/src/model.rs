@@ -404,15 +404,6 @@ pub struct DueAt {
     pub due_at: OffsetDateTime,
 }
 
-/// A node's part of a destination's cluster-wide limit of attempts in flight: the most it
-/// should have open to the destination until `until` (see
-/// [`crate::DeliveryStore::destination_share`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DestinationShare {
-    pub most: usize,
-    pub until: std::time::Instant,
-}
-
 /// A delivery that is (or is about to be) due, before it is leased.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DueRef {

@@ -4046,108 +4046,39 @@ async fn lease_with_open(
     ids_of(&leased)
 }
 
-/// A lease counts toward a destination's cluster-wide limit, for each other owner, the
-/// greater of its live leases and its share, and what the leasing node has open; a node's
-/// own leases are not counted from storage (an attempt that has ended stays leased until its
-/// outcome is recorded, and counting those would hold back requests there is room for).
+/// A lease counts toward a destination's cluster-wide limit what other owners hold live and
+/// what the leasing node says it has open, but not its own leases whose attempt has ended
+/// and is being recorded: those would hold back requests the destination has room for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn postgres_destination_limit_counts_other_owners_shares_and_open_requests() {
+async fn postgres_destination_limit_counts_other_owners_and_open_requests() {
     let harness = PostgresHarness::new().await;
-    let mut nodes = Vec::new();
-    for _ in 0..3 {
-        nodes.push(pg_node(&harness, 4).await);
-    }
-    let [w1, w2, w3]: [&dyn Store; 3] = [&nodes[0], &nodes[1], &nodes[2]];
-    let alice = account(w1, "alice", 0).await;
+    let store = pg_node(&harness, 3).await;
+    let store: &dyn Store = &store;
+    let alice = account(store, "alice", 0).await;
     let mut due = Vec::new();
     for i in 0..6 {
-        due.push(due_event(w1, alice.id, HOOK_A, 10 + i).await);
+        due.push(due_event(store, alice.id, HOOK_A, 10 + i).await);
     }
-    // w1 wants one: its share is sized to twice that.
-    assert_eq!(
-        lease_with_open(w1, "w1", &due[0..1], 0, 50).await,
-        [due[0].clone()]
-    );
-    // For w2, w1 counts as its share (2), more than its one lease: room for two.
-    assert_eq!(
-        lease_with_open(w2, "w2", &due[1..5], 0, 50).await,
-        due[1..3].to_vec()
-    );
-    // A third owner finds the shares and the leases at the limit.
-    assert_eq!(
-        lease_with_open(w3, "w3", &due[3..4], 0, 50).await,
-        Vec::<String>::new()
-    );
-    // w1, with one request open, leases within its share.
-    assert_eq!(
-        lease_with_open(w1, "w1", &due[3..4], 1, 50).await,
-        [due[3].clone()]
-    );
-    // With two open its share is full, and the others hold the rest.
-    assert_eq!(
-        lease_with_open(w1, "w1", &due[4..5], 2, 50).await,
-        Vec::<String>::new()
-    );
-}
+    let lease = |owner, ids, open, now| lease_with_open(store, owner, ids, open, now);
 
-/// A node alone sizes its share of a destination to the whole limit when it wants it; a node
-/// that joins gets nothing at first, and an even split once the first, asking for more than
-/// its share has room for, sizes its share again. Each then hears what its share is.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn postgres_a_node_that_joins_gets_an_even_split() {
-    let harness = PostgresHarness::new().await;
-    let (one, two) = (pg_node(&harness, 8).await, pg_node(&harness, 8).await);
-    let (one, two): (&dyn Store, &dyn Store) = (&one, &two);
-    let alice = account(one, "alice", 0).await;
-    let mut due = Vec::new();
-    for i in 0..16 {
-        due.push(due_event(one, alice.id, HOOK_A, 10 + i).await);
-    }
-
-    assert_eq!(
-        lease_with_open(one, "w1", &due[0..8], 0, 50).await,
-        due[0..8]
-    );
-    assert_eq!(
-        one.destination_share("w1", DEST_A),
-        None,
-        "w1 has all it asked for"
-    );
-    assert_eq!(
-        lease_with_open(two, "w2", &due[8..12], 0, 50).await,
-        Vec::<String>::new()
-    );
-    assert_eq!(two.destination_share("w2", DEST_A).map(|s| s.most), Some(0));
-    // Half of w1's attempts end; it asks for five more than the four still open.
-    for id in &due[0..4] {
-        let done = record(
-            id,
-            "w1",
-            51,
-            AttemptOutcome::Delivered,
-            Some(200),
-            AfterAttempt::Delivered,
-        );
-        assert_eq!(one.record_attempt(done).await, Ok(true));
-    }
-    assert_eq!(
-        lease_with_open(one, "w1", &due[8..13], 4, 52).await,
-        Vec::<String>::new()
-    );
-    assert_eq!(one.destination_share("w1", DEST_A).map(|s| s.most), Some(4));
-    // w2 now gets the other half.
-    assert_eq!(
-        lease_with_open(two, "w2", &due[8..13], 0, 52).await,
-        due[8..12]
-    );
-    assert_eq!(two.destination_share("w2", DEST_A).map(|s| s.most), Some(4));
+    assert_eq!(lease("w1", &due[0..1], 0, 50).await, [due[0].clone()]);
+    // w1's lease counts for w2: room for two.
+    assert_eq!(lease("w2", &due[1..4], 0, 50).await, due[1..3].to_vec());
+    // w1's own lease is not counted (its attempt ended, per `sending`), w2's two are.
+    assert_eq!(lease("w1", &due[3..4], 0, 50).await, [due[3].clone()]);
+    // With a request open to the destination, w1 has no room left.
+    assert_eq!(lease("w1", &due[4..5], 1, 50).await, Vec::<String>::new());
+    // Nor has a third owner: four leases are live.
+    assert_eq!(lease("w3", &due[4..5], 0, 50).await, Vec::<String>::new());
+    // Once they have lapsed, nothing is counted.
+    assert_eq!(lease("w3", &due[4..6], 0, 111).await, due[4..6].to_vec());
 }
 
 /// Three nodes leasing from one destination in a random order, each ending some of its
-/// attempts now and then, never have more than the limit open between them, and deliver
-/// everything: shares, leases within them, and the leases that size them all hold together.
+/// attempts now and then and saying how many it has open, never have more than the limit
+/// open between them, and deliver everything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn postgres_shares_never_take_a_destination_past_its_limit() {
+async fn postgres_leases_never_take_a_destination_past_its_limit() {
     use rand::{Rng, SeedableRng};
     const LIMIT: usize = 5;
     let harness = PostgresHarness::new().await;
@@ -4200,87 +4131,14 @@ async fn postgres_shares_never_take_a_destination_past_its_limit() {
     }
 }
 
-/// Leases within their nodes' shares of a destination take its lock shared, so one does not
-/// wait while another node's holds it; a lease asking for more than its share has room for
-/// takes it alone, so it does wait.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn postgres_leases_within_shares_do_not_wait_for_each_other() {
-    let harness = PostgresHarness::new().await;
-    let store = Arc::new(pg_node(&harness, 8).await);
-    let alice = account(store.as_ref(), "alice", 0).await;
-    let mut due = Vec::new();
-    for i in 0..4 {
-        due.push(due_event(store.as_ref(), alice.id, HOOK_A, 10 + i).await);
-    }
-    assert_eq!(
-        lease_with_open(store.as_ref(), "w1", &due[0..1], 0, 50).await,
-        [due[0].clone()]
-    );
-    let (other, connection) = tokio_postgres::connect(harness.db.url(), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    let lock = format!("hashtextextended('{DEST_A}', 0)");
-    other
-        .execute(&format!("SELECT pg_advisory_lock_shared({lock})"), &[])
-        .await
-        .unwrap();
-    // What the lease took if it ended without ever waiting for a lock, or the lease still
-    // waiting.
-    let ends_without_waiting = |ids: Vec<String>, open: usize| {
-        let store = store.clone();
-        let leasing =
-            tokio::spawn(
-                async move { lease_with_open(store.as_ref(), "w1", &ids, open, 50).await },
-            );
-        let other = &other;
-        async move {
-            loop {
-                if leasing.is_finished() {
-                    return Ok(leasing.await.unwrap());
-                }
-                let waiting: i64 = other
-                    .query_one(
-                        "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted \
-                         AND database = (SELECT oid FROM pg_database \
-                             WHERE datname = current_database())",
-                        &[],
-                    )
-                    .await
-                    .unwrap()
-                    .get(0);
-                if waiting > 0 {
-                    return Err(leasing);
-                }
-                tokio::task::yield_now().await;
-            }
-        }
-    };
-    // Its share (twice the one it wanted) has room for one more.
-    let within = ends_without_waiting(due[1..2].to_vec(), 1).await;
-    assert_eq!(within.ok(), Some(due[1..2].to_vec()));
-    // Two more with two open do not fit: the lease waits for the lock, and takes both once
-    // it is free (its share sized again).
-    let Err(waiting) = ends_without_waiting(due[2..4].to_vec(), 2).await else {
-        panic!("a lease asking for more than its share has room for took no lock");
-    };
-    other
-        .execute(&format!("SELECT pg_advisory_unlock_shared({lock})"), &[])
-        .await
-        .unwrap();
-    assert_eq!(waiting.await.unwrap(), due[2..4]);
-}
-
 /// The leases a node holds are counted by the others only while it is on their list of
 /// owners: a node lists itself again before any lease that outlasts its entry, even after
 /// another node dropped the entry (it had lapsed), and a node that gave everything back is
-/// off the list until it leases again. (Its share counts only while it is listed too. The
-/// shares sized here, twice the one lease each node wants, are still fresh throughout: w2's
-/// leaves w1 one of the limit's three.)
+/// off the list until it leases again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_an_owner_listed_again_after_lapsing_is_counted() {
     let harness = PostgresHarness::new().await;
-    let (one, two) = (pg_node(&harness, 3).await, pg_node(&harness, 3).await);
+    let (one, two) = (pg_node(&harness, 1).await, pg_node(&harness, 1).await);
     let (one, two): (&dyn Store, &dyn Store) = (&one, &two);
     let alice = account(one, "alice", 0).await;
     let mut due = Vec::new();
@@ -4294,7 +4152,7 @@ async fn postgres_an_owner_listed_again_after_lapsing_is_counted() {
     assert_eq!(lease(two, "w2", &due[1..2], 300).await, [due[1].clone()]);
     // w1 leases again: its node remembers a listing that has lapsed, and lists it again.
     assert_eq!(lease(one, "w1", &due[2..3], 361).await, [due[2].clone()]);
-    // So a third owner finds the destination full: w1's live lease, and w2's share of 2.
+    // So a third owner finds the destination full with w1's live lease.
     assert_eq!(
         lease(two, "w3", &due[3..4], 361).await,
         Vec::<String>::new()
@@ -4303,7 +4161,7 @@ async fn postgres_an_owner_listed_again_after_lapsing_is_counted() {
     // leaves the list; the next lease has room.
     assert_eq!(one.release_delivery_leases("w1", at(362)).await, Ok(2));
     assert_eq!(lease(two, "w3", &due[3..4], 362).await, [due[3].clone()]);
-    // w3, listed by the node that had listed w2, counts against w1 (with w2's share).
+    // w3, listed by the node that had listed w2, counts against w1.
     assert_eq!(
         lease(one, "w1", &due[4..5], 363).await,
         Vec::<String>::new()

@@ -13,7 +13,6 @@ use tokio_postgres::Row;
 
 use super::batch::{Write, pipelined};
 use super::rows::{GENERATION_COLUMNS, corrupt, generation, get, parsed, unsigned};
-use super::shares::{FRESH_FOR, HEADROOM, Sized};
 use super::sql::{Param, execute, query, query_one, query_opt};
 use super::{PgStore, backend};
 use crate::*;
@@ -248,54 +247,35 @@ async fn list_owner(
     .map(drop)
 }
 
-/// A lease is a few statements in one transaction (after [`list_owner`]'s, when it runs),
-/// sent together: each is on its way while the one before runs, so the locks they take are
-/// held for no round trip between them, only to the commit. This one reads the asked-for
-/// deliveries without locking them and keeps those that look due: one another node has leased
-/// since this node heard of it is left alone, for locking its row would hold up that node's
-/// record of its attempt until this lease commits (seen with two nodes: each node's refills
-/// find the events the other has just finished). It then takes each of their destinations'
-/// advisory locks, in one order on every node (so two leases cannot deadlock), until the
-/// transaction ends: shared for a destination whose share (`$3`, with the room it has left
-/// beside the node's open requests, `$4`) covers every due delivery asked for
-/// (`reelay.free`), so that leases within shares on several nodes never wait for each other;
-/// exclusive for each other one (`reelay.locked`), whose lease counts the other nodes' leases
-/// and shares. So a lease within a share and a lease that counts that share never overlap:
-/// the second sees what the first committed, and reads the clock (for whether a share still
-/// counts) after. The ids go to the next statement in `reelay.leasing`: the count of live
+/// A lease is two statements in one transaction (after [`list_owner`]'s, when it runs), sent
+/// together: the second is on its way while the first runs, so the destinations' locks the
+/// first takes are held for no round trip between them, only to the commit. This one reads
+/// the asked-for deliveries without locking them and keeps those that look due: one another
+/// node has leased since this node heard of it is left alone, for locking its row would hold
+/// up that node's record of its attempt until this lease commits (seen with two nodes: each
+/// node's refills find the events the other has just finished). It then takes the advisory
+/// lock of each of their destinations, in one order on every node (so two leases cannot
+/// deadlock), until the transaction ends, and hands the ids whose destination it locked to
+/// the second statement in the transaction's setting `reelay.leasing`: the count of live
 /// leases that follows, in a statement of its own (a snapshot taken after the locks), then
-/// sees every lease another node made of the locked destinations, and every owner it listed.
+/// sees every lease another node made of these destinations, and every owner it listed.
 /// Due-ness is computed, not filtered on, so the events are found by primary key alone (see
 /// [`WITHIN_LIMIT`] for why that matters).
 const LOCK_DESTINATIONS: &str = "WITH peek AS MATERIALIZED ( \
          SELECT e.id, e.destination, e.state = 'pending' AND e.next_attempt_at <= $2 AS due \
          FROM unnest($1::text[]) AS want (id) JOIN events e ON e.id = want.id), \
-     asked AS MATERIALIZED ( \
-         SELECT p.destination, COALESCE(MIN(c.room) >= COUNT(*), false) AS free \
-         FROM peek p LEFT JOIN unnest($3::text[], $4::bigint[]) AS c (destination, room) \
-             USING (destination) \
-         WHERE p.due GROUP BY p.destination), \
      locked AS MATERIALIZED ( \
-         SELECT destination, free, CASE WHEN free \
-             THEN pg_advisory_xact_lock_shared(hashtextextended(destination, 0)) \
-             ELSE pg_advisory_xact_lock(hashtextextended(destination, 0)) END \
-         FROM (SELECT destination, free FROM asked ORDER BY destination) ordered) \
+         SELECT destination, pg_advisory_xact_lock(hashtextextended(destination, 0)) \
+         FROM (SELECT DISTINCT destination FROM peek WHERE due ORDER BY destination) asked) \
      SELECT set_config('reelay.leasing', COALESCE(( \
-             SELECT array_agg(peek.id) FROM peek JOIN locked USING (destination) \
-             WHERE peek.due), '{}')::text, true), \
-         set_config('reelay.free', COALESCE(( \
-             SELECT array_agg(destination) FROM locked WHERE free), '{}')::text, true), \
-         set_config('reelay.locked', COALESCE(( \
-             SELECT array_agg(destination) FROM locked WHERE NOT free), '{}')::text, true)";
+         SELECT array_agg(peek.id) FROM peek JOIN locked USING (destination) WHERE peek.due \
+     ), '{}')::text, true)";
 
-/// The last leases those of the deliveries the first handed over it may: within the node's
-/// share of a destination it did not lock (its open requests, `$5`/`$6`, and the new ones);
-/// for a destination it locked, without going past `$4` attempts in flight across the cluster
-/// (each other live owner counts as the greater of its unexpired leases and its share) nor
-/// past an even split with the owners that want as much. It sizes its share of each
-/// destination it locked to what that leaves, up to [`HEADROOM`] times what it wants now.
-/// Oldest due first, and with the bodies to build (the generations of events stored without
-/// one).
+/// The second (with the UPDATE below) leases those of the deliveries the first handed over it
+/// may without any destination going past `$4` attempts in flight across the cluster (the other
+/// owners' unexpired live leases, the requests this one says it has open, `$5`/`$6`, and the new
+/// ones), oldest due first, and brings the bodies to build (the generations of events stored
+/// without one).
 ///
 /// The asked-for rows are locked and read by primary key alone, and only then checked for
 /// being due. A row another transaction holds is skipped, not waited for: it is being leased
@@ -309,10 +289,8 @@ const LOCK_DESTINATIONS: &str = "WITH peek AS MATERIALIZED ( \
 /// live count ran once per candidate row. The other owners' leases are counted owner by
 /// owner, for the owners `lease_owners` lists as live, so `events_in_flight` is read only
 /// where a live owner's entries are: never this owner's own, nor those a node long gone left
-/// behind, dead or not, nor any for a destination leased within a share.
-static WITHIN_LIMIT: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "WITH asked AS MATERIALIZED ( \
+/// behind, dead or not.
+const WITHIN_LIMIT: &str = "WITH asked AS MATERIALIZED ( \
          SELECT e.id, e.destination, e.next_attempt_at, e.state \
          FROM unnest(current_setting('reelay.leasing')::text[]) AS want (id) \
              JOIN events e ON e.id = want.id \
@@ -320,82 +298,31 @@ static WITHIN_LIMIT: LazyLock<String> = LazyLock::new(|| {
      due AS MATERIALIZED ( \
          SELECT id, destination, next_attempt_at FROM asked \
          WHERE state = 'pending' AND next_attempt_at <= $3), \
-     asks AS MATERIALIZED ( \
-         SELECT destination, COUNT(*) AS asked, \
-             destination = ANY(current_setting('reelay.free')::text[]) AS free, \
-             COALESCE((SELECT s.n FROM unnest($5::text[], $6::bigint[]) AS s (destination, n) \
-                 WHERE s.destination = due.destination), 0) AS open \
-         FROM due GROUP BY destination), \
-     others AS MATERIALIZED ( \
-         SELECT a.destination, x.reserved, x.sharers, x.wants \
-         FROM asks a CROSS JOIN LATERAL ( \
-             SELECT COALESCE(SUM(GREATEST(c.n, COALESCE(s.share, 0))), 0)::bigint AS reserved, \
-                 COUNT(s.share) AS sharers, \
-                 COALESCE(array_agg(s.wants) FILTER (WHERE s.share IS NOT NULL), '{{}}') \
-                     AS wants \
-             FROM lease_owners o \
+     live AS MATERIALIZED ( \
+         SELECT d.destination, (SELECT COALESCE(SUM(c.n), 0)::bigint FROM lease_owners o \
              CROSS JOIN LATERAL (SELECT COUNT(*) AS n FROM events e \
-                 WHERE e.destination = a.destination AND e.lease_owner = o.owner \
+                 WHERE e.destination = d.destination AND e.lease_owner = o.owner \
                      AND e.state = 'pending' AND e.next_attempt_at > $3) c \
-             LEFT JOIN destination_shares s ON s.destination = a.destination \
-                 AND s.owner = o.owner AND s.renewed_at > statement_timestamp() - {FRESH_FOR} \
-             WHERE o.owner <> $1 AND o.live_until > $3) x \
-         WHERE NOT a.free), \
-     room AS MATERIALIZED ( \
-         SELECT a.destination, a.free, a.open + a.asked AS wants, CASE WHEN a.free \
-             THEN COALESCE((SELECT s.share FROM destination_shares s \
-                 WHERE s.destination = a.destination AND s.owner = $1 \
-                     AND s.renewed_at > statement_timestamp() - {FRESH_FOR}), 0) \
-             ELSE LEAST($4 - o.reserved, GREATEST($4 / (1 + o.sharers), \
-                 $4 - (SELECT COALESCE(SUM(LEAST(w, ($4 + o.sharers) / (1 + o.sharers))), 0) \
-                     FROM unnest(o.wants) w))) END AS allowed \
-         FROM asks a LEFT JOIN others o USING (destination)), \
-     sized AS ( \
-         INSERT INTO destination_shares (destination, owner, share, wants, renewed_at) \
-         SELECT destination, $1, GREATEST(0, LEAST(allowed, {HEADROOM} * wants)), wants, \
-             statement_timestamp() \
-         FROM room WHERE NOT free \
-         ON CONFLICT (destination, owner) DO UPDATE SET share = excluded.share, \
-             wants = excluded.wants, renewed_at = excluded.renewed_at), \
+             WHERE o.owner <> $1 AND o.live_until > $3) \
+             + COALESCE((SELECT s.n FROM unnest($5::text[], $6::bigint[]) AS s (destination, n) \
+                 WHERE s.destination = d.destination), 0) AS n \
+         FROM (SELECT DISTINCT destination FROM due) d), \
      ranked AS MATERIALIZED ( \
-         SELECT d.id, a.open + row_number() OVER ( \
-             PARTITION BY d.destination ORDER BY d.next_attempt_at, d.id) AS k, r.allowed \
-         FROM due d JOIN asks a USING (destination) JOIN room r USING (destination)), \
-     chosen AS MATERIALIZED (SELECT id FROM ranked WHERE k <= allowed)"
-    )
-});
-
-/// The node's shares of the destinations it asked for, as this lease left them: sized now
-/// (in this transaction, under the destination's lock), or as they were.
-static READ_SHARES: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "SELECT destination, share, wants, renewed_at >= transaction_timestamp() AS renewed \
-     FROM destination_shares \
-     WHERE owner = $1 AND destination = ANY(current_setting('reelay.free')::text[] \
-             || current_setting('reelay.locked')::text[]) \
-         AND renewed_at > statement_timestamp() - {FRESH_FOR}"
-    )
-});
-
-/// What a lease asks for and says, beside the ids.
-struct Asking<'a> {
-    owner: &'a str,
-    /// Requests open from this node, by destination.
-    sending: &'a HashMap<String, usize>,
-    /// Destinations its shares may cover, with the room each has left.
-    free: (Vec<String>, Vec<i64>),
-    per_destination: i64,
-    lease_until: OffsetDateTime,
-    now: OffsetDateTime,
-}
+         SELECT a.id, live.n + row_number() OVER ( \
+             PARTITION BY a.destination ORDER BY a.next_attempt_at, a.id) AS k \
+         FROM due a JOIN live USING (destination)), \
+     chosen AS MATERIALIZED (SELECT id FROM ranked WHERE k <= $4)";
 
 async fn lease(
     c: &impl GenericClient,
+    owner: &str,
     event_ids: &[String],
-    a: &Asking<'_>,
-) -> StoreResult<(Vec<DueDelivery>, Vec<Sized>)> {
-    let (destinations, open): (Vec<&str>, Vec<i64>) = a
-        .sending
+    sending: &HashMap<String, usize>,
+    per_destination: i64,
+    lease_until: OffsetDateTime,
+    now: OffsetDateTime,
+) -> StoreResult<Vec<DueDelivery>> {
+    let (destinations, open): (Vec<&str>, Vec<i64>) = sending
         .iter()
         .map(|(destination, n)| (destination.as_str(), bigint(*n)))
         .unzip();
@@ -403,12 +330,11 @@ async fn lease(
     // the whole table instead of looking the ids up (seen in auto_explain: a sequential scan of
     // 57,000 rows for 58 ids), and a lease's ids are many enough to make planning cheap.
     let planned = execute(c, "SET LOCAL plan_cache_mode = force_custom_plan", &[]);
-    let lock_params: [Param<'_>; 4] = [&event_ids, &a.now, &a.free.0, &a.free.1];
+    let lock_params: [Param<'_>; 2] = [&event_ids, &now];
     let locked = execute(c, LOCK_DESTINATIONS, &lock_params);
-    let owner_params: [Param<'_>; 1] = [&a.owner];
     static SQL: LazyLock<String> = LazyLock::new(|| {
         format!(
-            "{}, \
+            "{WITHIN_LIMIT}, \
          leased AS ( \
              UPDATE events SET lease_owner = $1, next_attempt_at = $2 \
              FROM chosen WHERE events.id = chosen.id \
@@ -418,7 +344,6 @@ async fn lease(
          SELECT l.*, g.id IS NOT NULL AS has_generation, {} \
          FROM leased l LEFT JOIN generations g \
              ON l.payload = '' AND g.id = l.event_generation_id",
-            *WITHIN_LIMIT,
             GENERATION_COLUMNS
                 .split(", ")
                 .map(|column| format!("g.{column}"))
@@ -427,29 +352,17 @@ async fn lease(
         )
     });
     let lease_params: [Param<'_>; 6] = [
-        &a.owner,
-        &a.lease_until,
-        &a.now,
-        &a.per_destination,
+        &owner,
+        &lease_until,
+        &now,
+        &per_destination,
         &destinations,
         &open,
     ];
     let leasing = query(c, &SQL, &lease_params);
-    let reading = query(c, &READ_SHARES, &owner_params);
     // Polled together, so sent one after the other without waiting for each other's answers.
-    let (_, _, leased, shares) = futures::try_join!(planned, locked, leasing, reading)?;
-    let shares = shares
-        .iter()
-        .map(|r| {
-            Ok(Sized {
-                destination: get(r, "destination")?,
-                share: unsigned::<i32, _>(r, "share")?,
-                wants: unsigned::<i32, _>(r, "wants")?,
-                renewed: get(r, "renewed")?,
-            })
-        })
-        .collect::<StoreResult<_>>()?;
-    let leased = leased
+    let (_, _, leased) = futures::try_join!(planned, locked, leasing)?;
+    leased
         .iter()
         .map(|r| {
             let generation_id = GenerationId(get(r, "event_generation_id")?);
@@ -469,45 +382,7 @@ async fn lease(
                 round_attempts: unsigned::<i32, _>(r, "round_attempts")?,
             })
         })
-        .collect::<StoreResult<_>>()?;
-    Ok((leased, shares))
-}
-
-/// Deletes lapsed shares no lease will use again: `owner`'s of `destinations` (it stopped
-/// sending to them), and, with `orphans`, those of owners no longer listed (stopped or dead).
-/// Outside any lease's transaction, so it never holds a row while it waits for a lock; a row
-/// another transaction has locked is left for later.
-async fn sweep_shares(
-    c: &impl GenericClient,
-    owner: &str,
-    destinations: &[String],
-    orphans: bool,
-) -> StoreResult<()> {
-    static FORGOTTEN: LazyLock<String> = LazyLock::new(|| {
-        format!(
-            "DELETE FROM destination_shares WHERE (destination, owner) IN ( \
-                 SELECT destination, owner FROM destination_shares \
-                 WHERE owner = $1 AND destination = ANY($2) \
-                     AND renewed_at <= statement_timestamp() - {FRESH_FOR} \
-                 FOR UPDATE SKIP LOCKED)"
-        )
-    });
-    static ORPHANS: LazyLock<String> = LazyLock::new(|| {
-        format!(
-            "DELETE FROM destination_shares WHERE (destination, owner) IN ( \
-                 SELECT s.destination, s.owner FROM destination_shares s \
-                 WHERE s.renewed_at <= statement_timestamp() - {FRESH_FOR} \
-                     AND NOT EXISTS (SELECT 1 FROM lease_owners o WHERE o.owner = s.owner) \
-                 FOR UPDATE OF s SKIP LOCKED)"
-        )
-    });
-    if !destinations.is_empty() {
-        execute(c, &FORGOTTEN, &[&owner, &destinations]).await?;
-    }
-    if orphans {
-        execute(c, &ORPHANS, &[]).await?;
-    }
-    Ok(())
+        .collect()
 }
 
 /// An attempt in one statement (one round trip, one commit): the event row is locked first
@@ -650,50 +525,32 @@ impl DeliveryStore for PgStore {
         if event_ids.is_empty() {
             return Ok(Vec::new());
         }
+        let per_destination = i64::try_from(self.per_destination).unwrap_or(i64::MAX);
         let listed_until = lease_until + LISTED_BEYOND_LEASE;
         let relist = self
             .listed
             .until(owner)
             .is_none_or(|until| until < lease_until);
-        // A node that lists itself again leases under the lock: the others do not count its
-        // share until its listing is committed.
-        let free = if relist {
-            Default::default()
-        } else {
-            self.shares.candidates(owner, &sending)
-        };
-        let asking = Asking {
-            owner,
-            sending: &sending,
-            free,
-            per_destination: i64::try_from(self.per_destination).unwrap_or(i64::MAX),
-            lease_until,
-            now,
-        };
         let mut c = self.conn().await?;
         let tx = c.transaction().await.map_err(backend)?;
         if relist {
             list_owner(&tx, owner, listed_until, now).await?;
         }
-        let (leased, shares) = lease(&tx, &event_ids, &asking).await?;
+        let leased = lease(
+            &tx,
+            owner,
+            &event_ids,
+            &sending,
+            per_destination,
+            lease_until,
+            now,
+        )
+        .await?;
         tx.commit().await.map_err(backend)?;
         if relist {
             self.listed.set(owner, listed_until);
         }
-        self.shares.leased(owner, sending.keys(), shares);
-        let forgotten = self.shares.forgotten(owner);
-        if relist || !forgotten.is_empty() {
-            // The lease stands either way; a share left behind has lapsed and is found again.
-            if let Err(error) = sweep_shares(&c, owner, &forgotten, relist).await {
-                tracing::debug!(%error, "deleting lapsed destination shares failed");
-            }
-        }
         Ok(leased)
-    }
-
-    fn destination_share(&self, owner: &str, destination: &str) -> Option<DestinationShare> {
-        let share = self.shares.share(owner, destination)?;
-        (share.most < self.per_destination).then_some(share)
     }
 
     async fn record_attempt(&self, attempt: AttemptRecord) -> StoreResult<bool> {
@@ -717,8 +574,7 @@ impl DeliveryStore for PgStore {
     }
 
     /// Also takes `owner` off `lease_owners`: it holds nothing now, and if it leases again it
-    /// lists itself again first. Its shares of destinations stop counting a few seconds after
-    /// it last sized them, and are deleted when they have.
+    /// lists itself again first.
     async fn release_delivery_leases(&self, owner: &str, now: OffsetDateTime) -> StoreResult<u64> {
         let c = self.conn().await?;
         let released = execute(
@@ -729,9 +585,7 @@ impl DeliveryStore for PgStore {
         )
         .await?;
         self.listed.forget(owner);
-        self.shares.forget_owner(owner);
         execute(&c, "DELETE FROM lease_owners WHERE owner = $1", &[&owner]).await?;
-        sweep_shares(&c, owner, &[], true).await?;
         Ok(released)
     }
 
@@ -859,16 +713,9 @@ mod tests {
         ] {
             let asked: Vec<String> = asked.into_iter().map(String::from).collect();
             let tx = a.transaction().await.unwrap();
-            let sending = HashMap::new();
-            let asking = Asking {
-                owner: "a",
-                sending: &sending,
-                free: Default::default(),
-                per_destination: 64,
-                lease_until: until,
-                now,
-            };
-            let (leased, _) = lease(&tx, &asked, &asking).await.unwrap();
+            let leased = lease(&tx, "a", &asked, &HashMap::new(), 64, until, now)
+                .await
+                .unwrap();
             let leased: Vec<&str> = leased.iter().map(|d| d.event_id.as_str()).collect();
             assert_eq!(leased, expected, "leased when asked for {asked:?}");
             // The lease is still open: the other node's record of `taken` does not wait.

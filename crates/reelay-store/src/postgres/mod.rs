@@ -12,7 +12,6 @@ mod generations;
 mod retention;
 mod rows;
 mod secrets;
-mod shares;
 mod signals;
 mod sql;
 #[cfg(feature = "testing")]
@@ -39,7 +38,6 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0003_in_flight_by_owner.sql"),
     include_str!("../../migrations/postgres/0004_lease_owners.sql"),
     include_str!("../../migrations/postgres/0005_balance_stripes.sql"),
-    include_str!("../../migrations/postgres/0006_destination_shares.sql"),
 ];
 
 /// Held (as a session advisory lock) while migrations run, so that nodes starting together
@@ -86,8 +84,6 @@ pub struct PgStore {
     per_destination: usize,
     /// Until when this process last listed a lease owner in `lease_owners`.
     listed: std::sync::Arc<deliveries::Listed>,
-    /// This process's nodes' shares of destinations' limits.
-    shares: std::sync::Arc<shares::Shares>,
 }
 
 /// [`PgStore::with_destination_limit`]'s default: `REELAY_WEBHOOK_PER_DESTINATION`'s.
@@ -181,15 +177,14 @@ impl PgStore {
             attempts: Default::default(),
             per_destination: DEFAULT_PER_DESTINATION,
             listed: Default::default(),
-            shares: Default::default(),
         })
     }
 
     /// Holds every destination to `limit` attempts in flight across all the nodes on this
-    /// database: [`crate::DeliveryStore::lease_deliveries`] keeps each node within a share of
-    /// `limit`, or counts the other nodes' live leases and shares and the requests the leasing
-    /// node has open, under a per-destination lock, so a receiver sized for `limit` concurrent
-    /// requests never sees more, however many nodes send. (One node's dispatcher holds the same limit in memory; on a shared database that
+    /// database: [`crate::DeliveryStore::lease_deliveries`] counts the other nodes' live
+    /// leases and the requests the leasing node has open, under a per-destination lock, so a
+    /// receiver sized for `limit` concurrent requests never sees more, however many nodes
+    /// send. (One node's dispatcher holds the same limit in memory; on a shared database that
     /// alone would allow `limit` per node.)
     pub fn with_destination_limit(mut self, limit: usize) -> Self {
         self.per_destination = limit.max(1);
