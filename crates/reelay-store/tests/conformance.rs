@@ -81,15 +81,23 @@ impl PostgresHarness {
             db: TestDatabase::create().await,
         }
     }
+
+    async fn connect(&self) -> PgStore {
+        PgStore::connect(self.db.url())
+            .await
+            .expect("opening the PostgreSQL store")
+    }
+
+    /// A store for one of several nodes, holding each destination to `limit` across them.
+    async fn node(&self, limit: usize) -> PgStore {
+        self.connect().await.with_destination_limit(limit)
+    }
 }
 
 #[async_trait]
 impl Harness for PostgresHarness {
     async fn open(&self) -> Arc<dyn Store> {
-        let store = PgStore::connect(self.db.url())
-            .await
-            .expect("opening the PostgreSQL store");
-        Arc::new(store)
+        Arc::new(self.connect().await)
     }
 }
 
@@ -4021,14 +4029,6 @@ async fn ended_lease_names_the_holder_at_the_end(h: &dyn Harness) {
 // Shared-database behaviour: PostgreSQL only (one SQLite file has one node, whose dispatcher
 // holds the destination limit alone).
 
-/// A store for several nodes, holding each destination to `limit` across them.
-async fn pg_node(harness: &PostgresHarness, limit: usize) -> PgStore {
-    PgStore::connect(harness.db.url())
-        .await
-        .expect("opening the PostgreSQL store")
-        .with_destination_limit(limit)
-}
-
 /// What `owner` leases of `ids` to `DEST_A` at `now` with `open` requests of its own open
 /// there, for a minute.
 async fn lease_with_open(
@@ -4052,7 +4052,7 @@ async fn lease_with_open(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_destination_limit_counts_other_owners_and_open_requests() {
     let harness = PostgresHarness::new().await;
-    let store = pg_node(&harness, 3).await;
+    let store = harness.node(3).await;
     let store: &dyn Store = &store;
     let alice = account(store, "alice", 0).await;
     let mut due = Vec::new();
@@ -4084,7 +4084,7 @@ async fn postgres_leases_never_take_a_destination_past_its_limit() {
     let harness = PostgresHarness::new().await;
     let mut nodes = Vec::new();
     for _ in 0..3 {
-        nodes.push(pg_node(&harness, LIMIT).await);
+        nodes.push(harness.node(LIMIT).await);
     }
     let alice = account(&nodes[0], "alice", 0).await;
     for seed in 0..8 {
@@ -4138,7 +4138,7 @@ async fn postgres_leases_never_take_a_destination_past_its_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_an_owner_listed_again_after_lapsing_is_counted() {
     let harness = PostgresHarness::new().await;
-    let (one, two) = (pg_node(&harness, 1).await, pg_node(&harness, 1).await);
+    let (one, two) = (harness.node(1).await, harness.node(1).await);
     let (one, two): (&dyn Store, &dyn Store) = (&one, &two);
     let alice = account(one, "alice", 0).await;
     let mut due = Vec::new();
