@@ -1,12 +1,83 @@
-//! Bearer API keys: the extractor that turns `Authorization: Bearer <key>` into an account.
+//! Bearer API keys: the extractor that turns `Authorization: Bearer <key>` into an account,
+//! and the live keys a node remembers for a moment so that a busy client's every request is
+//! not also a round trip to the database.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
 
 use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
 use reelay_core::AccountId;
 use reelay_core::apikey::KeyHash;
+use reelay_store::{Store, StoreResult};
+use tokio::time::Instant;
 
 use crate::{ApiError, AppState};
+
+/// How long a key the store found live is taken as live without asking it again. `reelay keys
+/// revoke` waits this long after its commit, so once it returns the key is refused by every
+/// node. (Asking the store on every request cost a fifth of PostgreSQL's time per webhook in
+/// `reelay-bench pipeline`: BENCHMARKS.md, "Live keys remembered for a second".)
+pub const KEY_FRESHNESS: Duration = Duration::from_secs(1);
+
+/// The most keys remembered at once; past it the stale ones are dropped, and if none is, all.
+const REMEMBERED: usize = 10_000;
+
+/// Live keys this node found in the store, each with when it was asked. Unknown and revoked
+/// keys are never remembered: a client guessing keys costs a lookup each, and no memory.
+pub struct LiveKeys {
+    found: Mutex<HashMap<KeyHash, (AccountId, Instant)>>,
+    freshness: Duration,
+}
+
+impl Default for LiveKeys {
+    fn default() -> Self {
+        Self {
+            found: Mutex::default(),
+            freshness: KEY_FRESHNESS,
+        }
+    }
+}
+
+impl LiveKeys {
+    /// The account `hash`'s key acts for, or `None` when the key is unknown or revoked.
+    pub async fn account(
+        &self,
+        store: &dyn Store,
+        hash: KeyHash,
+    ) -> StoreResult<Option<AccountId>> {
+        if let Some(&(account, asked)) = self.found().get(&hash)
+            && asked.elapsed() < self.freshness
+        {
+            return Ok(Some(account));
+        }
+        // Stamped before the store is asked: its answer is no older than this.
+        let asked = Instant::now();
+        let key = store.authenticate(hash).await?;
+        let mut found = self.found();
+        match &key {
+            Some(key) => {
+                if found.len() >= REMEMBERED {
+                    found.retain(|_, (_, asked)| asked.elapsed() < self.freshness);
+                    if found.len() >= REMEMBERED {
+                        found.clear();
+                    }
+                }
+                found.insert(hash, (key.account_id, asked));
+            }
+            None => {
+                found.remove(&hash);
+            }
+        }
+        Ok(key.map(|key| key.account_id))
+    }
+
+    fn found(&self) -> std::sync::MutexGuard<'_, HashMap<KeyHash, (AccountId, Instant)>> {
+        self.found.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
 
 /// The account a request acts for, proven by a live API key.
 pub struct Caller(pub AccountId);
@@ -32,11 +103,92 @@ impl FromRequestParts<AppState> for Caller {
                     "malformed Authorization header; it must read `Bearer <your API key>`",
                 )
             })?;
-        match state.store.authenticate(KeyHash::of(key)).await? {
-            Some(key) => Ok(Caller(key.account_id)),
+        match state
+            .live_keys
+            .account(state.store.as_ref(), KeyHash::of(key))
+            .await?
+        {
+            Some(account) => Ok(Caller(account)),
             None => Err(ApiError::unauthorized(
                 "the API key is not valid: it is unknown or was revoked",
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use reelay_core::Credits;
+    use reelay_core::apikey::IssuedKey;
+    use reelay_store::{AccountStore, NewKey, SqliteStore};
+    use time::OffsetDateTime;
+
+    use super::*;
+
+    async fn store_with_key() -> (tempfile::TempDir, SqliteStore, AccountId, IssuedKey) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("reelay.db")).unwrap();
+        let now = OffsetDateTime::now_utc();
+        let account = store
+            .create_account("studio", Credits::ZERO, now)
+            .await
+            .unwrap();
+        let issued = IssuedKey::generate();
+        let key = NewKey {
+            id: issued.id,
+            account_id: account.id,
+            name: "ci".into(),
+            shown_prefix: issued.shown_prefix.clone(),
+            hash: issued.hash,
+        };
+        store.create_key(key, now).await.unwrap();
+        (dir, store, account.id, issued)
+    }
+
+    #[tokio::test]
+    async fn a_revoked_key_is_refused_once_the_freshness_window_has_passed() {
+        let (_dir, store, account, issued) = store_with_key().await;
+        let keys = LiveKeys::default();
+        assert_eq!(
+            keys.account(&store, issued.hash).await.unwrap(),
+            Some(account)
+        );
+        assert!(
+            store
+                .revoke_key(issued.id, OffsetDateTime::now_utc())
+                .await
+                .unwrap()
+        );
+        tokio::time::sleep(KEY_FRESHNESS).await;
+        assert_eq!(keys.account(&store, issued.hash).await.unwrap(), None);
+        assert!(keys.found().is_empty(), "a revoked key is forgotten");
+    }
+
+    #[tokio::test]
+    async fn a_live_key_is_not_looked_up_again_while_fresh_and_unknown_ones_are_not_kept() {
+        let (_dir, store, account, issued) = store_with_key().await;
+        let keys = LiveKeys {
+            freshness: Duration::from_secs(3600),
+            ..LiveKeys::default()
+        };
+        assert_eq!(
+            keys.account(&store, issued.hash).await.unwrap(),
+            Some(account)
+        );
+        // The store refuses it now; the node still answers from what it found.
+        assert!(
+            store
+                .revoke_key(issued.id, OffsetDateTime::now_utc())
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            keys.account(&store, issued.hash).await.unwrap(),
+            Some(account)
+        );
+
+        let unknown = KeyHash::of("rly_not-a-key");
+        assert_eq!(keys.account(&store, unknown).await.unwrap(), None);
+        assert_eq!(keys.found().len(), 1, "only the live key is kept");
     }
 }

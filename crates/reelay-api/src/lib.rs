@@ -31,6 +31,7 @@ use reelay_store::Store;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+pub use auth::{KEY_FRESHNESS, LiveKeys};
 pub use error::{ApiError, ErrorCode};
 pub use ops::AdminAccess;
 pub use rate_limit::CreateLimiter;
@@ -39,6 +40,8 @@ pub use rate_limit::CreateLimiter;
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn Store>,
+    /// API keys found live a moment ago.
+    pub live_keys: Arc<LiveKeys>,
     pub engine: Engine,
     pub destinations: DestinationPolicy,
     pub videos_dir: PathBuf,

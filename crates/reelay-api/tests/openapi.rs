@@ -70,6 +70,7 @@ fn app(dir: &Path) -> axum::Router {
         },
     );
     reelay_api::router(AppState {
+        live_keys: Default::default(),
         store,
         engine,
         destinations,

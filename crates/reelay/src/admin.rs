@@ -2,6 +2,7 @@
 //! works with or without a running server.
 
 use anyhow::{Context, bail};
+use reelay_api::KEY_FRESHNESS;
 use reelay_core::apikey::IssuedKey;
 use reelay_core::money::BalanceError;
 use reelay_core::{AccountId, Credits, KeyId};
@@ -87,10 +88,13 @@ pub fn key_json(key: &ApiKeyInfo) -> Value {
     })
 }
 
+/// Returns once every node refuses the key: a node takes a key it found live as live for
+/// [`KEY_FRESHNESS`] without asking again.
 pub async fn revoke_key(store: &dyn Store, id: KeyId) -> anyhow::Result<()> {
     if !store.revoke_key(id, OffsetDateTime::now_utc()).await? {
         bail!("no live key {id}: it does not exist or was already revoked");
     }
+    tokio::time::sleep(KEY_FRESHNESS).await;
     Ok(())
 }
 

@@ -319,6 +319,7 @@ pub async fn serve(
     );
     let store_for_retention = store.clone();
     let app = reelay_api::router(AppState {
+        live_keys: Default::default(),
         store: store.clone(),
         engine: engine.clone(),
         destinations: destinations(&config),

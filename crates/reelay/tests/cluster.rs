@@ -1,7 +1,7 @@
 //! Several `reelay serve` nodes on one PostgreSQL database (SPEC §5), as real processes on a
 //! throwaway database of their own: they share generations and deliveries, a node killed with
-//! SIGKILL loses nothing, credits hold across nodes, and a node that loses its database
-//! answers 503 until it comes back, by itself.
+//! SIGKILL loses nothing, credits hold across nodes, a revoked key is refused by all of them,
+//! and a node that loses its database answers 503 until it comes back, by itself.
 
 mod common;
 mod receiver;
@@ -335,6 +335,37 @@ impl Partition {
 impl Drop for Partition {
     fn drop(&mut self) {
         self.accept.abort();
+    }
+}
+
+/// Each node takes a key it found live as live for a second without asking the database again
+/// (`reelay_api::KEY_FRESHNESS`); `reelay keys revoke` returns only once that second has
+/// passed, so by then no node accepts the key, including the nodes that used it just before.
+#[tokio::test]
+async fn a_key_revoked_from_the_cli_is_refused_by_every_node_once_it_returns() {
+    let db = TestDatabase::create().await;
+    let nodes = start_nodes(2, &node_env(db.url())).await;
+    let account = nodes[0].create_account("leaky", "1").await;
+    let spare = nodes[0].add_key(&account.account_id, "spare").await;
+    for n in &nodes {
+        assert_eq!(n.balance(&account.api_key).await, "1.0000");
+    }
+
+    let (code, _out, stderr) = nodes[1].cli(&["keys", "revoke", &account.key_id]).await;
+    assert_eq!(code, 0, "keys revoke: {stderr}");
+    for n in &nodes {
+        let r = n.get(&account.api_key, "/v1/data/balance").await;
+        assert_error(
+            &r,
+            401,
+            "UNAUTHORIZED",
+            "a revoked key, right after revoke returned",
+        );
+        assert_eq!(
+            n.balance(&spare.api_key).await,
+            "1.0000",
+            "the other key still works"
+        );
     }
 }
 
