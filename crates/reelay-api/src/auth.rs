@@ -18,8 +18,9 @@ use crate::{ApiError, AppState};
 
 /// How long a key the store found live is taken as live without asking it again. `reelay keys
 /// revoke` waits this long after its commit, so once it returns the key is refused by every
-/// node. (Asking the store on every request cost a fifth of PostgreSQL's time per webhook in
-/// `reelay-bench pipeline`: BENCHMARKS.md, "Live keys remembered for a second".)
+/// node. (Asking the store on every request made every create a round trip to PostgreSQL
+/// before it could join its batch: one node delivered a tenth fewer webhooks in
+/// `reelay-bench pipeline`, BENCHMARKS.md, "Live keys remembered for a second".)
 pub const KEY_FRESHNESS: Duration = Duration::from_secs(1);
 
 /// The most keys remembered at once; past it the stale ones are dropped, and if none is, all.
