@@ -126,7 +126,10 @@ mod tests {
 
     use super::*;
 
-    async fn store_with_key() -> (tempfile::TempDir, SqliteStore, AccountId, IssuedKey) {
+    /// `keys` finds a live key of a new account, which is then revoked behind its back.
+    async fn found_then_revoked(
+        keys: &LiveKeys,
+    ) -> (tempfile::TempDir, SqliteStore, AccountId, KeyHash) {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path().join("reelay.db")).unwrap();
         let now = OffsetDateTime::now_utc();
@@ -143,50 +146,32 @@ mod tests {
             hash: issued.hash,
         };
         store.create_key(key, now).await.unwrap();
-        (dir, store, account.id, issued)
+        assert_eq!(
+            keys.account(&store, issued.hash).await.unwrap(),
+            Some(account.id)
+        );
+        assert!(store.revoke_key(issued.id, now).await.unwrap());
+        (dir, store, account.id, issued.hash)
     }
 
     #[tokio::test]
     async fn a_revoked_key_is_refused_once_the_freshness_window_has_passed() {
-        let (_dir, store, account, issued) = store_with_key().await;
         let keys = LiveKeys::default();
-        assert_eq!(
-            keys.account(&store, issued.hash).await.unwrap(),
-            Some(account)
-        );
-        assert!(
-            store
-                .revoke_key(issued.id, OffsetDateTime::now_utc())
-                .await
-                .unwrap()
-        );
+        let (_dir, store, _, hash) = found_then_revoked(&keys).await;
         tokio::time::sleep(KEY_FRESHNESS).await;
-        assert_eq!(keys.account(&store, issued.hash).await.unwrap(), None);
+        assert_eq!(keys.account(&store, hash).await.unwrap(), None);
         assert!(keys.found().is_empty(), "a revoked key is forgotten");
     }
 
     #[tokio::test]
     async fn a_live_key_is_not_looked_up_again_while_fresh_and_unknown_ones_are_not_kept() {
-        let (_dir, store, account, issued) = store_with_key().await;
         let keys = LiveKeys {
             freshness: Duration::from_secs(3600),
             ..LiveKeys::default()
         };
-        assert_eq!(
-            keys.account(&store, issued.hash).await.unwrap(),
-            Some(account)
-        );
+        let (_dir, store, account, hash) = found_then_revoked(&keys).await;
         // The store refuses it now; the node still answers from what it found.
-        assert!(
-            store
-                .revoke_key(issued.id, OffsetDateTime::now_utc())
-                .await
-                .unwrap()
-        );
-        assert_eq!(
-            keys.account(&store, issued.hash).await.unwrap(),
-            Some(account)
-        );
+        assert_eq!(keys.account(&store, hash).await.unwrap(), Some(account));
 
         let unknown = KeyHash::of("rly_not-a-key");
         assert_eq!(keys.account(&store, unknown).await.unwrap(), None);
