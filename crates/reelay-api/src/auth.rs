@@ -2,17 +2,15 @@
 //! and the live keys a node remembers for a moment so that a busy client's every request is
 //! not also a round trip to the database.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
 use reelay_core::AccountId;
 use reelay_core::apikey::KeyHash;
+use reelay_core::recent::Recent;
 use reelay_store::{Store, StoreResult};
-use tokio::time::Instant;
 
 use crate::{ApiError, AppState};
 
@@ -23,22 +21,16 @@ use crate::{ApiError, AppState};
 /// `reelay-bench pipeline`, BENCHMARKS.md, "Live keys remembered for a second".)
 pub const KEY_FRESHNESS: Duration = Duration::from_secs(1);
 
-/// The most keys remembered at once; past it the stale ones are dropped, and if none is, all.
+/// The most keys remembered at once.
 const REMEMBERED: usize = 10_000;
 
-/// Live keys this node found in the store, each with when it was asked. Unknown and revoked
-/// keys are never remembered: a client guessing keys costs a lookup each, and no memory.
-pub struct LiveKeys {
-    found: Mutex<HashMap<KeyHash, (AccountId, Instant)>>,
-    freshness: Duration,
-}
+/// Live keys this node found in the store. Unknown and revoked keys are never remembered: a
+/// client guessing keys costs a lookup each, and no memory.
+pub struct LiveKeys(Recent<KeyHash, AccountId>);
 
 impl Default for LiveKeys {
     fn default() -> Self {
-        Self {
-            found: Mutex::default(),
-            freshness: KEY_FRESHNESS,
-        }
+        Self(Recent::new(KEY_FRESHNESS, REMEMBERED))
     }
 }
 
@@ -49,34 +41,16 @@ impl LiveKeys {
         store: &dyn Store,
         hash: KeyHash,
     ) -> StoreResult<Option<AccountId>> {
-        if let Some(&(account, asked)) = self.found().get(&hash)
-            && asked.elapsed() < self.freshness
-        {
+        if let Some(account) = self.0.get(&hash) {
             return Ok(Some(account));
         }
-        // Stamped before the store is asked: its answer is no older than this.
         let asked = Instant::now();
         let key = store.authenticate(hash).await?;
-        let mut found = self.found();
         match &key {
-            Some(key) => {
-                if found.len() >= REMEMBERED {
-                    found.retain(|_, (_, asked)| asked.elapsed() < self.freshness);
-                    if found.len() >= REMEMBERED {
-                        found.clear();
-                    }
-                }
-                found.insert(hash, (key.account_id, asked));
-            }
-            None => {
-                found.remove(&hash);
-            }
+            Some(key) => self.0.insert(hash, key.account_id, asked),
+            None => self.0.remove(&hash),
         }
         Ok(key.map(|key| key.account_id))
-    }
-
-    fn found(&self) -> std::sync::MutexGuard<'_, HashMap<KeyHash, (AccountId, Instant)>> {
-        self.found.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -160,21 +134,18 @@ mod tests {
         let (_dir, store, _, hash) = found_then_revoked(&keys).await;
         tokio::time::sleep(KEY_FRESHNESS).await;
         assert_eq!(keys.account(&store, hash).await.unwrap(), None);
-        assert!(keys.found().is_empty(), "a revoked key is forgotten");
+        assert!(keys.0.is_empty(), "a revoked key is forgotten");
     }
 
     #[tokio::test]
     async fn a_live_key_is_not_looked_up_again_while_fresh_and_unknown_ones_are_not_kept() {
-        let keys = LiveKeys {
-            freshness: Duration::from_secs(3600),
-            ..LiveKeys::default()
-        };
+        let keys = LiveKeys(Recent::new(Duration::from_secs(3600), REMEMBERED));
         let (_dir, store, account, hash) = found_then_revoked(&keys).await;
         // The store refuses it now; the node still answers from what it found.
         assert_eq!(keys.account(&store, hash).await.unwrap(), Some(account));
 
         let unknown = KeyHash::of("rly_not-a-key");
         assert_eq!(keys.account(&store, unknown).await.unwrap(), None);
-        assert_eq!(keys.found().len(), 1, "only the live key is kept");
+        assert_eq!(keys.0.len(), 1, "only the live key is kept");
     }
 }

@@ -12,6 +12,7 @@ pub mod moderation;
 pub mod money;
 pub mod named;
 pub mod pricing;
+pub mod recent;
 pub mod request;
 pub mod retry;
 

@@ -5,12 +5,12 @@
 //!
 //! Secrets are sealed under the server's [`MasterKey`] before they reach storage.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::RngCore;
 use reelay_core::AccountId;
+use reelay_core::recent::Recent;
 use reelay_store::{Rotated, Rotation, Store, StoreError, StoreResult};
 use reelay_webhooks::Secret;
 use time::OffsetDateTime;
@@ -63,28 +63,27 @@ pub enum RotateError {
 pub struct Keyring {
     store: Arc<dyn Store>,
     master: MasterKey,
-    cache: Mutex<HashMap<AccountId, Cached>>,
+    cache: Recent<AccountId, Arc<Vec<Secret>>>,
 }
 
-/// An account's signing secrets and when they were read.
-type Cached = (Instant, Arc<Vec<Secret>>);
+/// The most accounts whose secrets are cached at once.
+const CACHED_ACCOUNTS: usize = 100_000;
 
 impl Keyring {
     pub fn new(store: Arc<dyn Store>, master: MasterKey) -> Self {
         Self {
             store,
             master,
-            cache: Mutex::new(HashMap::new()),
+            cache: Recent::new(CACHE_FOR, CACHED_ACCOUNTS),
         }
     }
 
     /// The secrets that sign now, the current one first.
     pub async fn signing(&self, account: AccountId) -> StoreResult<Arc<Vec<Secret>>> {
-        if let Some((at, secrets)) = self.cache.lock().expect("keyring cache").get(&account)
-            && at.elapsed() < CACHE_FOR
-        {
-            return Ok(secrets.clone());
+        if let Some(secrets) = self.cache.get(&account) {
+            return Ok(secrets);
         }
+        let asked = Instant::now();
         let secrets = Arc::new(
             self.load(account)
                 .await?
@@ -92,11 +91,7 @@ impl Keyring {
                 .map(|(secret, _, _)| secret)
                 .collect::<Vec<_>>(),
         );
-        let mut cache = self.cache.lock().expect("keyring cache");
-        if cache.len() > 100_000 {
-            cache.clear();
-        }
-        cache.insert(account, (Instant::now(), secrets.clone()));
+        self.cache.insert(account, secrets.clone(), asked);
         Ok(secrets)
     }
 
@@ -135,7 +130,7 @@ impl Keyring {
                 retry_after: retry_after(last_rotation, now),
             });
         }
-        self.cache.lock().expect("keyring cache").remove(&account);
+        self.cache.remove(&account);
         Ok(self.show(account).await?)
     }
 
