@@ -6,9 +6,10 @@
 //! transaction: their statements go down one connection back to back (pipelined), in a
 //! fixed lock order (so two batches never deadlock), and one flush acknowledges them all.
 //! A write the rules refuse (a balance that does not cover a price, a finish that lost its
-//! lease) is refused on its own; the others go on. A kind whose batch usually fits one
-//! statement (creates) commits it alone, with no transaction around it, and leaves only what
-//! that statement could not take to a transaction.
+//! lease) is refused on its own; the others go on. Each kind's batch is usually one
+//! statement over arrays of its writes, committed alone with no transaction around it; what
+//! that statement could not take (a create its stripe does not cover, a second write to one
+//! row, a refusal that must say why) goes on in a transaction, one statement per write.
 //!
 //! A node commits one batch of a kind at a time, and what arrives meanwhile gathers into the
 //! next. Several at once made more, smaller transactions for the same writes, and batches of
@@ -68,6 +69,18 @@ pub(super) fn pipelined<'a, W: Write>(
     run: impl Fn(&'a W) -> BoxFuture<'a, StoreResult<W::Done>> + Send + 'a,
 ) -> BoxFuture<'a, Vec<StoreResult<W::Done>>> {
     Box::pin(futures::future::join_all(writes.into_iter().map(run)))
+}
+
+/// Which of `writes`, in lock order, come first of their lock order: a statement that
+/// changes each row at most once takes those, and leaves the others to a transaction.
+pub(super) fn firsts<W: Write>(writes: &[&W]) -> Vec<bool>
+where
+    W::LockOrder: PartialEq,
+{
+    let orders: Vec<W::LockOrder> = writes.iter().map(|w| w.lock_order()).collect();
+    (0..orders.len())
+        .map(|i| i == 0 || orders[i] != orders[i - 1])
+        .collect()
 }
 
 type Job<W> = (W, oneshot::Sender<StoreResult<<W as Write>::Done>>);

@@ -5,13 +5,13 @@ use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
-use deadpool_postgres::{GenericClient, Transaction};
+use deadpool_postgres::{Client, GenericClient, Transaction};
 use futures::future::BoxFuture;
 use reelay_core::{AccountId, GenerationId};
 use time::OffsetDateTime;
 use tokio_postgres::Row;
 
-use super::batch::{Write, pipelined};
+use super::batch::{Write, firsts, pipelined};
 use super::rows::{GENERATION_COLUMNS, corrupt, generation, get, parsed, unsigned};
 use super::sql::{Param, execute, query, query_one, query_opt};
 use super::{PgStore, backend};
@@ -385,32 +385,40 @@ async fn lease(
         .collect()
 }
 
-/// An attempt in one statement (one round trip, one commit): the event row is locked first
-/// (`mine`: still pending under this lease), then numbered and moved on only when it is
-/// `mine` (its outcome, a new due time, the lease let go), and the attempt is logged under
-/// its number whatever the lease. Attempts racing on one event number in turn.
-const RECORD_ATTEMPT: &str = "WITH locked AS ( \
-         SELECT state = 'pending' AND lease_owner IS NOT DISTINCT FROM $2 AS mine \
-         FROM events WHERE id = $1 FOR UPDATE), \
+/// A batch's attempts in one statement (one round trip, one commit, no transaction around
+/// it): the events' rows are locked first, in id order (`mine`: still pending under the
+/// attempt's lease), then each is numbered and moved on only when it is `mine` (its outcome,
+/// a new due time, the lease let go), and each attempt is logged under its number whatever
+/// the lease. An event appears at most once: a statement changes a row once.
+const RECORD_ATTEMPTS: &str = "WITH input AS MATERIALIZED ( \
+         SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::int4[], \
+             $5::text[], $6::timestamptz[], $7::text[], $8::timestamptz[], $9::int8[], \
+             $10::text[], $11::text[], $12::text[]) \
+         AS i(event_id, owner, started_at, status_code, next_state, next_at, reason, \
+             delivered, duration_ms, outcome, body, error)), \
+     locked AS MATERIALIZED ( \
+         SELECT e.id, e.state = 'pending' AND e.lease_owner IS NOT DISTINCT FROM i.owner AS mine \
+         FROM events e JOIN input i ON e.id = i.event_id ORDER BY e.id FOR UPDATE OF e), \
      numbered AS ( \
-         UPDATE events SET total_attempts = total_attempts + 1, last_attempt_at = $3, \
-             last_status_code = $4, \
-             state = CASE WHEN mine THEN $5 ELSE state END, \
-             next_attempt_at = CASE WHEN mine THEN $6 ELSE next_attempt_at END, \
-             failure_reason = CASE WHEN mine THEN $7 ELSE failure_reason END, \
-             delivered_at = CASE WHEN mine THEN $8 ELSE delivered_at END, \
-             round_attempts = round_attempts + CASE WHEN mine THEN 1 ELSE 0 END, \
-             lease_owner = CASE WHEN mine THEN NULL ELSE lease_owner END \
-         FROM locked WHERE id = $1 \
-         RETURNING total_attempts AS number, mine), \
+         UPDATE events e SET total_attempts = e.total_attempts + 1, \
+             last_attempt_at = i.started_at, last_status_code = i.status_code, \
+             state = CASE WHEN l.mine THEN i.next_state ELSE e.state END, \
+             next_attempt_at = CASE WHEN l.mine THEN i.next_at ELSE e.next_attempt_at END, \
+             failure_reason = CASE WHEN l.mine THEN i.reason ELSE e.failure_reason END, \
+             delivered_at = CASE WHEN l.mine THEN i.delivered ELSE e.delivered_at END, \
+             round_attempts = e.round_attempts + CASE WHEN l.mine THEN 1 ELSE 0 END, \
+             lease_owner = CASE WHEN l.mine THEN NULL ELSE e.lease_owner END \
+         FROM locked l JOIN input i ON i.event_id = l.id WHERE e.id = l.id \
+         RETURNING e.id, e.total_attempts AS number, l.mine), \
      logged AS ( \
          INSERT INTO delivery_attempts (event_id, number, started_at, duration_ms, outcome, \
              status_code, response_body, error) \
-         SELECT $1, number, $3, $9, $10, $4, $11, $12 FROM numbered) \
-     SELECT mine FROM numbered";
+         SELECT n.id, n.number, i.started_at, i.duration_ms, i.outcome, i.status_code, i.body, \
+             i.error \
+         FROM numbered n JOIN input i ON i.event_id = n.id) \
+     SELECT id, mine FROM numbered";
 
-/// An attempt's record: committed with the others that arrive with it, each locking only its
-/// event's row (and adding an attempt row), in event id order.
+/// An attempt's record: committed with the others that arrive with it, in one statement.
 pub(super) struct RecordAttempt(AttemptRecord);
 
 impl Write for RecordAttempt {
@@ -421,43 +429,113 @@ impl Write for RecordAttempt {
         self.0.event_id.clone()
     }
 
+    /// The first attempt of each event in the batch; another of the same event waits for
+    /// [`Write::run_all`].
+    fn run_alone<'a>(
+        writes: &'a [&'a Self],
+        c: &'a Client,
+    ) -> BoxFuture<'a, StoreResult<Vec<Option<bool>>>> {
+        Box::pin(async move {
+            let firsts = firsts(writes);
+            let taken: Vec<&AttemptRecord> = writes
+                .iter()
+                .zip(&firsts)
+                .filter(|(_, first)| **first)
+                .map(|(w, _)| &w.0)
+                .collect();
+            let recorded = record_attempts(c, &taken).await?;
+            Ok(writes
+                .iter()
+                .zip(firsts)
+                .map(|(w, first)| {
+                    first
+                        .then(|| recorded.get(&w.0.event_id).copied())
+                        .flatten()
+                })
+                .collect())
+        })
+    }
+
     fn run_all<'a>(
         writes: Vec<&'a Self>,
         tx: &'a Transaction<'a>,
     ) -> BoxFuture<'a, Vec<StoreResult<bool>>> {
-        pipelined(writes, |w| Box::pin(record_attempt(tx, &w.0)))
+        pipelined(writes, move |w| {
+            Box::pin(async move {
+                let recorded = record_attempts(tx, &[&w.0]).await?;
+                recorded
+                    .get(&w.0.event_id)
+                    .copied()
+                    .ok_or(StoreError::NotFound)
+            })
+        })
     }
 }
 
-async fn record_attempt(c: &impl GenericClient, a: &AttemptRecord) -> StoreResult<bool> {
-    let status = a.status_code.map(i32::from);
-    let duration_ms = i64::try_from(a.duration_ms).unwrap_or(i64::MAX);
-    let (state, next_at, reason, delivered_at) = match &a.next {
-        AfterAttempt::Delivered => ("delivered", None, None, Some(a.started_at)),
-        AfterAttempt::RetryAt(at) => ("pending", Some(*at), None, None),
-        AfterAttempt::Failed(reason) => ("failed", None, Some(reason.as_str()), None),
-    };
-    let row = query_opt(
+/// Records `attempts` (one per event) in one statement: whether each was still the event's
+/// lease holder's, by event id. An event that does not exist has no answer.
+async fn record_attempts(
+    c: &impl GenericClient,
+    attempts: &[&AttemptRecord],
+) -> StoreResult<HashMap<String, bool>> {
+    if attempts.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let ids: Vec<&str> = attempts.iter().map(|a| a.event_id.as_str()).collect();
+    let owners: Vec<&str> = attempts.iter().map(|a| a.owner.as_str()).collect();
+    let started: Vec<OffsetDateTime> = attempts.iter().map(|a| a.started_at).collect();
+    let statuses: Vec<Option<i32>> = attempts
+        .iter()
+        .map(|a| a.status_code.map(i32::from))
+        .collect();
+    let afters: Vec<_> = attempts
+        .iter()
+        .map(|a| after(&a.next, a.started_at))
+        .collect();
+    let states: Vec<&str> = afters.iter().map(|a| a.0).collect();
+    let next_at: Vec<Option<OffsetDateTime>> = afters.iter().map(|a| a.1).collect();
+    let reasons: Vec<Option<&str>> = afters.iter().map(|a| a.2).collect();
+    let delivered: Vec<Option<OffsetDateTime>> = afters.iter().map(|a| a.3).collect();
+    let durations: Vec<i64> = attempts
+        .iter()
+        .map(|a| i64::try_from(a.duration_ms).unwrap_or(i64::MAX))
+        .collect();
+    let outcomes: Vec<&str> = attempts.iter().map(|a| a.outcome.as_str()).collect();
+    let bodies: Vec<Option<&str>> = attempts
+        .iter()
+        .map(|a| a.response_body.as_deref())
+        .collect();
+    let errors: Vec<Option<&str>> = attempts.iter().map(|a| a.error.as_deref()).collect();
+    query(
         c,
-        RECORD_ATTEMPT,
+        RECORD_ATTEMPTS,
         &[
-            &a.event_id,
-            &a.owner,
-            &a.started_at,
-            &status,
-            &state,
-            &next_at,
-            &reason,
-            &delivered_at,
-            &duration_ms,
-            &a.outcome.as_str(),
-            &a.response_body,
-            &a.error,
+            &ids, &owners, &started, &statuses, &states, &next_at, &reasons, &delivered,
+            &durations, &outcomes, &bodies, &errors,
         ],
     )
     .await?
-    .ok_or(StoreError::NotFound)?;
-    row.try_get("mine").map_err(|e| corrupt("mine", e))
+    .iter()
+    .map(|row| Ok((get(row, "id")?, get(row, "mine")?)))
+    .collect()
+}
+
+/// The event's state after an attempt that is still its lease holder's: the state, when it
+/// is due again, why it failed, and when it was delivered.
+fn after(
+    next: &AfterAttempt,
+    started_at: OffsetDateTime,
+) -> (
+    &'static str,
+    Option<OffsetDateTime>,
+    Option<&str>,
+    Option<OffsetDateTime>,
+) {
+    match next {
+        AfterAttempt::Delivered => ("delivered", None, None, Some(started_at)),
+        AfterAttempt::RetryAt(at) => ("pending", Some(*at), None, None),
+        AfterAttempt::Failed(reason) => ("failed", None, Some(reason.as_str()), None),
+    }
 }
 
 /// The columns a new round resets.

@@ -3,6 +3,7 @@
 //! rows it changes, so that nodes racing on one database never share a lease, charge past a
 //! balance or refund twice.
 
+use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use async_trait::async_trait;
@@ -14,7 +15,7 @@ use time::OffsetDateTime;
 use tokio_postgres::types::Type;
 use uuid::Uuid;
 
-use super::batch::{Write, pipelined};
+use super::batch::{Write, firsts, pipelined};
 use super::rows::{GENERATION_COLUMNS, generation, get as column};
 use super::sql::{Param, execute, query, query_one, query_opt, query_planned};
 use super::{PgStore, backend, balances};
@@ -451,25 +452,36 @@ async fn claim(
     Ok(claimed)
 }
 
-/// A terminal transition in one statement (one round trip, one commit): the generation ends
-/// (only from pending or processing, and only under `$7`'s lease when one is named; a finish
-/// racing another waits for its row lock, then finds the status changed), its refund is
-/// written when `$9` says the code is refunded, into the account's balance stripe `$11` (the
-/// ledger's unique index refuses a second, and a balance past the largest bigint fails the
-/// whole statement, so nothing is half written), and its outbox event is inserted, due at
-/// once when it has a callback.
-const FINISH: &str = "WITH ended AS ( \
-         UPDATE generations SET status = $2, completed_at = $3, failure_code = $4, \
-             video_file = $5, video_url = $6, \
-             progress_pct = CASE WHEN $2 = 'completed' THEN 100 ELSE progress_pct END, \
-             ended_lease = COALESCE($7, lease_owner), failure_reason = $8, \
+/// Terminal transitions in one statement (one round trip, one commit), one per generation:
+/// the rows are locked first, in id order, so two statements never deadlock on them. Each
+/// generation ends only from pending or processing, and only under its finish's lease when one
+/// is named (a finish racing another waits for the row lock, then finds the status changed);
+/// its refund is written when its code is refunded, into the account's balance stripe `$11`
+/// (the ledger's unique index refuses a second, and a balance past the largest bigint fails
+/// the whole statement, so nothing is half written); and its outbox event is inserted, due at
+/// once when it has a callback. Refunds lock a stripe without an order among accounts, so a
+/// statement that refunds holds one finish only.
+const FINISH: &str = "WITH input AS MATERIALIZED ( \
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::text[], \
+             $5::text[], $6::text[], $7::text[], $8::text[], $9::bool[], $10::text[]) \
+         AS i(in_id, in_status, in_at, in_code, in_file, in_url, in_owner, in_reason, \
+             in_refund, in_event)), \
+     locked AS MATERIALIZED ( \
+         SELECT g.id AS locked_id FROM generations g JOIN input i ON g.id = i.in_id \
+         ORDER BY g.id FOR UPDATE OF g), \
+     ended AS ( \
+         UPDATE generations g SET status = in_status, completed_at = in_at, \
+             failure_code = in_code, video_file = in_file, video_url = in_url, \
+             progress_pct = CASE WHEN in_status = 'completed' THEN 100 ELSE progress_pct END, \
+             ended_lease = COALESCE(in_owner, lease_owner), failure_reason = in_reason, \
              lease_owner = NULL, lease_until = NULL \
-         WHERE id = $1 AND status IN ('pending', 'processing') \
-             AND ($7::text IS NULL OR (status = 'processing' AND lease_owner = $7)) \
-         RETURNING {columns}, destination), \
+         FROM locked JOIN input ON in_id = locked_id \
+         WHERE g.id = locked_id AND status IN ('pending', 'processing') \
+             AND (in_owner IS NULL OR (status = 'processing' AND lease_owner = in_owner)) \
+         RETURNING {columns}, destination, in_at, in_refund, in_event), \
      refund AS ( \
          INSERT INTO ledger (account_id, generation_id, kind, amount, created_at) \
-         SELECT account_id, id, 'refund', price, $3 FROM ended WHERE $9 \
+         SELECT account_id, id, 'refund', price, in_at FROM ended WHERE in_refund \
          RETURNING account_id, amount), \
      refunded AS ( \
          UPDATE balance_stripes s SET balance = s.balance + refund.amount \
@@ -477,16 +489,16 @@ const FINISH: &str = "WITH ended AS ( \
      event AS ( \
          INSERT INTO events (id, generation_id, account_id, callback_url, destination, \
              created_at, state, next_attempt_at) \
-         SELECT $10, id, account_id, callback_url, destination, $3, \
+         SELECT in_event, id, account_id, callback_url, destination, in_at, \
              CASE WHEN callback_url IS NULL THEN 'none' ELSE 'pending' END, \
-             CASE WHEN callback_url IS NULL THEN NULL ELSE $3::timestamptz END \
+             CASE WHEN callback_url IS NULL THEN NULL ELSE in_at END \
          FROM ended) \
      SELECT {columns} FROM ended";
 
-/// A finish without a refund: committed with the others that arrive with it. It locks only
-/// its generation's row (and adds an outbox row), so batches take rows in id order and never
-/// deadlock. A refunded finish also locks a balance stripe of its account, which creates
-/// lock in account order: it runs alone rather than risk a deadlock against a create batch.
+/// A terminal transition. Without a refund it is committed with the others that arrive with
+/// it, locking only its generation's row (and adding an outbox row). A refunded finish also
+/// locks a balance stripe of its account, which creates lock in account order: it runs alone
+/// rather than risk a deadlock against a create batch.
 pub(super) struct Finish {
     id: GenerationId,
     owner: Option<String>,
@@ -502,13 +514,42 @@ impl Write for Finish {
         self.id
     }
 
+    /// The first finish of each generation in the batch; another of the same generation, and
+    /// one the statement refused, go to [`Write::run_all`], which says why.
+    fn run_alone<'a>(
+        writes: &'a [&'a Self],
+        c: &'a Client,
+    ) -> BoxFuture<'a, StoreResult<Vec<Option<Finished>>>> {
+        Box::pin(async move {
+            let firsts = firsts(writes);
+            let taken: Vec<&Finish> = writes
+                .iter()
+                .zip(&firsts)
+                .filter(|(_, first)| **first)
+                .map(|(w, _)| *w)
+                .collect();
+            let mut ended: HashMap<GenerationId, Generation> = end(c, &taken)
+                .await?
+                .into_iter()
+                .map(|g| (g.id, g))
+                .collect();
+            Ok(writes
+                .iter()
+                .zip(firsts)
+                .map(|(w, first)| {
+                    first
+                        .then(|| ended.remove(&w.id).map(Finished::Applied))
+                        .flatten()
+                })
+                .collect())
+        })
+    }
+
     fn run_all<'a>(
         writes: Vec<&'a Self>,
         tx: &'a Transaction<'a>,
     ) -> BoxFuture<'a, Vec<StoreResult<Finished>>> {
-        pipelined(writes, |w| {
-            Box::pin(finish_on(tx, w.id, w.owner.as_deref(), &w.outcome, w.now))
-        })
+        pipelined(writes, |w| Box::pin(finish_on(tx, w)))
     }
 }
 
@@ -519,54 +560,75 @@ async fn finish(
     outcome: Outcome,
     now: OffsetDateTime,
 ) -> StoreResult<Finished> {
-    if outcome.refunded() {
-        return finish_on(&store.conn().await?, id, owner, &outcome, now).await;
-    }
-    let owner = owner.map(str::to_owned);
     let write = Finish {
         id,
-        owner,
+        owner: owner.map(str::to_owned),
         outcome,
         now,
     };
+    if write.outcome.refunded() {
+        return finish_on(&store.conn().await?, &write).await;
+    }
     store.finishes.run(&store.pool, write).await
 }
 
-async fn finish_on(
-    c: &impl GenericClient,
-    id: GenerationId,
-    owner: Option<&str>,
-    outcome: &Outcome,
-    now: OffsetDateTime,
-) -> StoreResult<Finished> {
-    let (status, code, reason, video) = outcome.columns();
-    static SQL: LazyLock<String> =
-        LazyLock::new(|| FINISH.replace("{columns}", GENERATION_COLUMNS));
-    let ended = query_opt(
-        c,
-        &SQL,
-        &[
-            &id.0,
-            &status,
-            &now,
-            &code.map(FailureCode::as_str),
-            &video.map(|v| v.file.as_str()),
-            &video.map(|v| v.url.as_str()),
-            &owner,
-            &reason,
-            &outcome.refunded(),
-            &event_id(id),
-            &balances::stripe(),
-        ],
-    )
-    .await?;
-    match ended.as_ref().map(generation).transpose()? {
+/// One finish: applied, or refused with the generation as it is.
+async fn finish_on(c: &impl GenericClient, write: &Finish) -> StoreResult<Finished> {
+    match end(c, &[write]).await?.pop() {
         Some(generation) => Ok(Finished::Applied(generation)),
         None => {
-            let current = get(c, id).await?.ok_or(StoreError::NotFound)?;
+            let current = get(c, write.id).await?.ok_or(StoreError::NotFound)?;
             Ok(Finished::Refused(current))
         }
     }
+}
+
+/// Runs `finishes` (one per generation, at most one refunded) in one statement: the
+/// generations it ended.
+async fn end(c: &impl GenericClient, finishes: &[&Finish]) -> StoreResult<Vec<Generation>> {
+    if finishes.is_empty() {
+        return Ok(Vec::new());
+    }
+    static SQL: LazyLock<String> =
+        LazyLock::new(|| FINISH.replace("{columns}", GENERATION_COLUMNS));
+    let columns: Vec<_> = finishes.iter().map(|f| f.outcome.columns()).collect();
+    let ids: Vec<Uuid> = finishes.iter().map(|f| f.id.0).collect();
+    let statuses: Vec<&str> = columns.iter().map(|c| c.0).collect();
+    let ended_at: Vec<OffsetDateTime> = finishes.iter().map(|f| f.now).collect();
+    let codes: Vec<Option<&str>> = columns
+        .iter()
+        .map(|c| c.1.map(FailureCode::as_str))
+        .collect();
+    let files: Vec<Option<&str>> = columns
+        .iter()
+        .map(|c| c.3.map(|v| v.file.as_str()))
+        .collect();
+    let urls: Vec<Option<&str>> = columns
+        .iter()
+        .map(|c| c.3.map(|v| v.url.as_str()))
+        .collect();
+    let owners: Vec<Option<&str>> = finishes.iter().map(|f| f.owner.as_deref()).collect();
+    let reasons: Vec<Option<&str>> = columns.iter().map(|c| c.2).collect();
+    let refunds: Vec<bool> = finishes.iter().map(|f| f.outcome.refunded()).collect();
+    let events: Vec<String> = finishes.iter().map(|f| event_id(f.id)).collect();
+    generations(
+        c,
+        &SQL,
+        &[
+            &ids,
+            &statuses,
+            &ended_at,
+            &codes,
+            &files,
+            &urls,
+            &owners,
+            &reasons,
+            &refunds,
+            &events,
+            &balances::stripe(),
+        ],
+    )
+    .await
 }
 
 #[async_trait]
