@@ -10,10 +10,11 @@ use futures::future::BoxFuture;
 use reelay_core::{AccountId, GenerationId};
 use time::OffsetDateTime;
 use tokio_postgres::Row;
+use tokio_postgres::types::Type;
 
 use super::batch::{Write, firsts, pipelined};
 use super::rows::{GENERATION_COLUMNS, corrupt, generation, get, parsed, unsigned};
-use super::sql::{Param, execute, query, query_one, query_opt};
+use super::sql::{Param, execute, query, query_one, query_opt, query_planned};
 use super::{PgStore, backend};
 use crate::*;
 
@@ -389,7 +390,9 @@ async fn lease(
 /// it): the events' rows are locked first, in id order (`mine`: still pending under the
 /// attempt's lease), then each is numbered and moved on only when it is `mine` (its outcome,
 /// a new due time, the lease let go), and each attempt is logged under its number whatever
-/// the lease. An event appears at most once: a statement changes a row once.
+/// the lease. An event appears at most once: a statement changes a row once. Planned for each
+/// batch ([`query_planned`]): a cached plan made while `events` was small joins the ids to the
+/// whole table.
 const RECORD_ATTEMPTS: &str = "WITH input AS MATERIALIZED ( \
          SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::int4[], \
              $5::text[], $6::timestamptz[], $7::text[], $8::timestamptz[], $9::int8[], \
@@ -443,7 +446,7 @@ impl Write for RecordAttempt {
                 .filter(|(_, first)| **first)
                 .map(|(w, _)| &w.0)
                 .collect();
-            let recorded = record_attempts(c, &taken).await?;
+            let recorded = record_attempts(&***c, &taken).await?;
             Ok(writes
                 .iter()
                 .zip(firsts)
@@ -462,7 +465,7 @@ impl Write for RecordAttempt {
     ) -> BoxFuture<'a, Vec<StoreResult<bool>>> {
         pipelined(writes, move |w| {
             Box::pin(async move {
-                let recorded = record_attempts(tx, &[&w.0]).await?;
+                let recorded = record_attempts(&**tx, &[&w.0]).await?;
                 recorded
                     .get(&w.0.event_id)
                     .copied()
@@ -475,7 +478,7 @@ impl Write for RecordAttempt {
 /// Records `attempts` (one per event) in one statement: whether each was still the event's
 /// lease holder's, by event id. An event that does not exist has no answer.
 async fn record_attempts(
-    c: &impl GenericClient,
+    c: &(impl tokio_postgres::GenericClient + Sync),
     attempts: &[&AttemptRecord],
 ) -> StoreResult<HashMap<String, bool>> {
     if attempts.is_empty() {
@@ -506,12 +509,22 @@ async fn record_attempts(
         .map(|a| a.response_body.as_deref())
         .collect();
     let errors: Vec<Option<&str>> = attempts.iter().map(|a| a.error.as_deref()).collect();
-    query(
+    query_planned(
         c,
         RECORD_ATTEMPTS,
         &[
-            &ids, &owners, &started, &statuses, &states, &next_at, &reasons, &delivered,
-            &durations, &outcomes, &bodies, &errors,
+            (&ids, Type::TEXT_ARRAY),
+            (&owners, Type::TEXT_ARRAY),
+            (&started, Type::TIMESTAMPTZ_ARRAY),
+            (&statuses, Type::INT4_ARRAY),
+            (&states, Type::TEXT_ARRAY),
+            (&next_at, Type::TIMESTAMPTZ_ARRAY),
+            (&reasons, Type::TEXT_ARRAY),
+            (&delivered, Type::TIMESTAMPTZ_ARRAY),
+            (&durations, Type::INT8_ARRAY),
+            (&outcomes, Type::TEXT_ARRAY),
+            (&bodies, Type::TEXT_ARRAY),
+            (&errors, Type::TEXT_ARRAY),
         ],
     )
     .await?

@@ -443,7 +443,7 @@ async fn claim(
     let conn = store.conn().await?;
     let (sql, params) = claim_statement(&now, &limit, &owner, &lease_until, &models);
     // Planned each time: the queue is the table that grows fastest.
-    let mut claimed = query_planned(&conn, sql, &params)
+    let mut claimed = query_planned(&**conn, sql, &params)
         .await?
         .iter()
         .map(generation)
@@ -460,7 +460,8 @@ async fn claim(
 /// (the ledger's unique index refuses a second, and a balance past the largest bigint fails
 /// the whole statement, so nothing is half written); and its outbox event is inserted, due at
 /// once when it has a callback. Refunds lock a stripe without an order among accounts, so a
-/// statement that refunds holds one finish only.
+/// statement that refunds holds one finish only. Planned for each batch ([`query_planned`]): a
+/// cached plan made while `generations` was small joins the ids to the whole table.
 const FINISH: &str = "WITH input AS MATERIALIZED ( \
          SELECT * FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::text[], \
              $5::text[], $6::text[], $7::text[], $8::text[], $9::bool[], $10::text[]) \
@@ -528,7 +529,7 @@ impl Write for Finish {
                 .filter(|(_, first)| **first)
                 .map(|(w, _)| *w)
                 .collect();
-            let mut ended: HashMap<GenerationId, Generation> = end(c, &taken)
+            let mut ended: HashMap<GenerationId, Generation> = end(&***c, &taken)
                 .await?
                 .into_iter()
                 .map(|g| (g.id, g))
@@ -549,7 +550,7 @@ impl Write for Finish {
         writes: Vec<&'a Self>,
         tx: &'a Transaction<'a>,
     ) -> BoxFuture<'a, Vec<StoreResult<Finished>>> {
-        pipelined(writes, |w| Box::pin(finish_on(tx, w)))
+        pipelined(writes, move |w| Box::pin(finish_on(&**tx, w)))
     }
 }
 
@@ -567,25 +568,31 @@ async fn finish(
         now,
     };
     if write.outcome.refunded() {
-        return finish_on(&store.conn().await?, &write).await;
+        return finish_on(&**store.conn().await?, &write).await;
     }
     store.finishes.run(&store.pool, write).await
 }
 
 /// One finish: applied, or refused with the generation as it is.
-async fn finish_on(c: &impl GenericClient, write: &Finish) -> StoreResult<Finished> {
-    match end(c, &[write]).await?.pop() {
-        Some(generation) => Ok(Finished::Applied(generation)),
-        None => {
-            let current = get(c, write.id).await?.ok_or(StoreError::NotFound)?;
-            Ok(Finished::Refused(current))
-        }
+async fn finish_on(
+    c: &(impl tokio_postgres::GenericClient + Sync),
+    write: &Finish,
+) -> StoreResult<Finished> {
+    if let Some(generation) = end(c, &[write]).await?.pop() {
+        return Ok(Finished::Applied(generation));
     }
+    let sql = format!("SELECT {GENERATION_COLUMNS} FROM generations WHERE id = $1");
+    let rows = query_planned(c, &sql, &[(&write.id.0, Type::UUID)]).await?;
+    let current = rows.first().ok_or(StoreError::NotFound)?;
+    Ok(Finished::Refused(generation(current)?))
 }
 
 /// Runs `finishes` (one per generation, at most one refunded) in one statement: the
 /// generations it ended.
-async fn end(c: &impl GenericClient, finishes: &[&Finish]) -> StoreResult<Vec<Generation>> {
+async fn end(
+    c: &(impl tokio_postgres::GenericClient + Sync),
+    finishes: &[&Finish],
+) -> StoreResult<Vec<Generation>> {
     if finishes.is_empty() {
         return Ok(Vec::new());
     }
@@ -611,24 +618,28 @@ async fn end(c: &impl GenericClient, finishes: &[&Finish]) -> StoreResult<Vec<Ge
     let reasons: Vec<Option<&str>> = columns.iter().map(|c| c.2).collect();
     let refunds: Vec<bool> = finishes.iter().map(|f| f.outcome.refunded()).collect();
     let events: Vec<String> = finishes.iter().map(|f| event_id(f.id)).collect();
-    generations(
+    let stripe = balances::stripe();
+    query_planned(
         c,
         &SQL,
         &[
-            &ids,
-            &statuses,
-            &ended_at,
-            &codes,
-            &files,
-            &urls,
-            &owners,
-            &reasons,
-            &refunds,
-            &events,
-            &balances::stripe(),
+            (&ids, Type::UUID_ARRAY),
+            (&statuses, Type::TEXT_ARRAY),
+            (&ended_at, Type::TIMESTAMPTZ_ARRAY),
+            (&codes, Type::TEXT_ARRAY),
+            (&files, Type::TEXT_ARRAY),
+            (&urls, Type::TEXT_ARRAY),
+            (&owners, Type::TEXT_ARRAY),
+            (&reasons, Type::TEXT_ARRAY),
+            (&refunds, Type::BOOL_ARRAY),
+            (&events, Type::TEXT_ARRAY),
+            (&stripe, Type::INT2),
         ],
     )
-    .await
+    .await?
+    .iter()
+    .map(generation)
+    .collect()
 }
 
 #[async_trait]
