@@ -3,13 +3,13 @@
 //! record) are one small statement each: one transaction apiece would spend the database's
 //! time on flushes and round trips, and one busy account's balance would let it create
 //! only as fast as the disk flushes. So the writes of one kind that arrive together share one
-//! transaction: their statements go down one connection back to back (pipelined), in a
-//! fixed lock order (so two batches never deadlock), and one flush acknowledges them all.
-//! A write the rules refuse (a balance that does not cover a price, a finish that lost its
-//! lease) is refused on its own; the others go on. Each kind's batch is usually one
-//! statement over arrays of its writes, committed alone with no transaction around it; what
-//! that statement could not take (a create its stripe does not cover, a second write to one
-//! row, a refusal that must say why) goes on in a transaction, one statement per write.
+//! commit: usually one statement over arrays of them, with no transaction around it, taking
+//! their rows in a fixed lock order (so two batches never deadlock), one flush acknowledging
+//! them all. What that statement could not take (a create its stripe does not cover, a
+//! second write to one row, a refusal that must say why) goes on in a transaction after it
+//! (each write's statement sent back to back; creates in three statements for them all). A
+//! write the rules refuse (a balance that does not cover a price, a finish that lost its
+//! lease) is refused on its own; the others go on.
 //!
 //! A node commits one batch of a kind at a time, and what arrives meanwhile gathers into the
 //! next. Several at once made more, smaller transactions for the same writes, and batches of
@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{backend, pool_error};
 use crate::{StoreError, StoreResult};
 
-/// Most writes in one transaction.
+/// Most writes in one batch.
 const MAX_BATCH: usize = 256;
 /// Writes waiting for a batch, beyond which a writer waits for room.
 const QUEUED: usize = 4 * MAX_BATCH;
@@ -44,7 +44,9 @@ pub(super) trait Write: Send + Sync + Sized + 'static {
     /// commit flushes, never across a round trip (for a busy account's balance stripe, which
     /// another node's batch may be waiting for, that is most of the time it is held). Answers
     /// each write it committed, and `None` for each it leaves to [`Write::run_all`]; an error
-    /// means the statement failed and committed nothing. By default it leaves them all.
+    /// means the statement failed and committed nothing, or (a row the statement returned
+    /// that does not decode) that it committed and cannot say what. By default it leaves
+    /// them all.
     fn run_alone<'a>(
         writes: &'a [&'a Self],
         _c: &'a Client,
