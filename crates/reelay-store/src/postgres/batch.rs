@@ -17,6 +17,9 @@
 //! node delivered 8–10% more webhooks for 7–12% less database CPU each (BENCHMARKS.md, "One
 //! batch of a kind at a time").
 
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::Hash;
 use std::sync::OnceLock;
 
 use deadpool_postgres::{Client, Pool, Transaction};
@@ -73,16 +76,25 @@ pub(super) fn pipelined<'a, W: Write>(
     Box::pin(futures::future::join_all(writes.into_iter().map(run)))
 }
 
-/// Which of `writes`, in lock order, come first of their lock order: a statement that
-/// changes each row at most once takes those, and leaves the others to a transaction.
-pub(super) fn firsts<W: Write>(writes: &[&W]) -> Vec<bool>
+/// [`Write::run_alone`] for a statement that changes each row at most once: `statement` runs
+/// on the first write of each lock order in `writes` (which are in lock order) and answers
+/// those it committed, by lock order; every other write is left to [`Write::run_all`].
+pub(super) async fn first_of_each<'a, W, F>(
+    writes: &'a [&'a W],
+    statement: impl FnOnce(Vec<&'a W>) -> F,
+) -> StoreResult<Vec<Option<W::Done>>>
 where
-    W::LockOrder: PartialEq,
+    W: Write,
+    W::LockOrder: Eq + Hash,
+    F: Future<Output = StoreResult<HashMap<W::LockOrder, W::Done>>>,
 {
     let orders: Vec<W::LockOrder> = writes.iter().map(|w| w.lock_order()).collect();
-    (0..orders.len())
-        .map(|i| i == 0 || orders[i] != orders[i - 1])
-        .collect()
+    let first = |i: usize| i == 0 || orders[i] != orders[i - 1];
+    let taken = (0..writes.len()).filter(|&i| first(i)).map(|i| writes[i]);
+    let mut done = statement(taken.collect()).await?;
+    Ok((0..writes.len())
+        .map(|i| first(i).then(|| done.remove(&orders[i])).flatten())
+        .collect())
 }
 
 type Job<W> = (W, oneshot::Sender<StoreResult<<W as Write>::Done>>);

@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 use tokio_postgres::Row;
 use tokio_postgres::types::Type;
 
-use super::batch::{Write, firsts, pipelined};
+use super::batch::{Write, first_of_each, pipelined};
 use super::rows::{GENERATION_COLUMNS, corrupt, generation, get, parsed, unsigned};
 use super::sql::{Param, execute, query, query_one, query_opt, query_planned};
 use super::{PgStore, backend};
@@ -438,25 +438,10 @@ impl Write for RecordAttempt {
         writes: &'a [&'a Self],
         c: &'a Client,
     ) -> BoxFuture<'a, StoreResult<Vec<Option<bool>>>> {
-        Box::pin(async move {
-            let firsts = firsts(writes);
-            let taken: Vec<&AttemptRecord> = writes
-                .iter()
-                .zip(&firsts)
-                .filter(|(_, first)| **first)
-                .map(|(w, _)| &w.0)
-                .collect();
-            let recorded = record_attempts(&***c, &taken).await?;
-            Ok(writes
-                .iter()
-                .zip(firsts)
-                .map(|(w, first)| {
-                    first
-                        .then(|| recorded.get(&w.0.event_id).copied())
-                        .flatten()
-                })
-                .collect())
-        })
+        Box::pin(first_of_each(writes, move |taken| {
+            let taken: Vec<&AttemptRecord> = taken.into_iter().map(|w| &w.0).collect();
+            async move { record_attempts(&***c, &taken).await }
+        }))
     }
 
     fn run_all<'a>(

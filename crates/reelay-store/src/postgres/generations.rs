@@ -3,7 +3,6 @@
 //! rows it changes, so that nodes racing on one database never share a lease, charge past a
 //! balance or refund twice.
 
-use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use async_trait::async_trait;
@@ -15,7 +14,7 @@ use time::OffsetDateTime;
 use tokio_postgres::types::Type;
 use uuid::Uuid;
 
-use super::batch::{Write, firsts, pipelined};
+use super::batch::{Write, first_of_each, pipelined};
 use super::rows::{GENERATION_COLUMNS, generation, get as column};
 use super::sql::{Param, execute, query, query_one, query_opt, query_planned};
 use super::{PgStore, backend, balances};
@@ -521,29 +520,13 @@ impl Write for Finish {
         writes: &'a [&'a Self],
         c: &'a Client,
     ) -> BoxFuture<'a, StoreResult<Vec<Option<Finished>>>> {
-        Box::pin(async move {
-            let firsts = firsts(writes);
-            let taken: Vec<&Finish> = writes
-                .iter()
-                .zip(&firsts)
-                .filter(|(_, first)| **first)
-                .map(|(w, _)| *w)
-                .collect();
-            let mut ended: HashMap<GenerationId, Generation> = end(&***c, &taken)
-                .await?
+        Box::pin(first_of_each(writes, move |taken| async move {
+            let ended = end(&***c, &taken).await?;
+            Ok(ended
                 .into_iter()
-                .map(|g| (g.id, g))
-                .collect();
-            Ok(writes
-                .iter()
-                .zip(firsts)
-                .map(|(w, first)| {
-                    first
-                        .then(|| ended.remove(&w.id).map(Finished::Applied))
-                        .flatten()
-                })
+                .map(|g| (g.id, Finished::Applied(g)))
                 .collect())
-        })
+        }))
     }
 
     fn run_all<'a>(
