@@ -815,4 +815,88 @@ mod tests {
             tx.rollback().await.unwrap();
         }
     }
+
+    /// Adds pending deliveries `e{from}..e{from + n}` to one destination, all due.
+    async fn fill(c: &tokio_postgres::Client, from: i32, n: i32) {
+        c.execute(
+            "INSERT INTO events (id, generation_id, account_id, callback_url, destination, \
+                 payload, created_at, state, next_attempt_at) \
+             SELECT 'e' || i, gen_random_uuid(), gen_random_uuid(), 'https://r.example/hook', \
+                 'https://r.example:443', '{}', timestamptz '2030-01-01', 'pending', \
+                 timestamptz '2030-01-01' + i * interval '1 ms' \
+             FROM generate_series($1::integer, $1::integer + $2::integer - 1) AS i",
+            &[&from, &n],
+        )
+        .await
+        .unwrap();
+    }
+
+    /// The rows of `events` a lease of 64 deliveries and the batch of their attempts read, in
+    /// a transaction rolled back.
+    async fn rows_read_by_a_batch(c: &mut deadpool_postgres::Object, of: i32) -> i64 {
+        let now = time::macros::datetime!(2030-06-01 00:00 UTC);
+        let asked: Vec<String> = (0..64).map(|k| format!("e{}", k * (of / 64))).collect();
+        let tx = c.transaction().await.unwrap();
+        // Counted from here: the counters also hold what earlier transactions read.
+        let before = events_rows_read(&tx).await;
+        let leased = lease(&tx, "a", &asked, &HashMap::new(), 64, now, now)
+            .await
+            .unwrap();
+        assert_eq!(leased.len(), 64, "leased all it asked for");
+        let records: Vec<AttemptRecord> = leased
+            .iter()
+            .map(|d| AttemptRecord {
+                event_id: d.event_id.clone(),
+                owner: "a".into(),
+                started_at: now,
+                duration_ms: 1,
+                outcome: reelay_core::retry::AttemptOutcome::Delivered,
+                status_code: Some(200),
+                response_body: None,
+                error: None,
+                next: AfterAttempt::Delivered,
+            })
+            .collect();
+        let recorded = record_attempts(&*tx, &records.iter().collect::<Vec<_>>())
+            .await
+            .unwrap();
+        assert!(
+            recorded.values().all(|mine| *mine),
+            "each attempt under its lease"
+        );
+        let read = events_rows_read(&tx).await - before;
+        tx.rollback().await.unwrap();
+        read
+    }
+
+    /// The rows of `events` this connection has read (fetched by an index or read by a
+    /// sequential scan) and not yet added to the server's statistics.
+    async fn events_rows_read(c: &impl GenericClient) -> i64 {
+        c.query_one(
+            "SELECT seq_tup_read + COALESCE(idx_tup_fetch, 0) FROM pg_stat_xact_user_tables \
+             WHERE relname = 'events'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+    }
+
+    /// A lease and a batch of attempt records look up the rows they name whatever the size of
+    /// the table: with 6,400 events they read no more of its rows than with 256 (at most
+    /// twice as many; read whole, 25 times as many).
+    #[tokio::test]
+    async fn a_batch_reads_as_many_rows_of_a_larger_table() {
+        let db = TestDatabase::create().await;
+        let store = PgStore::connect(db.url()).await.unwrap();
+        let mut c = store.conn().await.unwrap();
+        fill(&c, 0, 256).await;
+        let small = rows_read_by_a_batch(&mut c, 256).await;
+        fill(&c, 256, 6_144).await;
+        let big = rows_read_by_a_batch(&mut c, 6_400).await;
+        assert!(
+            big <= small * 2,
+            "rows of events read by a batch of 64: {small} of 256, {big} of 6,400"
+        );
+    }
 }
